@@ -1,0 +1,82 @@
+"""durable_nb: durable workflows for Jupyter notebooks.
+
+Declare activities (``%%activity`` or ``@activity``) and orchestrators
+(``%%orchestrator`` or ``@orchestrator``); every activity result is checkpointed
+so rerunning a notebook resumes instead of redoing finished work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from durable_nb.definitions import (
+    Activity,
+    ActivityOptions,
+    Orchestrator,
+    activity,
+    orchestrator,
+)
+from durable_nb.engine import OrchestrationContext, Task
+from durable_nb.errors import (
+    ActivityNotFoundError,
+    ActivityTimeoutError,
+    DefinitionError,
+    DurableNbError,
+    FingerprintError,
+    InstanceBusyError,
+    InstanceNotFinishedError,
+    NonDeterminismError,
+    OrchestratorError,
+    ResultNotStorableError,
+    StoreError,
+)
+from durable_nb.runtime import InstanceHandle, Runtime, configure, get_runtime
+from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activity",
+    "ActivityNotFoundError",
+    "ActivityOptions",
+    "ActivityTimeoutError",
+    "CheckpointStore",
+    "DefinitionError",
+    "DiskCacheStore",
+    "DurableNbError",
+    "FingerprintError",
+    "InstanceBusyError",
+    "InstanceHandle",
+    "InstanceNotFinishedError",
+    "InstanceRecord",
+    "MemoryStore",
+    "NonDeterminismError",
+    "OrchestrationContext",
+    "Orchestrator",
+    "OrchestratorError",
+    "ResultNotStorableError",
+    "Runtime",
+    "StoreError",
+    "Task",
+    "__version__",
+    "activity",
+    "configure",
+    "get_runtime",
+    "load_ipython_extension",
+    "orchestrator",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext durable_nb``: register %%activity, %%orchestrator and %durable."""
+    from durable_nb.magics import register_magics
+
+    register_magics(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext durable_nb``: remove the magics; definitions already made stay usable."""
+    from durable_nb.magics import unregister_magics
+
+    unregister_magics(ipython)

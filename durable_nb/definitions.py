@@ -1,0 +1,257 @@
+"""Activities and orchestrators: the objects that ``%%activity``, ``%%orchestrator``,
+``@activity`` and ``@orchestrator`` produce, and the registry of activities by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from durable_nb.errors import ActivityNotFoundError, DefinitionError
+from durable_nb.fingerprint import arguments_digest, function_digest
+
+if TYPE_CHECKING:
+    from durable_nb.runtime import InstanceHandle
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ActivityOptions:
+    """How an activity is run: retries with exponential backoff, timeout, concurrency."""
+
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_backoff: float = 300.0
+    timeout: float | None = None
+    concurrency: int | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.retries, int) or self.retries < 0:
+            problems.append(f"retries must be a whole number >= 0, got {self.retries!r}")
+        if self.backoff < 0:
+            problems.append(f"backoff must be >= 0 seconds, got {self.backoff!r}")
+        if self.backoff_coefficient < 1:
+            problems.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            problems.append(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.concurrency is not None and (
+            not isinstance(self.concurrency, int) or self.concurrency < 1
+        ):
+            problems.append(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
+        if problems:
+            raise DefinitionError("; ".join(problems))
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 is the first retry)."""
+        delay = self.backoff * self.backoff_coefficient ** max(attempt - 2, 0)
+        return float(min(delay, self.max_backoff))
+
+
+class Activity:
+    """A unit of real work whose results are checkpointed.
+
+    Called directly it is the plain function, for easy debugging; passed to
+    ``ctx.call_activity`` it is scheduled, checkpointed and retried.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        options: ActivityOptions | None = None,
+        *,
+        source_digest: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(fn) or inspect.isclass(fn):
+            raise DefinitionError(f"an activity must be a function, got {fn!r}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise DefinitionError(
+                f"activity {getattr(fn, '__name__', fn)!r} is a generator; activities must "
+                "return their result (did you mean %%orchestrator?)"
+            )
+        self.fn = fn
+        self.name: str = name or fn.__name__
+        self.options = options or ActivityOptions()
+        self.source_digest = source_digest or function_digest(fn, self.options.version)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        opts = self.options
+        extras = [f"retries={opts.retries}"] if opts.retries else []
+        if opts.timeout:
+            extras.append(f"timeout={opts.timeout:g}s")
+        if opts.concurrency:
+            extras.append(f"concurrency={opts.concurrency}")
+        return f"<activity {self.name}{' ' if extras else ''}{' '.join(extras)}>"
+
+
+_REGISTRY: dict[str, Activity] = {}
+_WRAPPED: weakref.WeakKeyDictionary[Callable[..., Any], Activity] = weakref.WeakKeyDictionary()
+
+
+def register(act: Activity) -> Activity:
+    """Make ``act`` reachable by name from ``ctx.call_activity("name")``; latest wins."""
+    _REGISTRY[act.name] = act
+    return act
+
+
+def resolve_activity(ref: Any) -> Activity:
+    """The activity meant by ``ref``: an Activity, a registered name, or a plain function."""
+    if isinstance(ref, Activity):
+        return ref
+    if isinstance(ref, str):
+        found = _REGISTRY.get(ref)
+        if found is None:
+            known = ", ".join(sorted(_REGISTRY)) or "none yet"
+            raise ActivityNotFoundError(
+                f"no activity is registered under the name {ref!r} (registered: {known}); "
+                "run its %%activity cell first or pass the function itself"
+            )
+        return found
+    if isinstance(ref, Orchestrator):
+        raise DefinitionError(
+            f"{ref.name!r} is an orchestrator, not an activity; orchestrators cannot be "
+            "called with ctx.call_activity"
+        )
+    if callable(ref):
+        wrapped = _WRAPPED.get(ref)
+        if wrapped is None:
+            wrapped = Activity(ref)
+            _WRAPPED[ref] = wrapped
+        return wrapped
+    raise DefinitionError(
+        f"ctx.call_activity expects an activity, its name or a function, got {ref!r}"
+    )
+
+
+class Orchestrator:
+    """Durable orchestration code: a generator or ``async def`` taking ``ctx`` first."""
+
+    def __init__(self, fn: Callable[..., Any], *, strict: bool = False) -> None:
+        name = getattr(fn, "__name__", repr(fn))
+        if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
+            raise DefinitionError(
+                f"orchestrator {name!r} must be a generator function (using yield ctx....) "
+                "or an async def (using await ctx....); a plain function cannot be replayed"
+            )
+        params = list(inspect.signature(fn).parameters.values())
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise DefinitionError(
+                f"orchestrator {name!r} must take the context as its first parameter, "
+                f"e.g. def {name}(ctx, ...)"
+            )
+        self.fn = fn
+        self.name: str = name
+        self.strict = strict
+        self._signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)
+
+    def bind_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments by name (defaults applied), checked against the signature."""
+        try:
+            bound = self._signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"orchestrator {self.name}: {exc}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(self._signature.parameters)))
+        return arguments
+
+    def instance_id_for(self, *args: Any, **kwargs: Any) -> str:
+        """The default instance id: the name plus a digest of the input, so reruns resume."""
+        arguments = self.bind_input(args, kwargs)
+        digest = arguments_digest(f"orchestrator {self.name}", (), arguments)
+        return f"{self.name}-{digest[:12]}"
+
+    def __call__(
+        self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        """``await orch(...)``: run or resume the instance on the running event loop."""
+        from durable_nb.runtime import get_runtime
+
+        return get_runtime().run(self, args, kwargs, instance_id=instance_id, fresh=fresh)
+
+    def run(
+        self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
+    ) -> Any:
+        """Run or resume the instance and block until it ends (scripts, papermill)."""
+        from durable_nb.runtime import get_runtime
+
+        return get_runtime().run_blocking(self, args, kwargs, instance_id=instance_id, fresh=fresh)
+
+    def start(
+        self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
+    ) -> InstanceHandle:
+        """Start the instance in the background and return its handle at once."""
+        from durable_nb.runtime import get_runtime
+
+        return get_runtime().start(self, args, kwargs, instance_id=instance_id, fresh=fresh)
+
+    def __repr__(self) -> str:
+        return f"<orchestrator {self.name}{' strict' if self.strict else ''}>"
+
+
+@overload
+def activity(fn: F, /) -> Activity: ...
+@overload
+def activity(
+    *,
+    retries: int = 0,
+    backoff: float = 1.0,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    version: str | None = None,
+) -> Callable[[F], Activity]: ...
+
+
+def activity(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    retries: int = 0,
+    backoff: float = 1.0,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    version: str | None = None,
+) -> Activity | Callable[[Callable[..., Any]], Activity]:
+    """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``."""
+    options = ActivityOptions(
+        retries=retries, backoff=backoff, timeout=timeout, concurrency=concurrency, version=version
+    )
+
+    def wrap(target: Callable[..., Any]) -> Activity:
+        return register(Activity(target, options))
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@overload
+def orchestrator(fn: F, /) -> Orchestrator: ...
+@overload
+def orchestrator(*, strict: bool = False) -> Callable[[F], Orchestrator]: ...
+
+
+def orchestrator(
+    fn: Callable[..., Any] | None = None, /, *, strict: bool = False
+) -> Orchestrator | Callable[[Callable[..., Any]], Orchestrator]:
+    """Decorator: ``@orchestrator`` or ``@orchestrator(strict=True)``."""
+
+    def wrap(target: Callable[..., Any]) -> Orchestrator:
+        return Orchestrator(target, strict=strict)
+
+    return wrap(fn) if fn is not None else wrap

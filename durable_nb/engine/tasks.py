@@ -1,0 +1,165 @@
+"""Durable tasks: what an orchestrator yields or awaits.
+
+A task is pending until the engine completes or fails it. Composite tasks
+(:class:`WhenAll`, :class:`WhenAny`) listen to their children. Tasks know nothing
+of executors or stores; the engine drives them from history events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from durable_nb.definitions import Activity
+
+_PENDING, _DONE, _FAILED = 0, 1, 2
+
+
+class Task:
+    """A value the orchestrator waits for; ``yield task`` or ``await task``."""
+
+    __slots__ = ("_error", "_listeners", "_state", "_value", "finished_at", "from_history")
+
+    def __init__(self) -> None:
+        self._state = _PENDING
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._listeners: list[Task] | None = None
+        # True when the outcome came from a previous run's history (replay).
+        self.from_history = False
+        self.finished_at = 0.0
+
+    def __await__(self) -> Generator[Task, Any, Any]:
+        return (yield self)
+
+    @property
+    def is_done(self) -> bool:
+        """True once the task has a result or an error."""
+        return self._state != _PENDING
+
+    @property
+    def is_failed(self) -> bool:
+        return self._state == _FAILED
+
+    @property
+    def result(self) -> Any:
+        """The result; raises the task's error if it failed, or if it is still pending."""
+        if self._state == _FAILED:
+            assert self._error is not None
+            raise self._error
+        if self._state == _PENDING:
+            raise RuntimeError("the task has not finished yet; yield or await it first")
+        return self._value
+
+    @property
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def _listen(self, parent: Task) -> None:
+        if self._listeners is None:
+            self._listeners = []
+        self._listeners.append(parent)
+
+    def _complete(self, value: Any, at: float, from_history: bool) -> None:
+        if self._state != _PENDING:
+            return
+        self._state, self._value = _DONE, value
+        self.finished_at, self.from_history = at, from_history
+        self._notify()
+
+    def _fail(self, error: BaseException, at: float) -> None:
+        if self._state != _PENDING:
+            return
+        self._state, self._error, self.finished_at = _FAILED, error, at
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._listeners:
+            listeners, self._listeners = self._listeners, None
+            for parent in listeners:
+                parent._child_finished(self)
+
+    def _child_finished(self, child: Task) -> None:  # pragma: no cover - composites override
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityCall:
+    """One scheduled activity invocation, as the runtime needs to execute it."""
+
+    key: str
+    activity: Activity
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    position: int
+
+
+class ActivityTask(Task):
+    """The pending result of one ``ctx.call_activity``."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: ActivityCall) -> None:
+        super().__init__()
+        self.call = call
+
+    def __repr__(self) -> str:
+        return f"<ActivityTask {self.call.key}>"
+
+
+class WhenAll(Task):
+    """Completes with the list of child results; fails as soon as one child fails."""
+
+    __slots__ = ("_remaining", "children")
+
+    def __init__(self, children: Sequence[Task]) -> None:
+        super().__init__()
+        self.children = list(children)
+        self._remaining = 0
+        for child in self.children:
+            if not child.is_done:
+                self._remaining += 1
+                child._listen(self)
+            elif child.is_failed:
+                assert child._error is not None
+                self._fail(child._error, child.finished_at)
+                return
+        if self._remaining == 0:
+            self._finish()
+
+    def _child_finished(self, child: Task) -> None:
+        if child.is_failed:
+            assert child._error is not None
+            self._fail(child._error, child.finished_at)
+            return
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        children = self.children
+        at = max((c.finished_at for c in children), default=0.0)
+        self._complete([c._value for c in children], at, all(c.from_history for c in children))
+
+
+class WhenAny(Task):
+    """Completes with the first child to finish (successfully or not)."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children: Sequence[Task]) -> None:
+        super().__init__()
+        self.children = list(children)
+        if not self.children:
+            raise ValueError("ctx.task_any needs at least one task")
+        for child in self.children:
+            if child.is_done:
+                self._child_finished(child)
+                return
+        for child in self.children:
+            child._listen(self)
+
+    def _child_finished(self, child: Task) -> None:
+        self._complete(child, child.finished_at, child.from_history)

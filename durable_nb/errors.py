@@ -1,0 +1,83 @@
+"""Every error durable_nb raises derives from one root, :class:`DurableNbError`.
+
+The tree::
+
+    DurableNbError
+    ├── DefinitionError          an activity or orchestrator that cannot be used as written
+    ├── ActivityNotFoundError    ctx.call_activity named an activity that is not registered
+    ├── FingerprintError         an argument that cannot be digested into a stable call key
+    ├── OrchestratorError        an orchestrator that waited on something other than a ctx task
+    ├── NonDeterminismError      strict mode: the call at a position is not the one recorded
+    ├── ActivityTimeoutError     one attempt of an activity ran past its timeout (also TimeoutError)
+    ├── ResultNotStorableError   an activity result the store cannot serialise
+    ├── InstanceNotFinishedError a handle's result was asked for before the run ended
+    ├── InstanceBusyError        the instance is already being run
+    └── StoreError               the checkpoint folder cannot be opened or used
+
+Activity failures are *not* wrapped: the original exception reaches the
+orchestrator's ``yield``/``await`` so ``try/except ValueError`` works, with the
+activity name, attempt count, instance and call key attached as attributes
+(``durable_activity``, ``durable_attempts``, ``durable_instance``,
+``durable_call``) and as a note on the traceback.
+"""
+
+from __future__ import annotations
+
+
+class DurableNbError(Exception):
+    """Root of every error raised by durable_nb."""
+
+
+class DefinitionError(DurableNbError, TypeError):
+    """An activity or orchestrator definition that durable_nb cannot use."""
+
+
+class ActivityNotFoundError(DurableNbError, LookupError):
+    """``ctx.call_activity`` was given a name that no activity is registered under."""
+
+
+class FingerprintError(DurableNbError, TypeError):
+    """An activity argument cannot be turned into a stable digest."""
+
+
+class OrchestratorError(DurableNbError):
+    """An orchestrator yielded or awaited something that is not a durable task."""
+
+
+class NonDeterminismError(DurableNbError):
+    """Strict mode: the orchestrator's calls differ from the recorded run."""
+
+
+class ActivityTimeoutError(DurableNbError, TimeoutError):
+    """An attempt of an activity ran longer than its ``timeout``."""
+
+
+class ResultNotStorableError(DurableNbError, TypeError):
+    """An activity returned a value that cannot be written to the checkpoint store."""
+
+
+class InstanceNotFinishedError(DurableNbError):
+    """The result of an instance was requested while it is still running."""
+
+
+class InstanceBusyError(DurableNbError):
+    """The instance is already being run by this or another kernel."""
+
+
+class StoreError(DurableNbError):
+    """The checkpoint store cannot be opened, read or written."""
+
+
+__all__ = [
+    "ActivityNotFoundError",
+    "ActivityTimeoutError",
+    "DefinitionError",
+    "DurableNbError",
+    "FingerprintError",
+    "InstanceBusyError",
+    "InstanceNotFinishedError",
+    "NonDeterminismError",
+    "OrchestratorError",
+    "ResultNotStorableError",
+    "StoreError",
+]

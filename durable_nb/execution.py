@@ -1,0 +1,389 @@
+"""One run of one instance: the asyncio loop that joins store, engine and executor.
+
+The order of things is what makes a run durable:
+
+1. completions of activities are collected in an inbox;
+2. the inbox is appended to the store in one atomic chunk;
+3. only then does the engine see them and resume the orchestrator.
+
+So a result is on disk before the orchestrator acts on it, and a kill at any
+moment loses at most the activities that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from durable_nb import history
+from durable_nb.engine import ActivityCall, OrchestrationEngine, Step
+from durable_nb.engine.replay import COMPLETED
+from durable_nb.errors import ActivityTimeoutError, DurableNbError, ResultNotStorableError
+from durable_nb.progress import Progress
+from durable_nb.store import CheckpointStore, InstanceRecord
+
+if TYPE_CHECKING:
+    from durable_nb.definitions import Orchestrator
+    from durable_nb.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
+COMPACT_AFTER_CHUNKS = 32
+
+
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    status: str  # completed | failed
+    output: Any = None
+    failure: BaseException | None = None
+
+
+class Execution:
+    """Runs an orchestrator instance once, from its stored history to its end."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        orchestrator: Orchestrator,
+        arguments: dict[str, Any],
+        instance_id: str,
+        progress: Progress,
+    ) -> None:
+        self.runtime = runtime
+        self.store: CheckpointStore = runtime.store
+        self.orchestrator = orchestrator
+        self.instance_id = instance_id
+        self.progress = progress
+        self.engine = OrchestrationEngine(
+            orchestrator.fn,
+            arguments,
+            name=orchestrator.name,
+            instance_id=instance_id,
+            strict=orchestrator.strict,
+        )
+        self._inbox: list[history.Event] = []
+        self._unwritten: list[history.Event] = []
+        self._wake: asyncio.Event | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._record: InstanceRecord | None = None
+        self._record_dirty = False
+        self._ended = False
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> Outcome:
+        self._wake = asyncio.Event()
+        record = self._open_record()
+        self.engine.load(self.store.read_history(self.instance_id))
+        started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
+        self._unwritten.append(started)
+        self.progress.begin()
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            self._apply(self.engine.start(started))
+            while not self.engine.done:
+                if not self._inbox:
+                    await self._wake.wait()
+                self._wake.clear()
+                events, self._inbox = self._inbox, []
+                self._apply(self.engine.apply(self._persist(events)))
+        except BaseException as exc:  # CancelledError (interrupt) or KeyboardInterrupt
+            self._end("interrupted", f"{type(exc).__name__}: run stopped before it finished")
+            raise
+        finally:
+            ticker.cancel()
+            self._stop_attempts()
+        return self._finish()
+
+    def _open_record(self) -> InstanceRecord:
+        now = time.time()
+        record = self.store.get_instance(self.instance_id)
+        if record is None:
+            record = InstanceRecord(self.instance_id, self.orchestrator.name, created_at=now)
+        elif record.orchestrator != self.orchestrator.name:
+            raise DurableNbError(
+                f"instance id {self.instance_id!r} belongs to orchestrator "
+                f"{record.orchestrator!r}, not {self.orchestrator.name!r}; choose another "
+                "instance_id or purge the old instance (%durable purge ID)"
+            )
+        record.runs += 1
+        record.status, record.started_at, record.updated_at = "running", now, now
+        record.finished_at, record.error = None, None
+        self.store.put_instance(record)
+        self._record = record
+        return record
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.progress.changed()
+
+    # ------------------------------------------------------------------ steps
+
+    def _apply(self, step: Step) -> None:
+        progress = self.progress
+        for name in step.cached:
+            progress.cached(name)
+        if step.scheduled:
+            now = time.time()
+            for call in step.scheduled:
+                self._unwritten.append(history.TaskScheduled(now, call.key, call.activity.name))
+                progress.scheduled(call.activity.name)
+                task = asyncio.ensure_future(self._run_activity(call))
+                self._attempts.add(task)
+                task.add_done_callback(self._attempts.discard)
+        if step.has_custom_status:
+            self._unwritten.append(history.CustomStatusSet(time.time(), step.custom_status))
+            assert self._record is not None
+            self._record.custom_status = step.custom_status
+            self._record_dirty = True
+        progress.changed()
+
+    def _post(self, event: history.Event) -> None:
+        self._inbox.append(event)
+        assert self._wake is not None
+        self._wake.set()
+
+    def _persist(self, events: Sequence[history.Event]) -> list[history.Event]:
+        """Write ``events`` (and buffered bookkeeping events) as one atomic chunk.
+
+        Returns the events the engine should see: a completion whose result cannot
+        be pickled becomes a failure that says so.
+        """
+        chunk = self._unwritten + list(events)
+        self._unwritten = []
+        seen = list(events)
+        if chunk:
+            try:
+                self.store.append(self.instance_id, chunk)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                replaced = self._unstorable(chunk)
+                if not replaced:
+                    raise
+                chunk = [replaced.get(id(event), event) for event in chunk]
+                self.store.append(self.instance_id, chunk)
+                seen = [replaced.get(id(event), event) for event in seen]
+        if self._record_dirty and self._record is not None:
+            self._record.updated_at = time.time()
+            self.store.put_instance(self._record)
+            self._record_dirty = False
+        return seen
+
+    def _unstorable(self, chunk: list[history.Event]) -> dict[int, history.Event]:
+        """Failures to stand in for completions whose result cannot be pickled."""
+        replaced: dict[int, history.Event] = {}
+        for event in chunk:
+            if not isinstance(event, history.TaskCompleted):
+                continue
+            try:
+                pickle.dumps(event.result, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as why:
+                error = ResultNotStorableError(
+                    f"activity {event.activity!r} (instance {self.instance_id}, call "
+                    f"{event.key}) returned a {type(event.result).__qualname__}, which "
+                    f"cannot be checkpointed ({why}); return plain data (numbers, strings, "
+                    "lists, dicts, arrays, DataFrames) instead"
+                )
+                replaced[id(event)] = history.TaskFailed(
+                    event.timestamp,
+                    event.key,
+                    event.activity,
+                    type(error).__name__,
+                    str(error),
+                    event.attempts,
+                    error,
+                )
+                row = self.progress.row(event.activity)
+                row.ran -= 1
+                row.failed += 1
+        return replaced
+
+    # ------------------------------------------------------------------ activities
+
+    async def _run_activity(self, call: ActivityCall) -> None:
+        act = call.activity
+        options = act.options
+        name = act.name
+        semaphore = self.runtime.semaphore_for(act)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if semaphore is not None:
+                    async with semaphore:
+                        result = await self._attempt(call, attempt)
+                else:
+                    result = await self._attempt(call, attempt)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                error = _as_activity_error(exc, name)
+                if attempt <= options.retries and isinstance(exc, Exception):
+                    delay = options.delay_before(attempt + 1)
+                    self._unwritten.append(
+                        history.TaskRetried(
+                            time.time(),
+                            call.key,
+                            name,
+                            attempt,
+                            type(exc).__name__,
+                            str(exc),
+                            delay,
+                        )
+                    )
+                    self.progress.retried(name)
+                    logger.info("activity %s attempt %s failed (%s); retrying", name, attempt, exc)
+                    await asyncio.sleep(delay)
+                    continue
+                _annotate(error, name, attempt, self.instance_id, call.key)
+                self.progress.failed(name)
+                self._post(
+                    history.TaskFailed(
+                        time.time(),
+                        call.key,
+                        name,
+                        type(error).__name__,
+                        str(error),
+                        attempt,
+                        error,
+                    )
+                )
+                return
+            self.progress.ran(name)
+            self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt))
+            return
+
+    async def _attempt(self, call: ActivityCall, attempt: int) -> Any:
+        act = call.activity
+        future: concurrent.futures.Future[Any] | None = None
+        self.progress.attempt_started(act.name)
+        try:
+            if act.is_async:
+                awaitable: Any = act.fn(*call.args, **call.kwargs)
+            else:
+                future = self.runtime.executor.submit(act.fn, *call.args, **call.kwargs)
+                future.add_done_callback(partial(self._keep_late_result, call, attempt))
+                awaitable = asyncio.wrap_future(future)
+            timeout = act.options.timeout
+            if timeout is None:
+                return await awaitable
+            try:
+                return await asyncio.wait_for(awaitable, timeout)
+            except asyncio.TimeoutError:  # not the builtin TimeoutError on 3.10
+                raise ActivityTimeoutError(
+                    f"activity {act.name!r} (instance {self.instance_id}, call {call.key}) "
+                    f"attempt {attempt} ran longer than its timeout of {timeout:g} s"
+                ) from None
+        except asyncio.CancelledError:
+            if future is not None and future.done():
+                self._keep_late_result(call, attempt, future)
+            raise
+        finally:
+            self.progress.attempt_ended(act.name)
+
+    def _keep_late_result(
+        self, call: ActivityCall, attempt: int, future: concurrent.futures.Future[Any]
+    ) -> None:
+        """A thread finished after its run ended (interrupt, or the orchestrator moved on):
+        keep the result anyway, so the next run need not redo the work."""
+        if not self._ended or future.cancelled() or future.exception() is not None:
+            return
+        event = history.TaskCompleted(
+            time.time(), call.key, call.activity.name, future.result(), attempt
+        )
+        try:
+            self.store.append(self.instance_id, [event])
+            logger.debug("kept late result of %s", call.key)
+        except Exception:
+            logger.warning("could not keep the late result of %s", call.key, exc_info=True)
+
+    def _stop_attempts(self) -> None:
+        self._ended = True
+        for task in list(self._attempts):
+            task.cancel()
+
+    # ------------------------------------------------------------------ ending
+
+    def _finish(self) -> Outcome:
+        engine = self.engine
+        if engine.status == COMPLETED:
+            self._end("completed", "")
+            return Outcome("completed", output=engine.output)
+        failure = engine.failure
+        assert failure is not None
+        self._end("failed", f"{type(failure).__name__}: {failure}")
+        return Outcome("failed", failure=failure)
+
+    def _end(self, status: str, message: str) -> None:
+        now = time.time()
+        calls = tuple(self.engine.calls) if self.orchestrator.strict else None
+        if status == "interrupted":
+            calls = None  # a partial run is no reference for strict mode
+        self._unwritten.append(history.ExecutionFinished(now, status, message, calls))
+        record = self._record
+        try:
+            # Completions that arrived after the engine's last step are kept too.
+            inbox, self._inbox = self._inbox, []
+            self._persist(inbox)
+            if record is not None:
+                record.status, record.finished_at, record.updated_at = status, now, now
+                record.error = message or None
+                totals = self.progress.totals()
+                record.counts = {
+                    "calls": totals.total,
+                    "cached": totals.cached,
+                    "ran": totals.ran,
+                    "failed": totals.failed,
+                    "retried": totals.retried,
+                }
+                record.output = self.engine.output if status == "completed" else None
+                self._put_record(record)
+            if self.store.history_chunks(self.instance_id) > COMPACT_AFTER_CHUNKS:
+                self.store.compact(self.instance_id)
+        finally:
+            self.progress.finish(status, message)
+
+    def _put_record(self, record: InstanceRecord) -> None:
+        try:
+            self.store.put_instance(record)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            record.output = None  # an output that cannot be pickled is still returned live
+            self.store.put_instance(record)
+
+
+def _as_activity_error(exc: BaseException, name: str) -> BaseException:
+    """KeyboardInterrupt or SystemExit raised *inside* an activity are failures of that
+    activity, not signals to this process; everything else is passed through as is."""
+    if isinstance(exc, Exception):
+        return exc
+    error = DurableNbError(
+        f"activity {name!r} raised {type(exc).__name__}; activities must signal failure "
+        "with an Exception, so it was recorded as a failure"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, key: str) -> None:
+    """Attach where the failure happened, as attributes and as a traceback note."""
+    try:
+        error.durable_activity = name  # type: ignore[attr-defined]
+        error.durable_attempts = attempts  # type: ignore[attr-defined]
+        error.durable_instance = instance_id  # type: ignore[attr-defined]
+        error.durable_call = key  # type: ignore[attr-defined]
+    except AttributeError:  # exceptions with __slots__
+        pass
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        add_note(f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")

@@ -1,0 +1,138 @@
+"""History events of an orchestration instance and their encoding for the store.
+
+An instance's history is an append-only log of these events. Replay reads it to
+know which calls already have results; status, ``%durable show`` and auditing
+read it to tell what happened. Events are encoded as plain tuples
+``(tag, field, ...)`` so a stored history does not depend on class names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of all history events; ``timestamp`` is seconds since the epoch (UTC)."""
+
+    TAG: ClassVar[str] = ""
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStarted(Event):
+    """A run of the instance began (every rerun of an instance adds one)."""
+
+    TAG: ClassVar[str] = "started"
+    orchestrator: str
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskScheduled(Event):
+    """An activity call was handed to an executor."""
+
+    TAG: ClassVar[str] = "scheduled"
+    key: str
+    activity: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCompleted(Event):
+    """An activity call returned; ``result`` is what replay hands back."""
+
+    TAG: ClassVar[str] = "completed"
+    key: str
+    activity: str
+    result: Any
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed(Event):
+    """An activity call raised on its last attempt.
+
+    ``error`` is the exception itself while the run is live; history stores only
+    its type and message, because failures are retried, never replayed.
+    """
+
+    TAG: ClassVar[str] = "failed"
+    key: str
+    activity: str
+    error_type: str
+    message: str
+    attempts: int
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRetried(Event):
+    """An attempt failed and another one is scheduled after ``delay`` seconds."""
+
+    TAG: ClassVar[str] = "retried"
+    key: str
+    activity: str
+    attempt: int
+    error_type: str
+    message: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class CustomStatusSet(Event):
+    """The orchestrator called ``ctx.set_custom_status``."""
+
+    TAG: ClassVar[str] = "custom_status"
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFinished(Event):
+    """A run ended: ``status`` is completed, failed or interrupted.
+
+    ``calls`` lists the activity names by call position; it is recorded in strict
+    mode only, where the next run is checked against it.
+    """
+
+    TAG: ClassVar[str] = "finished"
+    status: str
+    message: str
+    calls: tuple[str, ...] | None = None
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ExecutionStarted,
+    TaskScheduled,
+    TaskCompleted,
+    TaskFailed,
+    TaskRetried,
+    CustomStatusSet,
+    ExecutionFinished,
+)
+
+_BY_TAG: dict[str, type[Event]] = {cls.TAG: cls for cls in EVENT_TYPES}
+_FIELDS: dict[type[Event], tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in EVENT_TYPES
+}
+
+
+def encode(event: Event) -> tuple[Any, ...]:
+    """A plain tuple for storage; live-only exception objects are dropped."""
+    if isinstance(event, TaskFailed):
+        return (
+            event.TAG,
+            event.timestamp,
+            event.key,
+            event.activity,
+            event.error_type,
+            event.message,
+            event.attempts,
+        )
+    return (event.TAG, *(getattr(event, name) for name in _FIELDS[type(event)]))
+
+
+def decode(row: tuple[Any, ...]) -> Event:
+    """Inverse of :func:`encode`."""
+    cls = _BY_TAG[row[0]]
+    return cls(*row[1:])

@@ -1,0 +1,252 @@
+"""IPython magics: ``%%activity``, ``%%orchestrator`` and ``%durable``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import shlex
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from durable_nb.definitions import Activity, ActivityOptions, Orchestrator, register
+from durable_nb.errors import DefinitionError
+from durable_nb.fingerprint import node_digest
+from durable_nb.runtime import get_runtime
+from durable_nb.store import InstanceRecord
+
+_FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a one-line UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message or self.format_usage())
+
+    def parse_line(self, line: str) -> argparse.Namespace:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"{self.prog}: {exc}") from None
+        return self.parse_args(words)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds as a number, got {text!r}") from None
+
+
+_ACTIVITY_PARSER = _Parser(prog="%%activity", add_help=False)
+_ACTIVITY_PARSER.add_argument("--retries", type=int, default=0)
+_ACTIVITY_PARSER.add_argument("--backoff", type=_positive_float, default=1.0)
+_ACTIVITY_PARSER.add_argument("--timeout", type=_positive_float, default=None)
+_ACTIVITY_PARSER.add_argument("--concurrency", type=int, default=None)
+_ACTIVITY_PARSER.add_argument("--version", default=None)
+
+_ORCHESTRATOR_PARSER = _Parser(prog="%%orchestrator", add_help=False)
+_ORCHESTRATOR_PARSER.add_argument("--strict", action="store_true")
+
+
+@magics_class
+class DurableMagics(Magics):
+    """Turn notebook cells into durable activities and orchestrators."""
+
+    def _run_definitions(self, cell: str, magic: str) -> tuple[dict[str, Any], list[_FunctionNode]]:
+        """Execute the cell in the user namespace; return it and the top-level functions."""
+        shell = self.shell
+        assert shell is not None
+        source = shell.transform_cell(cell)
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise UsageError(f"%%{magic}: the cell has a syntax error: {exc}") from None
+        functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if not functions:
+            raise UsageError(f"%%{magic}: the cell defines no top-level function (def ...)")
+        # Compile through IPython's cache so tracebacks and inspect.getsource show
+        # the cell's lines.
+        filename = shell.compile.cache(source)
+        code = shell.compile(tree, filename, "exec")
+        exec(code, shell.user_global_ns, shell.user_ns)
+        return shell.user_ns, functions
+
+    @cell_magic
+    def activity(self, line: str, cell: str) -> None:
+        """Turn every top-level function of the cell into a checkpointed activity.
+
+        Options: --retries N, --backoff SECONDS, --timeout SECONDS, --concurrency N,
+        --version TAG (change it to invalidate cached results).
+        """
+        opts = _ACTIVITY_PARSER.parse_line(line)
+        try:
+            options = ActivityOptions(
+                retries=opts.retries,
+                backoff=opts.backoff,
+                timeout=opts.timeout,
+                concurrency=opts.concurrency,
+                version=opts.version,
+            )
+        except DefinitionError as exc:
+            raise UsageError(f"%%activity: {exc}") from None
+        namespace, functions = self._run_definitions(cell, "activity")
+        for node in functions:
+            fn = namespace[node.name]
+            if isinstance(fn, Activity):
+                fn = fn.fn
+            digest = node_digest(node, options.version)
+            namespace[node.name] = register(Activity(fn, options, source_digest=digest))
+
+    @cell_magic
+    def orchestrator(self, line: str, cell: str) -> None:
+        """Turn every top-level function of the cell into an orchestrator.
+
+        Options: --strict (the recorded calls must come again in the same order).
+        """
+        opts = _ORCHESTRATOR_PARSER.parse_line(line)
+        namespace, functions = self._run_definitions(cell, "orchestrator")
+        for node in functions:
+            fn = namespace[node.name]
+            if isinstance(fn, Orchestrator):
+                fn = fn.fn
+            try:
+                namespace[node.name] = Orchestrator(fn, strict=opts.strict)
+            except DefinitionError as exc:
+                raise UsageError(f"%%orchestrator: {exc}") from None
+
+    @line_magic
+    def durable(self, line: str) -> None:
+        """Manage instances: %durable list | show ID | purge ID... | purge --all"""
+        words = shlex.split(line)
+        verb, rest = (words[0], words[1:]) if words else ("list", [])
+        handler = _VERBS.get(verb)
+        if handler is None:
+            raise UsageError(
+                f"%durable: unknown verb {verb!r}; use list, show ID, purge ID... or purge --all"
+            )
+        print(handler(rest))
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return _dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table with aligned columns."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def list_instances_text(records: list[InstanceRecord]) -> str:
+    if not records:
+        return "no instances in the store"
+    rows = [
+        [
+            r.instance_id,
+            r.orchestrator,
+            r.status,
+            str(r.runs),
+            f"{r.counts.get('calls', 0)}",
+            _when(r.updated_at),
+            "" if r.custom_status is None else repr(r.custom_status)[:40],
+        ]
+        for r in records
+    ]
+    headers = ["instance", "orchestrator", "status", "runs", "calls", "updated", "custom status"]
+    return format_table(headers, rows)
+
+
+def show_instance_text(record: InstanceRecord, events: list[Any]) -> str:
+    lines = [
+        f"instance:      {record.instance_id}",
+        f"orchestrator:  {record.orchestrator}",
+        f"status:        {record.status}",
+        f"runs:          {record.runs}",
+        f"created:       {_when(record.created_at)}",
+        f"last started:  {_when(record.started_at)}",
+        f"finished:      {_when(record.finished_at)}",
+    ]
+    if record.custom_status is not None:
+        lines.append(f"custom status: {record.custom_status!r}")
+    if record.error:
+        lines.append(f"error:         {record.error}")
+    if record.status == "completed":
+        lines.append(f"output:        {repr(record.output)[:200]}")
+    per_activity: dict[str, dict[str, int]] = {}
+    for event in events:
+        activity = getattr(event, "activity", None)
+        if activity is not None:
+            counts = per_activity.setdefault(activity, {})
+            counts[event.TAG] = counts.get(event.TAG, 0) + 1
+    if per_activity:
+        kinds = ["scheduled", "completed", "failed", "retried"]
+        rows = [[name] + [str(c.get(k, 0)) for k in kinds] for name, c in per_activity.items()]
+        lines += ["", "history (all runs):", format_table(["activity", *kinds], rows)]
+    return "\n".join(lines)
+
+
+def _verb_list(args: list[str]) -> str:
+    if args:
+        raise UsageError("%durable list takes no arguments")
+    return list_instances_text(get_runtime().store.list_instances())
+
+
+def _verb_show(args: list[str]) -> str:
+    if len(args) != 1:
+        raise UsageError("usage: %durable show INSTANCE_ID")
+    store = get_runtime().store
+    record = store.get_instance(args[0])
+    if record is None:
+        raise UsageError(f"%durable show: no instance {args[0]!r} in {store.location}")
+    return show_instance_text(record, store.read_history(args[0]))
+
+
+def _verb_purge(args: list[str]) -> str:
+    store = get_runtime().store
+    if args == ["--all"]:
+        ids = [r.instance_id for r in store.list_instances()]
+    elif args and "--all" not in args:
+        ids = args
+    else:
+        raise UsageError("usage: %durable purge ID [ID ...]  or  %durable purge --all")
+    purged = [i for i in ids if store.purge(i)]
+    missing = [i for i in ids if i not in purged]
+    text = f"purged {len(purged)} instance(s)"
+    if missing:
+        text += f"; not found: {', '.join(missing)}"
+    return text
+
+
+_VERBS: dict[str, Callable[[list[str]], str]] = {
+    "list": _verb_list,
+    "show": _verb_show,
+    "purge": _verb_purge,
+}
+
+
+def register_magics(ipython: Any) -> None:
+    ipython.register_magics(DurableMagics)
+
+
+def unregister_magics(ipython: Any) -> None:
+    manager = ipython.magics_manager
+    for kind, name in (("cell", "activity"), ("cell", "orchestrator"), ("line", "durable")):
+        manager.magics[kind].pop(name, None)
+    manager.registry.pop("DurableMagics", None)

@@ -1,0 +1,140 @@
+"""Live progress of one run, fed by the runtime and read by views (widgets, text).
+
+The model only counts; views subscribe and are told at most ``max_rate`` times a
+second, plus always once when the run ends, because widget messages beyond a
+thousand or so queued are dropped and servers rate-limit output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class ActivityRow:
+    """Counts for one activity name within a run."""
+
+    name: str
+    total: int = 0
+    cached: int = 0
+    ran: int = 0
+    running: int = 0
+    failed: int = 0
+    retried: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.ran + self.failed
+
+
+Listener = Callable[["Progress"], None]
+
+
+class Progress:
+    """Counts of one run by activity, with throttled change notification."""
+
+    def __init__(
+        self,
+        orchestrator: str,
+        instance_id: str,
+        *,
+        max_rate: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.instance_id = instance_id
+        self.status = "starting"
+        self.message = ""
+        self.rows: dict[str, ActivityRow] = {}
+        self._clock = clock
+        self._interval = 1.0 / max_rate
+        self.started = clock()
+        self.finished: float | None = None
+        self._listeners: list[Listener] = []
+        self._last_notice = float("-inf")
+        self._dirty = False
+
+    # ----------------------------------------------------------- counting
+
+    def row(self, name: str) -> ActivityRow:
+        found = self.rows.get(name)
+        if found is None:
+            found = self.rows[name] = ActivityRow(name)
+        return found
+
+    def cached(self, name: str) -> None:
+        row = self.row(name)
+        row.total += 1
+        row.cached += 1
+        self._dirty = True
+
+    def scheduled(self, name: str) -> None:
+        self.row(name).total += 1
+        self._dirty = True
+
+    def attempt_started(self, name: str) -> None:
+        self.row(name).running += 1
+        self._dirty = True
+
+    def attempt_ended(self, name: str) -> None:
+        self.row(name).running -= 1
+        self._dirty = True
+
+    def ran(self, name: str) -> None:
+        self.row(name).ran += 1
+        self._dirty = True
+
+    def failed(self, name: str) -> None:
+        self.row(name).failed += 1
+        self._dirty = True
+
+    def retried(self, name: str) -> None:
+        self.row(name).retried += 1
+        self._dirty = True
+
+    # ----------------------------------------------------------- totals
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished if self.finished is not None else self._clock()
+        return end - self.started
+
+    def totals(self) -> ActivityRow:
+        """The sum of every row."""
+        total = ActivityRow("all")
+        for row in self.rows.values():
+            total.total += row.total
+            total.cached += row.cached
+            total.ran += row.ran
+            total.running += row.running
+            total.failed += row.failed
+            total.retried += row.retried
+        return total
+
+    # ----------------------------------------------------------- notification
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def begin(self) -> None:
+        self.status = "running"
+        self._notify()
+
+    def changed(self) -> None:
+        """Tell listeners, unless they were told less than one interval ago."""
+        if self._dirty and self._clock() - self._last_notice >= self._interval:
+            self._notify()
+
+    def finish(self, status: str, message: str = "") -> None:
+        """The run ended; listeners are always told."""
+        self.status, self.message = status, message
+        self.finished = self._clock()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._last_notice = self._clock()
+        self._dirty = False
+        for listener in self._listeners:
+            listener(self)

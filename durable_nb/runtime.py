@@ -1,0 +1,336 @@
+"""Entry points that run orchestrations: ``await orch(...)``, ``orch.run(...)``,
+``orch.start(...)``, and the process-wide settings behind them (``configure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import types
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from durable_nb.errors import DurableNbError, InstanceBusyError, InstanceNotFinishedError
+from durable_nb.execution import Execution, Outcome
+from durable_nb.progress import Progress
+from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
+
+if TYPE_CHECKING:
+    from durable_nb.definitions import Activity, Orchestrator
+
+PROGRESS_MODES = ("auto", "widget", "text", "none")
+DEFAULT_MAX_WORKERS = 32
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_HIDDEN_DIRS = (
+    _PACKAGE_DIR,
+    str(Path(asyncio.__file__).resolve().parent),
+    str(Path(concurrent.futures.__file__).resolve().parent),
+)
+
+
+class Runtime:
+    """Process-wide settings and the instances running in this process."""
+
+    def __init__(
+        self,
+        store: CheckpointStore | str | os.PathLike[str] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        progress: str = "auto",
+        max_workers: int = DEFAULT_MAX_WORKERS,
+    ) -> None:
+        self._store: CheckpointStore | None = None
+        self._store_path: str | os.PathLike[str] | None = None
+        self._executor: concurrent.futures.Executor | None = executor
+        self._max_workers = max_workers
+        self.progress_mode = "auto"
+        self._active: dict[str, asyncio.Task[Outcome]] = {}
+        self._semaphores: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
+        self.configure(store=store, progress=progress)
+
+    # ------------------------------------------------------------------ settings
+
+    def configure(
+        self,
+        *,
+        store: CheckpointStore | str | os.PathLike[str] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        progress: str | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        """Change where checkpoints live, how activities run and how progress shows."""
+        if progress is not None:
+            if progress not in PROGRESS_MODES:
+                raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}")
+            self.progress_mode = progress
+        if store is not None:
+            if self._store is not None:
+                self._store.close()
+            if isinstance(store, (str, os.PathLike)):
+                self._store, self._store_path = None, store
+            else:
+                self._store, self._store_path = store, None
+        if executor is not None:
+            self._executor = executor
+        if max_workers is not None:
+            if max_workers < 1:
+                raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+            self._max_workers = max_workers
+
+    @property
+    def store(self) -> CheckpointStore:
+        """The checkpoint store, opened on first use."""
+        if self._store is None:
+            self._store = DiskCacheStore(self._store_path)
+        return self._store
+
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        """Where synchronous activities run: a thread pool unless configured otherwise."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self._max_workers, thread_name_prefix="durable_nb"
+            )
+        return self._executor
+
+    def semaphore_for(self, act: Activity) -> asyncio.Semaphore | None:
+        """The per-activity concurrency limit, shared by every run on this loop."""
+        limit = act.options.concurrency
+        if limit is None:
+            return None
+        per_loop = self._semaphores.setdefault(asyncio.get_running_loop(), {})
+        key = f"{act.name}/{limit}"
+        found = per_loop.get(key)
+        if found is None:
+            found = per_loop[key] = asyncio.Semaphore(limit)
+        return found
+
+    def close(self) -> None:
+        """Release the store and the thread pool (running threads finish first)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    # ------------------------------------------------------------------ running
+
+    def _prepare(
+        self,
+        orch: Orchestrator,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        instance_id: str | None,
+    ) -> tuple[dict[str, Any], str]:
+        arguments = orch.bind_input(args, kwargs)
+        if instance_id is None:
+            instance_id = orch.instance_id_for(*args, **kwargs)
+        elif not isinstance(instance_id, str) or not instance_id:
+            raise ValueError(f"instance_id must be a non-empty string, got {instance_id!r}")
+        return arguments, instance_id
+
+    def _launch(
+        self,
+        orch: Orchestrator,
+        arguments: dict[str, Any],
+        instance_id: str,
+        fresh: bool,
+    ) -> asyncio.Task[Outcome]:
+        running = self._active.get(instance_id)
+        if running is not None and not running.done():
+            raise InstanceBusyError(
+                f"instance {instance_id!r} is already running in this kernel; await its "
+                "handle, or wait for it to end before starting it again"
+            )
+        if fresh:
+            self.store.purge(instance_id)
+        progress = Progress(orch.name, instance_id)
+        from durable_nb.widgets import attach_view
+
+        attach_view(progress, self.progress_mode)
+        execution = Execution(self, orch, arguments, instance_id, progress)
+        task = asyncio.ensure_future(execution.run())
+        self._active[instance_id] = task
+        task.add_done_callback(lambda _t: self._forget(instance_id, task))
+        return task
+
+    def _forget(self, instance_id: str, task: asyncio.Task[Outcome]) -> None:
+        if self._active.get(instance_id) is task:
+            del self._active[instance_id]
+
+    async def run(
+        self,
+        orch: Orchestrator,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        instance_id: str | None = None,
+        fresh: bool = False,
+    ) -> Any:
+        """Run or resume an instance on the running loop; returns its output."""
+        __tracebackhide__ = True
+        arguments, instance_id = self._prepare(orch, args, kwargs, instance_id)
+        task = self._launch(orch, arguments, instance_id, fresh)
+        return _unwrap(await task)
+
+    def run_blocking(
+        self,
+        orch: Orchestrator,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        instance_id: str | None = None,
+        fresh: bool = False,
+    ) -> Any:
+        """Run an instance to its end from synchronous code, in a kernel or not."""
+        __tracebackhide__ = True
+        coroutine = self.run(orch, args, kwargs, instance_id=instance_id, fresh=fresh)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        # Inside a kernel the loop is already running; re-entering it needs the
+        # nested-loop patch. nest-asyncio2, not nest-asyncio: the original silently
+        # drops queued cells on ipykernel 7.
+        import nest_asyncio2
+
+        nest_asyncio2.apply(loop)
+        task = loop.create_task(coroutine)
+        try:
+            return loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            task.cancel()
+            try:
+                loop.run_until_complete(task)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                pass
+            raise
+
+    def start(
+        self,
+        orch: Orchestrator,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        instance_id: str | None = None,
+        fresh: bool = False,
+    ) -> InstanceHandle:
+        """Start an instance in the background on the running loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise DurableNbError(
+                f"{orch.name}.start() needs a running event loop, as in a Jupyter kernel; "
+                f"in a script use {orch.name}.run(...) or await {orch.name}(...)"
+            ) from None
+        arguments, instance_id = self._prepare(orch, args, kwargs, instance_id)
+        task = self._launch(orch, arguments, instance_id, fresh)
+        return InstanceHandle(instance_id, task, self)
+
+    def status(self, instance_id: str) -> InstanceRecord | None:
+        """The stored record of an instance, or None if the store has never seen it."""
+        return self.store.get_instance(instance_id)
+
+
+class InstanceHandle:
+    """A running (or finished) instance started with ``orch.start(...)``."""
+
+    def __init__(self, instance_id: str, task: asyncio.Task[Outcome], runtime: Runtime) -> None:
+        self.instance_id = instance_id
+        self._task = task
+        self._runtime = runtime
+
+    def __await__(self) -> Any:
+        # Shielded: interrupting the cell that awaits the handle stops the waiting,
+        # not the run; use cancel() to stop the run.
+        outcome = yield from asyncio.shield(self._task).__await__()
+        return _unwrap(outcome)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def result(self) -> Any:
+        """The output, or the failure raised; InstanceNotFinishedError while running."""
+        __tracebackhide__ = True
+        if not self._task.done():
+            raise InstanceNotFinishedError(
+                f"instance {self.instance_id!r} is still running; await the handle or "
+                "check handle.done() first"
+            )
+        return _unwrap(self._task.result())
+
+    def status(self) -> InstanceRecord:
+        """The stored record: status, custom status, counts, times."""
+        record = self._runtime.status(self.instance_id)
+        assert record is not None, "a started instance always has a record"
+        return record
+
+    def cancel(self) -> bool:
+        """Stop the run at its next step; checkpoints are kept."""
+        return self._task.cancel()
+
+    def __repr__(self) -> str:
+        state = "done" if self._task.done() else "running"
+        return f"<InstanceHandle {self.instance_id} {state}>"
+
+
+def _unwrap(outcome: Outcome) -> Any:
+    __tracebackhide__ = True
+    if outcome.failure is not None:
+        failure = outcome.failure
+        raise failure.with_traceback(_user_frames(failure.__traceback__))
+    return outcome.output
+
+
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback without durable_nb's and asyncio's own frames."""
+    kept: list[types.TracebackType] = []
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_HIDDEN_DIRS):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt: types.TracebackType | None = None
+    for entry in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime, created on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def configure(
+    *,
+    store: CheckpointStore | str | os.PathLike[str] | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    progress: str | None = None,
+    max_workers: int | None = None,
+) -> Runtime:
+    """Set where checkpoints live (a folder or a store), the executor for synchronous
+    activities, the progress display (auto, widget, text, none) and the thread count."""
+    runtime = get_runtime()
+    runtime.configure(store=store, executor=executor, progress=progress, max_workers=max_workers)
+    return runtime
+
+
+def _reset_for_tests(factory: Callable[[], Runtime] | None = None) -> Runtime:
+    """Replace the process-wide runtime (tests only)."""
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+    _runtime = factory() if factory is not None else Runtime()
+    return _runtime

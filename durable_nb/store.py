@@ -1,0 +1,264 @@
+"""Checkpoint stores: where instances and their histories live.
+
+The runtime talks to a store only through :class:`CheckpointStore`, so tests can
+inject faults at this seam. :class:`DiskCacheStore` is the default and survives
+kernel deaths; :class:`MemoryStore` is for tests and throwaway runs.
+
+Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
+
+* ``"format"``: the store format version (an int).
+* ``"i:<instance id>"``: the instance record (a plain dict).
+* ``"h:<digest of id>-<15 digits>"``: history chunks, appended with
+  ``Cache.push``, which allocates keys atomically even across processes. Each
+  chunk is a list of encoded events written in one SQLite transaction, so a chunk
+  is either wholly there or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from durable_nb import history
+from durable_nb.errors import StoreError
+from durable_nb.fingerprint import digest_bytes
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STORE_ENV = "DURABLE_NB_STORE"
+DEFAULT_FOLDER = ".durable_nb"
+
+# diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
+_FIRST_PUSHED = 500_000_000_000_000
+
+
+@dataclass
+class InstanceRecord:
+    """What a store knows about an instance without reading its history."""
+
+    instance_id: str
+    orchestrator: str
+    status: str = "pending"  # pending | running | completed | failed | interrupted
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float | None = None
+    runs: int = 0
+    custom_status: Any = None
+    output: Any = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstanceRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class CheckpointStore(Protocol):
+    """The seam between the runtime and durable storage."""
+
+    location: str
+
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
+        """Durably append ``events`` as one atomic chunk of the instance's history."""
+
+    def read_history(self, instance_id: str) -> list[history.Event]:
+        """Every event of the instance, oldest first."""
+
+    def history_chunks(self, instance_id: str) -> int:
+        """How many chunks the history is made of (compaction merges them)."""
+
+    def compact(self, instance_id: str) -> None:
+        """Rewrite the history as one chunk, atomically."""
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
+
+    def put_instance(self, record: InstanceRecord) -> None: ...
+
+    def list_instances(self) -> list[InstanceRecord]: ...
+
+    def purge(self, instance_id: str) -> bool:
+        """Delete an instance and its history; False when there was nothing to delete."""
+
+    def close(self) -> None: ...
+
+
+def default_location() -> Path:
+    """``$DURABLE_NB_STORE`` if set, else ``.durable_nb`` in the working directory."""
+    return Path(os.environ.get(STORE_ENV) or DEFAULT_FOLDER)
+
+
+class DiskCacheStore:
+    """A :class:`CheckpointStore` in a ``diskcache.Cache`` folder."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        import diskcache
+
+        path = Path(directory) if directory is not None else default_location()
+        self.location = str(path.resolve())
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o700)
+            # eviction_policy='none': the default policy would silently evict
+            # checkpoints once the cache passes its 1 GB size limit.
+            self._cache = diskcache.Cache(str(path), eviction_policy="none")
+        except (OSError, diskcache.Timeout) as exc:
+            raise StoreError(
+                f"cannot open the checkpoint store at {self.location}: {exc}. "
+                f"Check the folder exists and is writable, or point {STORE_ENV} elsewhere."
+            ) from exc
+        except Exception as exc:  # sqlite3.DatabaseError on a damaged file
+            raise StoreError(
+                f"the checkpoint store at {self.location} cannot be read ({exc}). "
+                "Move the folder aside to start afresh."
+            ) from exc
+        self._check_format()
+
+    def _check_format(self) -> None:
+        found = self._cache.get("format")
+        if found is None:
+            self._cache.add("format", FORMAT_VERSION)
+        elif not isinstance(found, int) or found > FORMAT_VERSION:
+            raise StoreError(
+                f"the checkpoint store at {self.location} has format {found!r}, newer than "
+                f"this durable_nb understands ({FORMAT_VERSION}); upgrade durable_nb."
+            )
+
+    @staticmethod
+    def _prefix(instance_id: str) -> str:
+        # A fixed-length hex digest: push() finds its last key by a key range, and
+        # raw ids could be prefixes of each other ("a" and "a-1").
+        return "h:" + digest_bytes(instance_id.encode())
+
+    def _chunk_keys(self, instance_id: str) -> Iterator[str]:
+        prefix = self._prefix(instance_id)
+        number = _FIRST_PUSHED
+        while True:
+            key = f"{prefix}-{number:015d}"
+            if key not in self._cache:
+                return
+            yield key
+            number += 1
+
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
+        chunk = [history.encode(event) for event in events]
+        self._cache.push(chunk, prefix=self._prefix(instance_id), retry=True)
+
+    def read_history(self, instance_id: str) -> list[history.Event]:
+        events: list[history.Event] = []
+        decode = history.decode
+        prefix = self._prefix(instance_id)
+        number = _FIRST_PUSHED
+        while True:
+            chunk = self._cache.get(f"{prefix}-{number:015d}", retry=True)
+            if chunk is None:
+                return events
+            events.extend(decode(row) for row in chunk)
+            number += 1
+
+    def history_chunks(self, instance_id: str) -> int:
+        return sum(1 for _ in self._chunk_keys(instance_id))
+
+    def compact(self, instance_id: str) -> None:
+        with self._cache.transact(retry=True):
+            keys = list(self._chunk_keys(instance_id))
+            if len(keys) <= 1:
+                return
+            merged: list[Any] = []
+            for key in keys:
+                merged.extend(self._cache.get(key) or ())
+            for key in keys:
+                del self._cache[key]
+            self._cache.push(merged, prefix=self._prefix(instance_id))
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        data = self._cache.get("i:" + instance_id, retry=True)
+        return InstanceRecord.from_dict(data) if data is not None else None
+
+    def put_instance(self, record: InstanceRecord) -> None:
+        self._cache.set("i:" + record.instance_id, record.to_dict(), retry=True)
+
+    def list_instances(self) -> list[InstanceRecord]:
+        records = []
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith("i:"):
+                data = self._cache.get(key)
+                if data is not None:
+                    records.append(InstanceRecord.from_dict(data))
+        return sorted(records, key=lambda r: r.created_at)
+
+    def purge(self, instance_id: str) -> bool:
+        with self._cache.transact(retry=True):
+            existed = self._cache.delete("i:" + instance_id)
+            for key in list(self._chunk_keys(instance_id)):
+                existed = self._cache.delete(key) or existed
+        return bool(existed)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class MemoryStore:
+    """A :class:`CheckpointStore` in memory, for tests and throwaway runs."""
+
+    def __init__(self) -> None:
+        self.location = ":memory:"
+        self._lock = threading.Lock()
+        self._chunks: dict[str, list[list[tuple[Any, ...]]]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
+        chunk = [history.encode(event) for event in events]
+        with self._lock:
+            self._chunks.setdefault(instance_id, []).append(chunk)
+
+    def read_history(self, instance_id: str) -> list[history.Event]:
+        with self._lock:
+            chunks = list(self._chunks.get(instance_id, ()))
+        return [history.decode(row) for chunk in chunks for row in chunk]
+
+    def history_chunks(self, instance_id: str) -> int:
+        with self._lock:
+            return len(self._chunks.get(instance_id, ()))
+
+    def compact(self, instance_id: str) -> None:
+        with self._lock:
+            chunks = self._chunks.get(instance_id)
+            if chunks and len(chunks) > 1:
+                self._chunks[instance_id] = [[row for chunk in chunks for row in chunk]]
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        with self._lock:
+            data = self._records.get(instance_id)
+        return InstanceRecord.from_dict(dict(data)) if data is not None else None
+
+    def put_instance(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._records[record.instance_id] = record.to_dict()
+
+    def list_instances(self) -> list[InstanceRecord]:
+        with self._lock:
+            records = [InstanceRecord.from_dict(dict(d)) for d in self._records.values()]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def purge(self, instance_id: str) -> bool:
+        with self._lock:
+            had_record = self._records.pop(instance_id, None) is not None
+            had_chunks = self._chunks.pop(instance_id, None) is not None
+        return had_record or had_chunks
+
+    def close(self) -> None:
+        pass

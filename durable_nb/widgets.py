@@ -1,0 +1,153 @@
+"""Views of a run's :class:`~durable_nb.progress.Progress`: a live ipywidget in a
+kernel, plain text elsewhere (terminal IPython, scripts).
+
+The widget's plain-text form is fixed when it is displayed (its ``repr``), with no
+durations in it, so notebooks that show it compare stably under nbval.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from typing import Any, TextIO
+
+from durable_nb.progress import ActivityRow, Progress
+
+TEXT_INTERVAL = 5.0  # seconds between progress lines in text mode
+
+_COLUMNS = ("cached", "ran", "running", "failed", "retried")
+
+
+def attach_view(progress: Progress, mode: str) -> None:
+    """Subscribe the view that ``mode`` (auto, widget, text, none) asks for."""
+    if mode == "auto":
+        mode = "widget" if _in_kernel() else "text"
+    if mode == "widget":
+        try:
+            widget = make_widget(progress)
+        except ImportError:
+            mode = "text"
+        else:
+            from IPython.display import display
+
+            display(widget)  # type: ignore[no-untyped-call]
+            return
+    if mode == "text":
+        TextView(progress)
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel, where widgets can be shown."""
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()  # type: ignore[no-untyped-call]
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+# --------------------------------------------------------------------- text
+
+
+def summary_line(progress: Progress) -> str:
+    """One line: instance, status, time and counts."""
+    totals = progress.totals()
+    counts = ", ".join(f"{getattr(totals, c)} {c}" for c in _COLUMNS if getattr(totals, c))
+    return (
+        f"{progress.orchestrator} [{progress.instance_id}] {progress.status} "
+        f"after {progress.elapsed:.2f} s: {totals.done}/{totals.total} calls done"
+        + (f" ({counts})" if counts else "")
+    )
+
+
+def row_line(row: ActivityRow) -> str:
+    counts = ", ".join(f"{getattr(row, c)} {c}" for c in _COLUMNS if getattr(row, c))
+    return f"  {row.name}: {row.done}/{row.total}" + (f" ({counts})" if counts else "")
+
+
+class TextView:
+    """Progress lines on a stream: one every few seconds, and a summary at the end."""
+
+    def __init__(self, progress: Progress, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._last = time.monotonic()
+        progress.subscribe(self._update)
+
+    def _update(self, progress: Progress) -> None:
+        stream = self._stream or sys.stderr
+        if progress.finished is not None:
+            lines = [summary_line(progress)] + [row_line(r) for r in progress.rows.values()]
+            if progress.message:
+                lines.append(f"  {progress.message}")
+            print("\n".join(lines), file=stream, flush=True)
+        elif progress.status == "running" and time.monotonic() - self._last >= TEXT_INTERVAL:
+            self._last = time.monotonic()
+            print(summary_line(progress), file=stream, flush=True)
+
+
+# --------------------------------------------------------------------- widget
+
+_STATUS_COLOURS = {
+    "starting": "#666",
+    "running": "#1f6feb",
+    "completed": "#1a7f37",
+    "failed": "#cf222e",
+    "interrupted": "#9a6700",
+}
+
+
+def header_html(progress: Progress) -> str:
+    totals = progress.totals()
+    colour = _STATUS_COLOURS.get(progress.status, "#666")
+    return (
+        f"<b>{html.escape(progress.orchestrator)}</b> "
+        f"<code>{html.escape(progress.instance_id)}</code> "
+        f"<span style='color:{colour};font-weight:bold'>{progress.status}</span> "
+        f"&middot; {totals.done}/{totals.total} calls &middot; {progress.elapsed:.1f} s"
+        + (
+            f"<br><span style='color:#cf222e'>{html.escape(progress.message)}</span>"
+            if progress.message and progress.status == "failed"
+            else ""
+        )
+    )
+
+
+def table_html(progress: Progress) -> str:
+    head = "".join(
+        f"<th style='padding:0 8px'>{c}</th>" for c in ("activity", "done", "", *_COLUMNS)
+    )
+    rows = []
+    for row in progress.rows.values():
+        cells = [
+            f"<td style='padding:0 8px'><code>{html.escape(row.name)}</code></td>",
+            f"<td style='padding:0 8px'>{row.done}/{row.total}</td>",
+            f"<td><progress value='{row.done}' max='{max(row.total, 1)}'></progress></td>",
+        ]
+        cells += [
+            f"<td style='padding:0 8px;text-align:right'>{getattr(row, c)}</td>" for c in _COLUMNS
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def make_widget(progress: Progress) -> Any:
+    """A VBox of header and table that follows ``progress``; raises ImportError without
+    ipywidgets."""
+    import ipywidgets
+
+    class ProgressWidget(ipywidgets.VBox):  # type: ignore[misc]
+        def __repr__(self) -> str:
+            # What nbval compares: fixed at display time, no durations.
+            return f"<durable_nb progress: {progress.orchestrator} [{progress.instance_id}]>"
+
+    header = ipywidgets.HTML(value=header_html(progress))
+    table = ipywidgets.HTML(value=table_html(progress))
+    widget = ProgressWidget(children=[header, table])
+
+    def update(p: Progress) -> None:
+        header.value = header_html(p)
+        table.value = table_html(p)
+
+    progress.subscribe(update)
+    return widget
