@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 from durable_nb import history
 from durable_nb.engine import ActivityCall, OrchestrationEngine, Step
 from durable_nb.engine.replay import COMPLETED
-from durable_nb.errors import ActivityTimeoutError, DurableNbError, ResultNotStorableError
+from durable_nb.errors import (
+    ActivityTimeoutError,
+    DurableNbError,
+    ResultNotStorableError,
+    StoreError,
+)
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, InstanceRecord
 
@@ -97,8 +102,11 @@ class Execution:
                 self._wake.clear()
                 events, self._inbox = self._inbox, []
                 self._apply(self.engine.apply(self._persist(events)))
-        except BaseException as exc:  # CancelledError (interrupt) or KeyboardInterrupt
+        except (asyncio.CancelledError, KeyboardInterrupt) as exc:  # the kernel's interrupt
             self._end("interrupted", f"{type(exc).__name__}: run stopped before it finished")
+            raise
+        except BaseException as exc:
+            self._end("failed", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             ticker.cancel()
@@ -165,19 +173,31 @@ class Execution:
         seen = list(events)
         if chunk:
             try:
-                self.store.append(self.instance_id, chunk)
+                self._append(chunk)
             except (pickle.PicklingError, TypeError, AttributeError):
                 replaced = self._unstorable(chunk)
                 if not replaced:
                     raise
                 chunk = [replaced.get(id(event), event) for event in chunk]
-                self.store.append(self.instance_id, chunk)
+                self._append(chunk)
                 seen = [replaced.get(id(event), event) for event in seen]
         if self._record_dirty and self._record is not None:
             self._record.updated_at = time.time()
             self.store.put_instance(self._record)
             self._record_dirty = False
         return seen
+
+    def _append(self, chunk: list[history.Event]) -> None:
+        try:
+            self.store.append(self.instance_id, chunk)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            raise  # a value that cannot be pickled; the caller finds which
+        except Exception as exc:
+            raise StoreError(
+                f"could not write the checkpoints of instance {self.instance_id!r} to "
+                f"{self.store.location}: {exc}. Results checkpointed before are kept; fix "
+                "the store (disk space, permissions) and rerun to resume."
+            ) from exc
 
     def _unstorable(self, chunk: list[history.Event]) -> dict[int, history.Event]:
         """Failures to stand in for completions whose result cannot be pickled."""
@@ -332,26 +352,34 @@ class Execution:
         self._unwritten.append(history.ExecutionFinished(now, status, message, calls))
         record = self._record
         try:
-            # Completions that arrived after the engine's last step are kept too.
-            inbox, self._inbox = self._inbox, []
-            self._persist(inbox)
-            if record is not None:
-                record.status, record.finished_at, record.updated_at = status, now, now
-                record.error = message or None
-                totals = self.progress.totals()
-                record.counts = {
-                    "calls": totals.total,
-                    "cached": totals.cached,
-                    "ran": totals.ran,
-                    "failed": totals.failed,
-                    "retried": totals.retried,
-                }
-                record.output = self.engine.output if status == "completed" else None
-                self._put_record(record)
-            if self.store.history_chunks(self.instance_id) > COMPACT_AFTER_CHUNKS:
-                self.store.compact(self.instance_id)
+            self._record_end(status, message, now, record)
+        except Exception:
+            # The store may be what failed; the run's own error is the one to report.
+            logger.warning("could not record the end of %s", self.instance_id, exc_info=True)
         finally:
             self.progress.finish(status, message)
+
+    def _record_end(
+        self, status: str, message: str, now: float, record: InstanceRecord | None
+    ) -> None:
+        # Completions that arrived after the engine's last step are kept too.
+        inbox, self._inbox = self._inbox, []
+        self._persist(inbox)
+        if record is not None:
+            record.status, record.finished_at, record.updated_at = status, now, now
+            record.error = message or None
+            totals = self.progress.totals()
+            record.counts = {
+                "calls": totals.total,
+                "cached": totals.cached,
+                "ran": totals.ran,
+                "failed": totals.failed,
+                "retried": totals.retried,
+            }
+            record.output = self.engine.output if status == "completed" else None
+            self._put_record(record)
+        if self.store.history_chunks(self.instance_id) > COMPACT_AFTER_CHUNKS:
+            self.store.compact(self.instance_id)
 
     def _put_record(self, record: InstanceRecord) -> None:
         try:

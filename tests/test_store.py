@@ -1,0 +1,128 @@
+"""Checkpoint stores: the same contract for DiskCacheStore and MemoryStore, plus disk specifics."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from builders import completed, started
+
+from durable_nb import history
+from durable_nb.errors import StoreError
+from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
+
+
+@pytest.fixture(params=["disk", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    made: CheckpointStore = (
+        DiskCacheStore(tmp_path / "s") if request.param == "disk" else MemoryStore()
+    )
+    yield made
+    made.close()
+
+
+def test_appended_chunks_read_back_in_order(store: CheckpointStore) -> None:
+    store.append("i", [started()])
+    store.append("i", [completed("a/1/2#0", {"x": 1}), completed("b/1/2#0", [1, 2])])
+    events = store.read_history("i")
+    assert [type(e).__name__ for e in events] == [
+        "ExecutionStarted",
+        "TaskCompleted",
+        "TaskCompleted",
+    ]
+    assert events[1].result == {"x": 1}  # type: ignore[attr-defined]
+    assert store.history_chunks("i") == 2
+
+
+def test_live_exception_objects_are_not_stored(store: CheckpointStore) -> None:
+    store.append(
+        "i", [history.TaskFailed(1.0, "k", "a", "ValueError", "bad", 2, ValueError("bad"))]
+    )
+    (event,) = store.read_history("i")
+    assert isinstance(event, history.TaskFailed)
+    assert event.error is None and event.error_type == "ValueError" and event.attempts == 2
+
+
+def test_compaction_keeps_every_event_and_later_appends_follow(store: CheckpointStore) -> None:
+    for n in range(5):
+        store.append("i", [completed(f"a/x/y#{n}", n)])
+    store.compact("i")
+    assert store.history_chunks("i") == 1
+    store.append("i", [completed("a/x/y#5", 5)])
+    assert [e.result for e in store.read_history("i")] == [0, 1, 2, 3, 4, 5]  # type: ignore[attr-defined]
+
+
+def test_ids_that_prefix_each_other_do_not_mix(store: CheckpointStore) -> None:
+    store.append("a", [completed("k/1/1#0", "of a")])
+    store.append("a-500000000000001", [completed("k/1/1#0", "of the other")])
+    assert [e.result for e in store.read_history("a")] == ["of a"]  # type: ignore[attr-defined]
+
+
+def test_instance_records_list_and_purge(store: CheckpointStore) -> None:
+    store.put_instance(InstanceRecord("one", "orch", created_at=1.0))
+    store.put_instance(InstanceRecord("two", "orch", created_at=2.0, status="completed"))
+    store.append("one", [started()])
+    assert [r.instance_id for r in store.list_instances()] == ["one", "two"]
+    assert store.get_instance("two").status == "completed"  # type: ignore[union-attr]
+    assert store.purge("one") is True
+    assert store.purge("one") is False
+    assert store.read_history("one") == [] and store.get_instance("one") is None
+
+
+def test_disk_store_folder_is_private_and_never_evicts(tmp_path: Path) -> None:
+    s = DiskCacheStore(tmp_path / "private")
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    assert s._cache.eviction_policy == "none"
+    s.close()
+
+
+def test_disk_store_refuses_a_newer_format(tmp_path: Path) -> None:
+    s = DiskCacheStore(tmp_path / "s")
+    s._cache.set("format", 999)
+    s.close()
+    with pytest.raises(StoreError, match="newer than this durable_nb"):
+        DiskCacheStore(tmp_path / "s")
+
+
+def test_disk_store_reports_an_unusable_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError) as info:
+        DiskCacheStore(blocker / "store")
+    assert str(blocker) in str(info.value)
+
+
+def _append_many(folder: str, worker: int) -> None:
+    s = DiskCacheStore(folder)
+    for n in range(100):
+        s.append("shared", [completed(f"w{worker}/x/y#{n}", (worker, n))])
+    s.close()
+
+
+def test_two_processes_appending_to_one_instance_lose_nothing(tmp_path: Path) -> None:
+    folder = str(tmp_path / "s")
+    DiskCacheStore(folder).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(folder, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    results = {e.result for e in DiskCacheStore(folder).read_history("shared")}  # type: ignore[attr-defined]
+    assert results == {(w, n) for w in range(2) for n in range(100)}
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    s = DiskCacheStore(tmp_path / "s")
+    s.append("i", [completed("a/b/c#0", 42)])
+    s.put_instance(InstanceRecord("i", "orch"))
+    s.close()
+    again = DiskCacheStore(tmp_path / "s")
+    assert again.read_history("i")[0].result == 42  # type: ignore[attr-defined]
+    assert again.get_instance("i") is not None
+    assert os.listdir(tmp_path / "s")
