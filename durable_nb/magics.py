@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import datetime as _dt
 import shlex
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -15,8 +14,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from durable_nb.definitions import Activity, ActivityOptions, Orchestrator, register
 from durable_nb.errors import DefinitionError
 from durable_nb.fingerprint import node_digest
+from durable_nb.report import list_instances_text, show_instance_text
 from durable_nb.runtime import get_runtime
-from durable_nb.store import InstanceRecord
 
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -133,73 +132,6 @@ class DurableMagics(Magics):
                 f"%durable: unknown verb {verb!r}; use list, show ID, purge ID... or purge --all"
             )
         print(handler(rest))
-
-
-def _when(timestamp: float | None) -> str:
-    if not timestamp:
-        return "-"
-    return _dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain-text table with aligned columns."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "\n".join(lines)
-
-
-def list_instances_text(records: list[InstanceRecord]) -> str:
-    if not records:
-        return "no instances in the store"
-    rows = [
-        [
-            r.instance_id,
-            r.orchestrator,
-            r.status,
-            str(r.runs),
-            f"{r.counts.get('calls', 0)}",
-            _when(r.updated_at),
-            "" if r.custom_status is None else repr(r.custom_status)[:40],
-        ]
-        for r in records
-    ]
-    headers = ["instance", "orchestrator", "status", "runs", "calls", "updated", "custom status"]
-    return format_table(headers, rows)
-
-
-def show_instance_text(record: InstanceRecord, events: list[Any]) -> str:
-    lines = [
-        f"instance:      {record.instance_id}",
-        f"orchestrator:  {record.orchestrator}",
-        f"status:        {record.status}",
-        f"runs:          {record.runs}",
-        f"created:       {_when(record.created_at)}",
-        f"last started:  {_when(record.started_at)}",
-        f"finished:      {_when(record.finished_at)}",
-    ]
-    if record.custom_status is not None:
-        lines.append(f"custom status: {record.custom_status!r}")
-    if record.error:
-        lines.append(f"error:         {record.error}")
-    if record.status == "completed":
-        lines.append(f"output:        {repr(record.output)[:200]}")
-    per_activity: dict[str, dict[str, int]] = {}
-    for event in events:
-        activity = getattr(event, "activity", None)
-        if activity is not None:
-            counts = per_activity.setdefault(activity, {})
-            counts[event.TAG] = counts.get(event.TAG, 0) + 1
-    if per_activity:
-        kinds = ["scheduled", "completed", "failed", "retried"]
-        rows = [[name] + [str(c.get(k, 0)) for k in kinds] for name, c in per_activity.items()]
-        lines += ["", "history (all runs):", format_table(["activity", *kinds], rows)]
-    return "\n".join(lines)
 
 
 def _verb_list(args: list[str]) -> str:

@@ -66,6 +66,14 @@ def row_line(row: ActivityRow) -> str:
     return f"  {row.name}: {row.done}/{row.total}" + (f" ({counts})" if counts else "")
 
 
+def text_summary(progress: Progress) -> str:
+    """The summary line, one line per activity, and the failure if any."""
+    lines = [summary_line(progress)] + [row_line(r) for r in progress.rows.values()]
+    if progress.message:
+        lines.append(f"  {progress.message}")
+    return "\n".join(lines)
+
+
 class TextView:
     """Progress lines on a stream: one every few seconds, and a summary at the end."""
 
@@ -77,10 +85,7 @@ class TextView:
     def _update(self, progress: Progress) -> None:
         stream = self._stream or sys.stderr
         if progress.finished is not None:
-            lines = [summary_line(progress)] + [row_line(r) for r in progress.rows.values()]
-            if progress.message:
-                lines.append(f"  {progress.message}")
-            print("\n".join(lines), file=stream, flush=True)
+            print(text_summary(progress), file=stream, flush=True)
         elif progress.status == "running" and time.monotonic() - self._last >= TEXT_INTERVAL:
             self._last = time.monotonic()
             print(summary_line(progress), file=stream, flush=True)
@@ -135,8 +140,13 @@ def make_widget(progress: Progress) -> Any:
     """A VBox of header and table that follows ``progress``; raises ImportError without
     ipywidgets."""
     import ipywidgets
+    import traitlets
 
     class ProgressWidget(ipywidgets.VBox):  # type: ignore[misc]
+        # Plain-text summary set when the run ends; synced so headless runners
+        # (durable-nb run) can print it from the widget state.
+        summary = traitlets.Unicode("").tag(sync=True)
+
         def __repr__(self) -> str:
             # What nbval compares: fixed at display time, no durations.
             return f"<durable_nb progress: {progress.orchestrator} [{progress.instance_id}]>"
@@ -148,6 +158,8 @@ def make_widget(progress: Progress) -> Any:
     def update(p: Progress) -> None:
         header.value = header_html(p)
         table.value = table_html(p)
+        if p.finished is not None:
+            widget.summary = text_summary(p)
 
     progress.subscribe(update)
     return widget

@@ -1,0 +1,175 @@
+"""``durable-nb``: run notebooks headless and manage the instances in a store folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from durable_nb.errors import DurableNbError
+from durable_nb.report import list_instances_text, show_instance_text
+from durable_nb.store import STORE_ENV, DiskCacheStore, default_location
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Mistakes print one line (plus where to get help) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="durable-nb",
+        description="Run notebooks headless and manage durable_nb instances.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    verbs.required = True
+
+    run = verbs.add_parser(
+        "run",
+        help="execute a notebook in a real kernel, resuming its durable work",
+        description="Execute NOTEBOOK top to bottom in a Jupyter kernel of this Python, "
+        "printing each cell's progress, and write the executed notebook back.",
+    )
+    run.add_argument("notebook", type=Path, help="the .ipynb file to execute")
+    run.add_argument("-o", "--output", type=Path, help="write the executed notebook here")
+    run.add_argument("--store", type=Path, help=f"checkpoint folder (default ${STORE_ENV})")
+    run.add_argument("--timeout", type=float, default=None, help="seconds a cell may take")
+    run.add_argument("--quiet", action="store_true", help="print only failures and the end")
+
+    for name, text in (("list", "list the instances in a store"),):
+        sub = verbs.add_parser(name, help=text, description=text)
+        _store_option(sub)
+    show = verbs.add_parser("show", help="show one instance", description="show one instance")
+    show.add_argument("instance_id")
+    _store_option(show)
+    purge = verbs.add_parser(
+        "purge",
+        help="delete instances and their checkpoints",
+        description="Delete instances and their checkpoints: IDs, or --all.",
+    )
+    purge.add_argument("instance_ids", nargs="*", metavar="ID")
+    purge.add_argument("--all", action="store_true", help="purge every instance")
+    _store_option(purge)
+    return parser
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help=f"checkpoint folder (default ${STORE_ENV} or ./.durable_nb)",
+    )
+
+
+# ------------------------------------------------------------------ store verbs
+
+
+def _open_store(folder: Path | None) -> DiskCacheStore:
+    path = folder or default_location()
+    if not path.is_dir():
+        raise DurableNbError(f"no checkpoint store at {path.resolve()}; pass --store DIR")
+    return DiskCacheStore(path)
+
+
+def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    print(list_instances_text(store.list_instances()), file=out)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    record = store.get_instance(args.instance_id)
+    if record is None:
+        raise DurableNbError(f"no instance {args.instance_id!r} in {store.location}")
+    print(show_instance_text(record, store.read_history(args.instance_id)), file=out)
+    return EXIT_OK
+
+
+def _cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
+    if args.all == bool(args.instance_ids):
+        raise _UsageProblem("purge takes instance IDs or --all, not both or neither")
+    store = _open_store(args.store)
+    ids = [r.instance_id for r in store.list_instances()] if args.all else args.instance_ids
+    purged = [i for i in ids if store.purge(i)]
+    missing = [i for i in ids if i not in purged]
+    text = f"purged {len(purged)} instance(s)"
+    if missing:
+        text += f"; not found: {', '.join(missing)}"
+    print(text, file=out)
+    return EXIT_OK if not missing else EXIT_FAILED
+
+
+# ------------------------------------------------------------------ run
+
+
+def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from durable_nb.notebook_runner import run_notebook
+
+    notebook: Path = args.notebook
+    if not notebook.is_file():
+        raise _UsageProblem(f"no notebook at {notebook}")
+    env = dict(os.environ)
+    if args.store is not None:
+        env[STORE_ENV] = str(args.store.resolve())
+    started = time.monotonic()
+    outcome = run_notebook(
+        notebook,
+        output=args.output or notebook,
+        timeout=args.timeout,
+        env=env,
+        out=out,
+        quiet=args.quiet,
+    )
+    elapsed = time.monotonic() - started
+    if outcome.failed_cell is not None:
+        print(
+            f"durable-nb: cell {outcome.failed_cell} failed after {elapsed:.1f} s: "
+            f"{outcome.error}\n  the partial notebook was written to {outcome.written}",
+            file=out,
+        )
+        return EXIT_FAILED
+    print(
+        f"durable-nb: {outcome.cells} cells ran in {elapsed:.1f} s; wrote {outcome.written}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+class _UsageProblem(Exception):
+    """A mistake in the command line found after parsing."""
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "run": _cmd_run,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "purge": _cmd_purge,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of the ``durable-nb`` console script; returns the exit status."""
+    stream = out or sys.stdout
+    args: Any = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.verb](args, stream)
+    except _UsageProblem as exc:
+        print(f"durable-nb {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DurableNbError as exc:
+        print(f"durable-nb {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

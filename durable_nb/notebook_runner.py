@@ -1,0 +1,161 @@
+"""Execute a notebook headless in a real kernel of this Python (``durable-nb run``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import nbformat
+
+_MAX_LINES = 12  # of one cell's output echoed to the terminal
+
+
+@dataclass
+class RunOutcome:
+    cells: int
+    written: Path
+    failed_cell: int | None = None
+    error: str = ""
+
+
+def _kernel_manager(socket_dir: str) -> Any:
+    """A kernel manager whose kernel is this interpreter, whatever specs are installed.
+
+    It talks over Unix sockets in ``socket_dir``: nothing listens on TCP, and the
+    kernel has no reason to warn about unencrypted traffic.
+    """
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(
+        kernel_name="python3", transport="ipc", ip=os.path.join(socket_dir, "kernel")
+    )
+    spec = manager.kernel_spec
+    if spec is not None:
+        spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    return manager
+
+
+def _first_line(source: str) -> str:
+    for line in source.splitlines():
+        if line.strip():
+            return line.strip()[:70]
+    return "(empty)"
+
+
+class _Echo:
+    """Prints each cell's start, end and text output as the notebook runs."""
+
+    def __init__(self, client: Any, out: TextIO, total: int, quiet: bool) -> None:
+        self.client = client
+        self.out = out
+        self.total = total
+        self.quiet = quiet
+        self.number = 0
+        self.started = 0.0
+
+    def start(self, cell: Any, cell_index: int) -> None:
+        if cell.cell_type != "code":
+            return
+        self.number += 1
+        self.started = time.monotonic()
+        if not self.quiet:
+            width = len(str(self.total))
+            print(
+                f"[{self.number:>{width}}/{self.total}] {_first_line(cell.source)}",
+                file=self.out,
+                flush=True,
+            )
+
+    def executed(self, cell: Any, cell_index: int, execute_reply: Any) -> None:
+        if self.quiet or cell.cell_type != "code":
+            return
+        status = execute_reply.get("content", {}).get("status", "ok") if execute_reply else "ok"
+        lines = self._output_lines(cell)
+        for line in lines[:_MAX_LINES]:
+            print(f"      {line}", file=self.out)
+        if len(lines) > _MAX_LINES:
+            print(f"      ... ({len(lines) - _MAX_LINES} more lines)", file=self.out)
+        elapsed = time.monotonic() - self.started
+        print(f"      {status} in {elapsed:.1f} s", file=self.out, flush=True)
+
+    def _output_lines(self, cell: Any) -> list[str]:
+        lines: list[str] = []
+        for output in cell.get("outputs", []):
+            kind = output.get("output_type")
+            if kind == "stream":
+                lines += output.get("text", "").splitlines()
+            elif kind in ("execute_result", "display_data"):
+                data = output.get("data", {})
+                widget = data.get("application/vnd.jupyter.widget-view+json")
+                summary = self._widget_summary(widget) if widget else None
+                if summary is not None:
+                    lines += summary.splitlines()
+                elif "text/plain" in data:
+                    lines += str(data["text/plain"]).splitlines()
+            elif kind == "error":
+                lines.append(f"{output.get('ename')}: {output.get('evalue')}")
+        return lines
+
+    def _widget_summary(self, view: dict[str, Any]) -> str | None:
+        """The final text of a durable_nb progress widget, from the synced widget state."""
+        state = getattr(self.client, "widget_state", {}).get(view.get("model_id"), {})
+        summary = state.get("summary")
+        return summary if isinstance(summary, str) and summary else None
+
+
+def run_notebook(
+    path: Path,
+    *,
+    output: Path,
+    timeout: float | None,
+    env: dict[str, str],
+    out: TextIO,
+    quiet: bool = False,
+) -> RunOutcome:
+    """Execute ``path`` in a fresh kernel started in the notebook's folder."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    code_cells = sum(1 for c in notebook.cells if c.cell_type == "code")
+    folder = path.resolve().parent
+    sockets = tempfile.TemporaryDirectory(prefix="durable-nb-")
+    manager = _kernel_manager(sockets.name)
+    client = NotebookClient(
+        notebook,
+        km=manager,
+        timeout=timeout if timeout is not None else -1,
+        resources={"metadata": {"path": str(folder)}},
+    )
+    echo = _Echo(client, out, code_cells, quiet)
+    client.on_cell_start = echo.start
+    client.on_cell_executed = echo.executed
+    if not quiet:
+        print(f"durable-nb: running {path} in a kernel of {sys.executable}", file=out, flush=True)
+    outcome = RunOutcome(cells=code_cells, written=output)
+    try:
+        client.execute(env=env, cwd=str(folder))
+    except CellExecutionError as exc:
+        outcome.failed_cell = echo.number
+        outcome.error = _one_line(exc)
+    except (DeadKernelError, asyncio.TimeoutError, TimeoutError) as exc:
+        outcome.failed_cell = echo.number
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        nbformat.write(notebook, str(output))  # type: ignore[no-untyped-call]
+        if manager.has_kernel:  # nbclient shuts down only kernels it made itself
+            manager.shutdown_kernel(now=False)
+        sockets.cleanup()
+    return outcome
+
+
+def _one_line(exc: Exception) -> str:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    return f"{ename}: {evalue}".strip()

@@ -1,0 +1,172 @@
+"""durable-nb: store verbs in-process, `run` through the installed console script."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+import durable_nb as dn
+from durable_nb.cli import main
+from durable_nb.runtime import Runtime
+from durable_nb.store import DiskCacheStore
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        code = main(list(argv), out=out)
+    except SystemExit as exc:  # argparse: --help and usage errors
+        code = int(exc.code or 0)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def filled_store(rt: Runtime, store_dir: Path) -> str:
+    @dn.activity
+    def one(i: int) -> int:
+        return i
+
+    @dn.orchestrator
+    def orch(ctx, n):  # type: ignore[no-untyped-def]
+        return sum((yield ctx.task_all([ctx.call_activity(one, i) for i in range(n)])))
+
+    orch.run(3)
+    orch.run(4)
+    rt.close()
+    return str(store_dir)
+
+
+@pytest.mark.parametrize("verb", ["run", "list", "show", "purge"])
+def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = cli(verb, "--help")
+    assert code == 0 and "usage: durable-nb " + verb in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["run"],
+        ["show"],
+        ["list", "--bogus"],
+        ["run", "x.ipynb", "--timeout", "soon"],
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = cli(*argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "error:" in err[0] and "--help" in err[0]
+
+
+def test_list_show_purge(filled_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, listing = cli("list", "--store", filled_store)
+    assert code == 0 and listing.count("completed") == 2 and "orch-" in listing
+    iid = [line.split()[0] for line in listing.splitlines() if line.startswith("orch-")][0]
+    code, shown = cli("show", iid, "--store", filled_store)
+    assert code == 0 and f"instance:      {iid}" in shown and "one" in shown
+    code, _ = cli("show", "ghost", "--store", filled_store)
+    assert code == 1 and "no instance 'ghost'" in capsys.readouterr().err
+    code, text = cli("purge", iid, "--store", filled_store)
+    assert code == 0 and "purged 1" in text
+    code, _ = cli("purge", "--store", filled_store)
+    assert code == 2
+    code, text = cli("purge", "--all", "--store", filled_store)
+    assert code == 0 and "purged 1" in text
+    assert "no instances" in cli("list", "--store", filled_store)[1]
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = cli("list", "--store", str(tmp_path / "nowhere"))
+    assert code == 1 and "no checkpoint store" in capsys.readouterr().err
+
+
+def _notebook(path: Path, fail: bool) -> None:
+    cells = [
+        new_code_cell("%load_ext durable_nb"),
+        new_code_cell(
+            "%%activity\ndef mark(i):\n    with open('effects.log', 'a') as f:\n"
+            "        f.write(f'{i}\\n')\n    return i"
+        ),
+        new_code_cell(
+            "%%orchestrator\ndef orch(ctx, n):\n"
+            "    xs = yield ctx.task_all([ctx.call_activity(mark, i) for i in range(n)])\n"
+            "    return sum(xs)"
+        ),
+        new_code_cell("total = await orch(12)\nprint('total', total)"),
+    ]
+    if fail:
+        cells.append(new_code_cell("raise ValueError('the fourth cell broke')"))
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.kernel
+def test_run_twice_resumes_and_writes_the_notebook(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    _notebook(path, fail=False)
+    store = tmp_path / "store"
+    command = [
+        "durable-nb",
+        "run",
+        str(path),
+        "--store",
+        str(store),
+        "-o",
+        str(tmp_path / "out.ipynb"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "DURABLE_NB_STORE"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[4/4] total = await orch(12)" in first.stdout
+    assert "12 ran" in first.stdout and "total 66" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and "12 cached" in second.stdout
+    assert len((tmp_path / "effects.log").read_text().splitlines()) == 12  # ran once in all
+    written = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert "total 66" in written.cells[3].outputs[-1]["text"]
+
+
+@pytest.mark.kernel
+def test_run_names_the_failing_cell_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    _notebook(path, fail=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "durable_nb.cli",
+            "run",
+            str(path),
+            "--store",
+            str(tmp_path / "s"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cell 5 failed" in result.stdout and "ValueError: the fourth cell broke" in result.stdout
+    written = nbformat.read(str(path), as_version=4)
+    assert written.cells[4].outputs[0]["ename"] == "ValueError"  # the partial notebook was written
+
+
+def test_store_folder_is_created_by_the_run_not_by_list(tmp_path: Path) -> None:
+    DiskCacheStore(tmp_path / "made").close()
+    code, text = cli("list", "--store", str(tmp_path / "made"))
+    assert code == 0 and "no instances" in text
