@@ -71,7 +71,7 @@ def test_bad_arguments_give_one_line_and_exit_2(
 def test_list_show_purge(filled_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, listing = cli("list", "--store", filled_store)
     assert code == 0 and listing.count("completed") == 2 and "orch-" in listing
-    iid = [line.split()[0] for line in listing.splitlines() if line.startswith("orch-")][0]
+    iid = next(line.split()[0] for line in listing.splitlines() if line.startswith("orch-"))
     code, shown = cli("show", iid, "--store", filled_store)
     assert code == 0 and f"instance:      {iid}" in shown and "one" in shown
     code, _ = cli("show", "ghost", "--store", filled_store)
