@@ -182,6 +182,7 @@ class Orchestrator:
         self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
     ) -> Coroutine[Any, Any, Any]:
         """``await orch(...)``: run or resume the instance on the running event loop."""
+        __tracebackhide__ = True
         from durable_nb.runtime import get_runtime
 
         return get_runtime().run(self, args, kwargs, instance_id=instance_id, fresh=fresh)
@@ -190,6 +191,7 @@ class Orchestrator:
         self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
     ) -> Any:
         """Run or resume the instance and block until it ends (scripts, papermill)."""
+        __tracebackhide__ = True
         from durable_nb.runtime import get_runtime
 
         return get_runtime().run_blocking(self, args, kwargs, instance_id=instance_id, fresh=fresh)
@@ -198,6 +200,7 @@ class Orchestrator:
         self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
     ) -> InstanceHandle:
         """Start the instance in the background and return its handle at once."""
+        __tracebackhide__ = True
         from durable_nb.runtime import get_runtime
 
         return get_runtime().start(self, args, kwargs, instance_id=instance_id, fresh=fresh)

@@ -13,20 +13,18 @@ moment loses at most the activities that were in flight.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
-from durable_nb.engine import ActivityCall, OrchestrationEngine, Step
+from durable_nb.dispatch import Dispatcher
+from durable_nb.engine import OrchestrationEngine, Step
 from durable_nb.engine.replay import COMPLETED
 from durable_nb.errors import (
-    ActivityTimeoutError,
     DurableNbError,
     ResultNotStorableError,
     StoreError,
@@ -79,10 +77,8 @@ class Execution:
         self._inbox: list[history.Event] = []
         self._unwritten: list[history.Event] = []
         self._wake: asyncio.Event | None = None
-        self._attempts: set[asyncio.Task[None]] = set()
         self._record: InstanceRecord | None = None
         self._record_dirty = False
-        self._ended = False
 
     # ------------------------------------------------------------------ run
 
@@ -92,6 +88,16 @@ class Execution:
         self.engine.load(self.store.read_history(self.instance_id))
         started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
         self._unwritten.append(started)
+        self._dispatcher = Dispatcher(
+            executor=self.runtime.executor,
+            limiter_for=self.runtime.limiter_for,
+            orphans=self.runtime.orphans,
+            progress=self.progress,
+            instance_id=self.instance_id,
+            post=self._post,
+            note=self._unwritten.append,
+            keep_late=self._store_late,
+        )
         self.progress.begin()
         ticker = asyncio.ensure_future(self._tick())
         try:
@@ -110,7 +116,7 @@ class Execution:
             raise
         finally:
             ticker.cancel()
-            self._stop_attempts()
+            self._dispatcher.stop()
         return self._finish()
 
     def _open_record(self) -> InstanceRecord:
@@ -147,9 +153,7 @@ class Execution:
             for call in step.scheduled:
                 self._unwritten.append(history.TaskScheduled(now, call.key, call.activity.name))
                 progress.scheduled(call.activity.name)
-                task = asyncio.ensure_future(self._run_activity(call))
-                self._attempts.add(task)
-                task.add_done_callback(self._attempts.discard)
+                self._dispatcher.dispatch(call)
         if step.has_custom_status:
             self._unwritten.append(history.CustomStatusSet(time.time(), step.custom_status))
             assert self._record is not None
@@ -228,109 +232,14 @@ class Execution:
                 row.failed += 1
         return replaced
 
-    # ------------------------------------------------------------------ activities
-
-    async def _run_activity(self, call: ActivityCall) -> None:
-        act = call.activity
-        options = act.options
-        name = act.name
-        semaphore = self.runtime.semaphore_for(act)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if semaphore is not None:
-                    async with semaphore:
-                        result = await self._attempt(call, attempt)
-                else:
-                    result = await self._attempt(call, attempt)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                error = _as_activity_error(exc, name)
-                if attempt <= options.retries and isinstance(exc, Exception):
-                    delay = options.delay_before(attempt + 1)
-                    self._unwritten.append(
-                        history.TaskRetried(
-                            time.time(),
-                            call.key,
-                            name,
-                            attempt,
-                            type(exc).__name__,
-                            str(exc),
-                            delay,
-                        )
-                    )
-                    self.progress.retried(name)
-                    logger.info("activity %s attempt %s failed (%s); retrying", name, attempt, exc)
-                    await asyncio.sleep(delay)
-                    continue
-                _annotate(error, name, attempt, self.instance_id, call.key)
-                self.progress.failed(name)
-                self._post(
-                    history.TaskFailed(
-                        time.time(),
-                        call.key,
-                        name,
-                        type(error).__name__,
-                        str(error),
-                        attempt,
-                        error,
-                    )
-                )
-                return
-            self.progress.ran(name)
-            self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt))
-            return
-
-    async def _attempt(self, call: ActivityCall, attempt: int) -> Any:
-        act = call.activity
-        future: concurrent.futures.Future[Any] | None = None
-        self.progress.attempt_started(act.name)
-        try:
-            if act.is_async:
-                awaitable: Any = act.fn(*call.args, **call.kwargs)
-            else:
-                future = self.runtime.executor.submit(act.fn, *call.args, **call.kwargs)
-                future.add_done_callback(partial(self._keep_late_result, call, attempt))
-                awaitable = asyncio.wrap_future(future)
-            timeout = act.options.timeout
-            if timeout is None:
-                return await awaitable
-            try:
-                return await asyncio.wait_for(awaitable, timeout)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError on 3.10
-                raise ActivityTimeoutError(
-                    f"activity {act.name!r} (instance {self.instance_id}, call {call.key}) "
-                    f"attempt {attempt} ran longer than its timeout of {timeout:g} s"
-                ) from None
-        except asyncio.CancelledError:
-            if future is not None and future.done():
-                self._keep_late_result(call, attempt, future)
-            raise
-        finally:
-            self.progress.attempt_ended(act.name)
-
-    def _keep_late_result(
-        self, call: ActivityCall, attempt: int, future: concurrent.futures.Future[Any]
-    ) -> None:
-        """A thread finished after its run ended (interrupt, or the orchestrator moved on):
-        keep the result anyway, so the next run need not redo the work."""
-        if not self._ended or future.cancelled() or future.exception() is not None:
-            return
-        event = history.TaskCompleted(
-            time.time(), call.key, call.activity.name, future.result(), attempt
-        )
+    def _store_late(self, event: history.Event) -> None:
+        """A result that arrived after the run ended (interrupt, failure, task_any):
+        keep it, so the next run need not redo the work. May run in a worker thread."""
         try:
             self.store.append(self.instance_id, [event])
-            logger.debug("kept late result of %s", call.key)
+            logger.debug("kept a late result for instance %s", self.instance_id)
         except Exception:
-            logger.warning("could not keep the late result of %s", call.key, exc_info=True)
-
-    def _stop_attempts(self) -> None:
-        self._ended = True
-        for task in list(self._attempts):
-            task.cancel()
+            logger.warning("could not keep a late result of %s", self.instance_id, exc_info=True)
 
     # ------------------------------------------------------------------ ending
 
@@ -387,31 +296,3 @@ class Execution:
         except (pickle.PicklingError, TypeError, AttributeError):
             record.output = None  # an output that cannot be pickled is still returned live
             self.store.put_instance(record)
-
-
-def _as_activity_error(exc: BaseException, name: str) -> BaseException:
-    """KeyboardInterrupt or SystemExit raised *inside* an activity are failures of that
-    activity, not signals to this process; everything else is passed through as is."""
-    if isinstance(exc, Exception):
-        return exc
-    error = DurableNbError(
-        f"activity {name!r} raised {type(exc).__name__}; activities must signal failure "
-        "with an Exception, so it was recorded as a failure"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, key: str) -> None:
-    """Attach where the failure happened, as attributes and as a traceback note."""
-    try:
-        error.durable_activity = name  # type: ignore[attr-defined]
-        error.durable_attempts = attempts  # type: ignore[attr-defined]
-        error.durable_instance = instance_id  # type: ignore[attr-defined]
-        error.durable_call = key  # type: ignore[attr-defined]
-    except AttributeError:  # exceptions with __slots__
-        pass
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None:
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        add_note(f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")

@@ -73,7 +73,7 @@ class DurableMagics(Magics):
             raise UsageError(f"%%{magic}: the cell defines no top-level function (def ...)")
         # Compile through IPython's cache so tracebacks and inspect.getsource show
         # the cell's lines.
-        filename = shell.compile.cache(source)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
         code = shell.compile(tree, filename, "exec")
         exec(code, shell.user_global_ns, shell.user_ns)
         return shell.user_ns, functions

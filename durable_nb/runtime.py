@@ -9,17 +9,19 @@ import concurrent.futures
 import os
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from durable_nb.dispatch import Limiter
 from durable_nb.errors import DurableNbError, InstanceBusyError, InstanceNotFinishedError
 from durable_nb.execution import Execution, Outcome
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
-    from durable_nb.definitions import Activity, Orchestrator
+    from durable_nb.definitions import Orchestrator
+    from durable_nb.engine import ActivityCall
 
 PROGRESS_MODES = ("auto", "widget", "text", "none")
 DEFAULT_MAX_WORKERS = 32
@@ -48,9 +50,11 @@ class Runtime:
         self._max_workers = max_workers
         self.progress_mode = "auto"
         self._active: dict[str, asyncio.Task[Outcome]] = {}
-        self._semaphores: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]
-        ] = weakref.WeakKeyDictionary()
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Limiter]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Threads still running for runs that ended, by (instance, call key).
+        self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self.configure(store=store, progress=progress)
 
     # ------------------------------------------------------------------ settings
@@ -98,16 +102,16 @@ class Runtime:
             )
         return self._executor
 
-    def semaphore_for(self, act: Activity) -> asyncio.Semaphore | None:
+    def limiter_for(self, call: ActivityCall) -> Limiter | None:
         """The per-activity concurrency limit, shared by every run on this loop."""
-        limit = act.options.concurrency
+        limit = call.activity.options.concurrency
         if limit is None:
             return None
-        per_loop = self._semaphores.setdefault(asyncio.get_running_loop(), {})
-        key = f"{act.name}/{limit}"
+        per_loop = self._limiters.setdefault(asyncio.get_running_loop(), {})
+        key = f"{call.activity.name}/{limit}"
         found = per_loop.get(key)
         if found is None:
-            found = per_loop[key] = asyncio.Semaphore(limit)
+            found = per_loop[key] = Limiter(limit)
         return found
 
     def close(self) -> None:
@@ -177,7 +181,11 @@ class Runtime:
         __tracebackhide__ = True
         arguments, instance_id = self._prepare(orch, args, kwargs, instance_id)
         task = self._launch(orch, arguments, instance_id, fresh)
-        return _unwrap(await task)
+        try:
+            outcome = await task
+        except asyncio.CancelledError:
+            raise asyncio.CancelledError(_interrupted_message(self, instance_id)) from None
+        return _unwrap(outcome)
 
     def run_blocking(
         self,
@@ -190,27 +198,16 @@ class Runtime:
     ) -> Any:
         """Run an instance to its end from synchronous code, in a kernel or not."""
         __tracebackhide__ = True
+        if instance_id is None:
+            instance_id = self._prepare(orch, args, kwargs, None)[1]
         coroutine = self.run(orch, args, kwargs, instance_id=instance_id, fresh=fresh)
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coroutine)
-        # Inside a kernel the loop is already running; re-entering it needs the
-        # nested-loop patch. nest-asyncio2, not nest-asyncio: the original silently
-        # drops queued cells on ipykernel 7.
-        import nest_asyncio2
-
-        nest_asyncio2.apply(loop)
-        task = loop.create_task(coroutine)
-        try:
-            return loop.run_until_complete(task)
+            return _block_on(coroutine)
         except KeyboardInterrupt:
-            task.cancel()
-            try:
-                loop.run_until_complete(task)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                pass
-            raise
+            raise KeyboardInterrupt(_interrupted_message(self, instance_id)) from None
+        except Exception as exc:
+            # Drop the event loop's own frames; the user's frames stay.
+            raise exc.with_traceback(_user_frames(exc.__traceback__))  # noqa: B904
 
     def start(
         self,
@@ -278,6 +275,39 @@ class InstanceHandle:
     def __repr__(self) -> str:
         state = "done" if self._task.done() else "running"
         return f"<InstanceHandle {self.instance_id} {state}>"
+
+
+def _block_on(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coroutine`` to its end, re-entering the running loop if there is one."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # Inside a kernel the loop is already running; re-entering it needs the
+    # nested-loop patch. nest-asyncio2, not nest-asyncio: the original silently
+    # drops queued cells on ipykernel 7.
+    import nest_asyncio2
+
+    nest_asyncio2.apply(loop)
+    task = loop.create_task(coroutine)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        task.cancel()
+        try:
+            loop.run_until_complete(task)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            pass
+        raise
+
+
+def _interrupted_message(runtime: Runtime, instance_id: str) -> str:
+    record = runtime.store.get_instance(instance_id)
+    kept = f"{record.counts.get('ran', 0)} new result(s) were" if record else "results are"
+    return (
+        f"durable_nb: {instance_id} was interrupted; {kept} checkpointed and calls still "
+        "running in threads will be kept when they finish. Run it again to resume."
+    )
 
 
 def _unwrap(outcome: Outcome) -> Any:

@@ -1,0 +1,334 @@
+"""Carrying out scheduled activity calls: attempts, retries, timeouts, concurrency.
+
+Attempts are driven by callbacks on the event loop rather than one coroutine per
+call: a chain of activities then costs one thread hop per step, and a 10,000-way
+fan-out creates no 10,000 tasks. Only ``async def`` activities get a task.
+
+Everything here runs on the loop thread, except :meth:`Dispatcher._thread_done`,
+which the executor calls from its worker thread and which only hands over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from durable_nb import history
+from durable_nb.engine import ActivityCall
+from durable_nb.errors import ActivityTimeoutError, DurableNbError
+from durable_nb.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[history.Event], None]
+
+
+class Limiter:
+    """At most ``limit`` attempts of one activity at once; waiters start in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
+
+    def acquire_or_wait(self, start: Callable[[], None]) -> None:
+        if self.in_use < self.limit:
+            self.in_use += 1
+            start()
+        else:
+            self._waiting.append(start)
+
+    def release(self) -> None:
+        if self._waiting:
+            self._waiting.popleft()()  # the slot passes straight to the next waiter
+        else:
+            self.in_use -= 1
+
+    def forget(self, start: Callable[[], None]) -> None:
+        try:
+            self._waiting.remove(start)
+        except ValueError:
+            pass
+
+
+class _Attempt:
+    """One try of one call; finishes exactly once."""
+
+    __slots__ = ("call", "finished", "handle", "kept", "limiter", "number", "timer")
+
+    def __init__(self, call: ActivityCall, number: int, limiter: Limiter | None) -> None:
+        self.call = call
+        self.number = number
+        self.limiter = limiter
+        self.handle: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.finished = False  # outcome delivered, or slot given back
+        self.kept = False  # result stored after the run ended
+
+
+class Dispatcher:
+    """Runs the calls the engine schedules and reports how each one ended."""
+
+    def __init__(
+        self,
+        *,
+        executor: concurrent.futures.Executor,
+        limiter_for: Callable[[ActivityCall], Limiter | None],
+        orphans: dict[tuple[str, str], concurrent.futures.Future[Any]],
+        progress: Progress,
+        instance_id: str,
+        post: Emit,
+        note: Emit,
+        keep_late: Emit,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = executor
+        self._limiter_for = limiter_for
+        self._orphans = orphans  # shared by the runs of this process
+        self._progress = progress
+        self._instance_id = instance_id
+        self._post = post  # a final outcome: the engine must see it
+        self._note = note  # bookkeeping for history only (retries)
+        self._keep_late = keep_late  # an outcome after the run ended
+        self._live: set[_Attempt] = set()
+        self._retry_timers: set[asyncio.TimerHandle] = set()
+        self._queued: dict[Callable[[], None], Limiter] = {}
+        self.stopped = False
+
+    # ------------------------------------------------------------ starting
+
+    def dispatch(self, call: ActivityCall, number: int = 1) -> None:
+        orphan = self._orphans.pop((self._instance_id, call.key), None)
+        if orphan is not None and not orphan.done():
+            # The same call is still running in a thread of an interrupted run of this
+            # instance: wait for it instead of doing the work twice. It holds its slot.
+            self._adopt(call, number, orphan)
+            return
+        limiter = self._limiter_for(call)
+        if limiter is None:
+            self._start(call, number, None)
+            return
+
+        def start() -> None:
+            self._queued.pop(start, None)
+            self._start(call, number, limiter)
+
+        self._queued[start] = limiter
+        limiter.acquire_or_wait(start)
+
+    def _adopt(
+        self, call: ActivityCall, number: int, future: concurrent.futures.Future[Any]
+    ) -> None:
+        attempt = _Attempt(call, number, None)
+        attempt.handle = future
+        self._live.add(attempt)
+        self._progress.attempt_started(call.activity.name)
+        future.add_done_callback(partial(self._thread_done, attempt))
+
+    def _start(self, call: ActivityCall, number: int, limiter: Limiter | None) -> None:
+        if self.stopped:
+            if limiter is not None:
+                limiter.release()
+            return
+        attempt = _Attempt(call, number, limiter)
+        self._live.add(attempt)
+        act = call.activity
+        self._progress.attempt_started(act.name)
+        try:
+            if act.is_async:
+                task = asyncio.ensure_future(act.fn(*call.args, **call.kwargs))
+                task.add_done_callback(partial(self._task_done, attempt))
+                attempt.handle = task
+            else:
+                future = self._executor.submit(act.fn, *call.args, **call.kwargs)
+                attempt.handle = future
+                future.add_done_callback(partial(self._thread_done, attempt))
+        except Exception as exc:  # the executor refused (shut down), or fn is not callable
+            self._finish(attempt, None, exc)
+            return
+        timeout = act.options.timeout
+        if timeout is not None and not attempt.finished:
+            attempt.timer = self._loop.call_later(timeout, self._timed_out, attempt, timeout)
+
+    # ------------------------------------------------------------ ending
+
+    def _thread_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+        """Worker thread: hand the outcome to the loop, or keep it if the run is over."""
+        if not self.stopped:
+            try:
+                self._loop.call_soon_threadsafe(self._future_done, attempt, future)
+                return
+            except RuntimeError:  # the loop is closed: the run is over
+                pass
+        self._keep_if_success(attempt, future)
+
+    def _future_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+        if self.stopped:
+            self._keep_if_success(attempt, future)
+            return
+        error = future.exception()
+        self._finish(attempt, None if error is not None else future.result(), error)
+
+    def _task_done(self, attempt: _Attempt, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            if not attempt.finished:
+                self._release(attempt)
+            return
+        error = task.exception()
+        self._finish(attempt, None if error is not None else task.result(), error)
+
+    def _timed_out(self, attempt: _Attempt, timeout: float) -> None:
+        call = attempt.call
+        error = ActivityTimeoutError(
+            f"activity {call.activity.name!r} (instance {self._instance_id}, call {call.key}) "
+            f"attempt {attempt.number} ran longer than its timeout of {timeout:g} s"
+        )
+        if isinstance(attempt.handle, asyncio.Task):
+            attempt.handle.cancel()
+        # A thread cannot be stopped: it is abandoned and its outcome ignored.
+        self._finish(attempt, None, error)
+
+    def _release(self, attempt: _Attempt) -> None:
+        attempt.finished = True
+        self._live.discard(attempt)
+        if attempt.timer is not None:
+            attempt.timer.cancel()
+        self._progress.attempt_ended(attempt.call.activity.name)
+        if attempt.limiter is not None:
+            attempt.limiter.release()
+
+    def _finish(self, attempt: _Attempt, result: Any, error: BaseException | None) -> None:
+        if attempt.finished:
+            return
+        self._release(attempt)
+        call = attempt.call
+        name = call.activity.name
+        if error is None:
+            self._progress.ran(name)
+            self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
+            return
+        retryable = isinstance(error, Exception)  # not KeyboardInterrupt or SystemExit
+        error = _as_activity_error(error, name)
+        options = call.activity.options
+        if attempt.number <= options.retries and retryable:
+            delay = options.delay_before(attempt.number + 1)
+            kind, text = type(error).__name__, str(error)
+            self._note(
+                history.TaskRetried(time.time(), call.key, name, attempt.number, kind, text, delay)
+            )
+            self._progress.retried(name)
+            logger.info("activity %s attempt %s failed (%s); retrying", name, attempt.number, text)
+            self._retry_later(delay, call, attempt.number + 1)
+            return
+        _annotate(error, name, attempt.number, self._instance_id, call.key)
+        self._progress.failed(name)
+        kind = type(error).__name__
+        self._post(
+            history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
+        )
+
+    def _retry_later(self, delay: float, call: ActivityCall, number: int) -> None:
+        timer: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._retry_timers.discard(timer)
+            self.dispatch(call, number)
+
+        timer = self._loop.call_later(delay, fire)
+        self._retry_timers.add(timer)
+
+    def _keep_if_success(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+        if attempt.kept or future.cancelled() or future.exception() is not None:
+            return
+        attempt.kept = True
+        call = attempt.call
+        event = history.TaskCompleted(
+            time.time(), call.key, call.activity.name, future.result(), attempt.number
+        )
+        self._keep_late(event)
+
+    # ------------------------------------------------------------ stopping
+
+    def stop(self) -> None:
+        """The run ended: start nothing new; threads finish and their results are kept."""
+        self.stopped = True
+        for timer in self._retry_timers:
+            timer.cancel()
+        self._retry_timers.clear()
+        for start, waiting_on in list(self._queued.items()):
+            waiting_on.forget(start)
+        self._queued.clear()
+        for attempt in list(self._live):
+            handle = attempt.handle
+            running_thread = isinstance(handle, concurrent.futures.Future) and not handle.done()
+            limiter = attempt.limiter
+            if running_thread:
+                attempt.limiter = None  # the thread keeps its slot until it really ends
+            self._release(attempt)
+            if isinstance(handle, asyncio.Task):
+                handle.cancel()
+            elif isinstance(handle, concurrent.futures.Future):
+                if running_thread:
+                    self._orphan(attempt.call, handle, limiter)
+                else:
+                    # Its hand-over is still queued on the loop: keep the result now.
+                    self._keep_if_success(attempt, handle)
+
+    def _orphan(
+        self,
+        call: ActivityCall,
+        future: concurrent.futures.Future[Any],
+        limiter: Limiter | None,
+    ) -> None:
+        """A thread outlives its run: a next run may adopt it; its slot is held until it ends."""
+        key = (self._instance_id, call.key)
+        self._orphans[key] = future
+        loop = self._loop
+
+        def ended(_: concurrent.futures.Future[Any]) -> None:
+            def on_loop() -> None:
+                if self._orphans.get(key) is future:
+                    del self._orphans[key]
+                if limiter is not None:
+                    limiter.release()
+
+            try:
+                loop.call_soon_threadsafe(on_loop)
+            except RuntimeError:  # the loop is closed: nobody waits for the slot
+                pass
+
+        future.add_done_callback(ended)
+
+
+def _as_activity_error(exc: BaseException, name: str) -> BaseException:
+    """KeyboardInterrupt or SystemExit raised *inside* an activity are failures of that
+    activity, not signals to this process; everything else is passed through as is."""
+    if isinstance(exc, Exception):
+        return exc
+    error = DurableNbError(
+        f"activity {name!r} raised {type(exc).__name__}; activities must signal failure "
+        "with an Exception, so it was recorded as a failure"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, key: str) -> None:
+    """Attach where the failure happened, as attributes and as a traceback note."""
+    try:
+        error.durable_activity = name  # type: ignore[attr-defined]
+        error.durable_attempts = attempts  # type: ignore[attr-defined]
+        error.durable_instance = instance_id  # type: ignore[attr-defined]
+        error.durable_call = key  # type: ignore[attr-defined]
+    except AttributeError:  # exceptions with __slots__
+        pass
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        add_note(f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")
