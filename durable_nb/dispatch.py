@@ -321,13 +321,17 @@ def _as_activity_error(exc: BaseException, name: str) -> BaseException:
 
 def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, key: str) -> None:
     """Attach where the failure happened, as attributes and as a traceback note."""
-    try:
-        error.durable_activity = name  # type: ignore[attr-defined]
-        error.durable_attempts = attempts  # type: ignore[attr-defined]
-        error.durable_instance = instance_id  # type: ignore[attr-defined]
-        error.durable_call = key  # type: ignore[attr-defined]
-    except AttributeError:  # exceptions with __slots__
-        pass
+    context = {
+        "durable_activity": name,
+        "durable_attempts": attempts,
+        "durable_instance": instance_id,
+        "durable_call": key,
+    }
+    for attribute, value in context.items():
+        try:
+            setattr(error, attribute, value)
+        except AttributeError:  # exceptions with __slots__
+            break
     add_note = getattr(error, "add_note", None)
     if add_note is not None:
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"

@@ -79,13 +79,15 @@ class Execution:
         self._wake: asyncio.Event | None = None
         self._record: InstanceRecord | None = None
         self._record_dirty = False
+        self._chunks = 0  # history chunks of the instance, loaded and written
 
     # ------------------------------------------------------------------ run
 
     async def run(self) -> Outcome:
         self._wake = asyncio.Event()
         record = self._open_record()
-        self.engine.load(self.store.read_history(self.instance_id))
+        events, self._chunks = self.store.load_history(self.instance_id)
+        self.engine.load(events)
         started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
         self._unwritten.append(started)
         self._dispatcher = Dispatcher(
@@ -194,6 +196,7 @@ class Execution:
     def _append(self, chunk: list[history.Event]) -> None:
         try:
             self.store.append(self.instance_id, chunk)
+            self._chunks += 1
         except (pickle.PicklingError, TypeError, AttributeError):
             raise  # a value that cannot be pickled; the caller finds which
         except Exception as exc:
@@ -287,7 +290,7 @@ class Execution:
             }
             record.output = self.engine.output if status == "completed" else None
             self._put_record(record)
-        if self.store.history_chunks(self.instance_id) > COMPACT_AFTER_CHUNKS:
+        if self._chunks > COMPACT_AFTER_CHUNKS:
             self.store.compact(self.instance_id)
 
     def _put_record(self, record: InstanceRecord) -> None:

@@ -122,7 +122,7 @@ def run_notebook(
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-    notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call, unused-ignore]
     code_cells = sum(1 for c in notebook.cells if c.cell_type == "code")
     folder = path.resolve().parent
     sockets = tempfile.TemporaryDirectory(prefix="durable-nb-")
@@ -148,7 +148,7 @@ def run_notebook(
         outcome.failed_cell = echo.number
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
-        nbformat.write(notebook, str(output))  # type: ignore[no-untyped-call]
+        nbformat.write(notebook, str(output))  # type: ignore[no-untyped-call, unused-ignore]
         if manager.has_kernel:  # nbclient shuts down only kernels it made itself
             manager.shutdown_kernel(now=False)
         sockets.cleanup()

@@ -77,6 +77,9 @@ class CheckpointStore(Protocol):
     def read_history(self, instance_id: str) -> list[history.Event]:
         """Every event of the instance, oldest first."""
 
+    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
+        """Every event of the instance, oldest first, and how many chunks held them."""
+
     def history_chunks(self, instance_id: str) -> int:
         """How many chunks the history is made of (compaction merges them)."""
 
@@ -114,7 +117,9 @@ class DiskCacheStore:
                 path.chmod(0o700)
             # eviction_policy='none': the default policy would silently evict
             # checkpoints once the cache passes its 1 GB size limit.
-            self._cache = diskcache.Cache(str(path), eviction_policy="none")
+            # tag_index: an instance's chunks share a tag, so purge and compaction
+            # delete them with a few indexed statements.
+            self._cache = diskcache.Cache(str(path), eviction_policy="none", tag_index=True)
         except (OSError, diskcache.Timeout) as exc:
             raise StoreError(
                 f"cannot open the checkpoint store at {self.location}: {exc}. "
@@ -155,9 +160,13 @@ class DiskCacheStore:
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
         chunk = [history.encode(event) for event in events]
-        self._cache.push(chunk, prefix=self._prefix(instance_id), retry=True)
+        prefix = self._prefix(instance_id)
+        self._cache.push(chunk, prefix=prefix, tag=prefix, retry=True)
 
     def read_history(self, instance_id: str) -> list[history.Event]:
+        return self.load_history(instance_id)[0]
+
+    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
         events: list[history.Event] = []
         decode = history.decode
         prefix = self._prefix(instance_id)
@@ -165,7 +174,7 @@ class DiskCacheStore:
         while True:
             chunk = self._cache.get(f"{prefix}-{number:015d}", retry=True)
             if chunk is None:
-                return events
+                return events, number - _FIRST_PUSHED
             events.extend(decode(row) for row in chunk)
             number += 1
 
@@ -173,6 +182,7 @@ class DiskCacheStore:
         return sum(1 for _ in self._chunk_keys(instance_id))
 
     def compact(self, instance_id: str) -> None:
+        prefix = self._prefix(instance_id)
         with self._cache.transact(retry=True):
             keys = list(self._chunk_keys(instance_id))
             if len(keys) <= 1:
@@ -180,9 +190,8 @@ class DiskCacheStore:
             merged: list[Any] = []
             for key in keys:
                 merged.extend(self._cache.get(key) or ())
-            for key in keys:
-                del self._cache[key]
-            self._cache.push(merged, prefix=self._prefix(instance_id))
+            self._cache.evict(prefix)
+            self._cache.push(merged, prefix=prefix, tag=prefix)
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         data = self._cache.get("i:" + instance_id, retry=True)
@@ -203,9 +212,8 @@ class DiskCacheStore:
     def purge(self, instance_id: str) -> bool:
         with self._cache.transact(retry=True):
             existed = self._cache.delete("i:" + instance_id)
-            for key in list(self._chunk_keys(instance_id)):
-                existed = self._cache.delete(key) or existed
-        return bool(existed)
+            removed = self._cache.evict(self._prefix(instance_id))
+        return bool(existed or removed)
 
     def close(self) -> None:
         self._cache.close()
@@ -226,9 +234,12 @@ class MemoryStore:
             self._chunks.setdefault(instance_id, []).append(chunk)
 
     def read_history(self, instance_id: str) -> list[history.Event]:
+        return self.load_history(instance_id)[0]
+
+    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
         with self._lock:
             chunks = list(self._chunks.get(instance_id, ()))
-        return [history.decode(row) for chunk in chunks for row in chunk]
+        return [history.decode(row) for chunk in chunks for row in chunk], len(chunks)
 
     def history_chunks(self, instance_id: str) -> int:
         with self._lock:

@@ -31,7 +31,7 @@ def attach_view(progress: Progress, mode: str) -> None:
         else:
             from IPython.display import display
 
-            display(widget)  # type: ignore[no-untyped-call]
+            display(widget)  # type: ignore[no-untyped-call, unused-ignore]
             return
     if mode == "text":
         TextView(progress)
@@ -43,7 +43,7 @@ def _in_kernel() -> bool:
         from IPython.core.getipython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()  # type: ignore[no-untyped-call]
+    shell = get_ipython()  # type: ignore[no-untyped-call, unused-ignore]
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
@@ -142,7 +142,7 @@ def make_widget(progress: Progress) -> Any:
     import ipywidgets
     import traitlets
 
-    class ProgressWidget(ipywidgets.VBox):  # type: ignore[misc]
+    class ProgressWidget(ipywidgets.VBox):  # type: ignore[misc, unused-ignore]
         # Plain-text summary set when the run ends; synced so headless runners
         # (durable-nb run) can print it from the widget state.
         summary = traitlets.Unicode("").tag(sync=True)

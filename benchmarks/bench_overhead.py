@@ -1,0 +1,193 @@
+"""Overhead of durable_nb per activity, against the floor of its own store.
+
+    python benchmarks/bench_overhead.py [--repeat 3]
+
+Prints one table: the raw diskcache set/get (the floor), 1,000 trivial activities run
+in sequence (fresh and replayed), fan-outs of 1,000 and 10,000 (fresh and replayed),
+the replay cost per activity at both sizes (it must not grow), and joblib.Memory on the
+same machine as a peer. Each figure is the best of ``--repeat`` runs, each on a new
+store folder. This is a benchmark, not a test: it reports, it never fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import diskcache
+
+import durable_nb as dn
+from durable_nb import history
+from durable_nb.runtime import Runtime, _reset_for_tests
+from durable_nb.store import DiskCacheStore
+
+# Targets from the issue: µs per activity for chains, seconds for fan-outs.
+TARGETS = {
+    "sequential fresh": 150.0,
+    "sequential replay": 25.0,
+    "fan-out 10,000 fresh": 3.0,
+    "fan-out 10,000 replay": 0.5,
+}
+
+
+@dn.activity
+def trivial(i: int) -> int:
+    return i
+
+
+@dn.orchestrator
+def chain(ctx, n):  # type: ignore[no-untyped-def]
+    total = 0
+    for i in range(n):
+        total += yield ctx.call_activity(trivial, i)
+    return total
+
+
+@dn.orchestrator
+def fan_out(ctx, n):  # type: ignore[no-untyped-def]
+    values = yield ctx.task_all([ctx.call_activity(trivial, i) for i in range(n)])
+    return sum(values)
+
+
+def best_of(repeat: int, measure: Callable[[], float]) -> float:
+    return min(measure() for _ in range(repeat))
+
+
+def floor_set_get(n: int = 2000) -> tuple[float, float]:
+    """µs per diskcache set and get of one completion chunk, as durable_nb writes it."""
+    folder = tempfile.mkdtemp()
+    cache = diskcache.Cache(folder, eviction_policy="none")
+    key = "trivial/0123456789abcdef/0123456789abcdef0123456789abcdef#0"
+    chunk = [history.encode(history.TaskCompleted(time.time(), key, "trivial", 1, 1))]
+    started = time.perf_counter()
+    for i in range(n):
+        cache.set(f"k{i}", chunk)
+    set_us = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    for i in range(n):
+        cache.get(f"k{i}")
+    get_us = (time.perf_counter() - started) / n * 1e6
+    cache.close()
+    shutil.rmtree(folder)
+    return set_us, get_us
+
+
+def fresh_and_replay(orch: dn.Orchestrator, n: int) -> tuple[float, float]:
+    """Seconds for a fresh run and for a full replay, on a new store folder."""
+    folder = tempfile.mkdtemp()
+    runtime = _reset_for_tests(lambda: Runtime(store=DiskCacheStore(folder), progress="none"))
+    started = time.perf_counter()
+    first = orch.run(n)
+    fresh = time.perf_counter() - started
+    started = time.perf_counter()
+    second = orch.run(n)
+    replay = time.perf_counter() - started
+    assert first == second == sum(range(n))
+    runtime.close()
+    shutil.rmtree(folder)
+    return fresh, replay
+
+
+def joblib_memory(n: int) -> tuple[float, float]:
+    """µs per call of joblib.Memory: cache misses, then hits."""
+    import joblib
+
+    folder = tempfile.mkdtemp()
+    cached: Any = joblib.Memory(folder, verbose=0).cache(trivial.fn)
+    started = time.perf_counter()
+    for i in range(n):
+        cached(i)
+    miss = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    for i in range(n):
+        cached(i)
+    hit = (time.perf_counter() - started) / n * 1e6
+    shutil.rmtree(folder)
+    return miss, hit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
+    repeat = parser.parse_args().repeat
+
+    set_us, get_us = min(floor_set_get() for _ in range(repeat))
+    chain_runs = [fresh_and_replay(chain, 1000) for _ in range(repeat)]
+    chain_fresh = min(r[0] for r in chain_runs) / 1000 * 1e6
+    chain_replay = min(r[1] for r in chain_runs) / 1000 * 1e6
+    fan_1k = [fresh_and_replay(fan_out, 1000) for _ in range(repeat)]
+    fan_10k = [fresh_and_replay(fan_out, 10_000) for _ in range(repeat)]
+    f1k_fresh, f1k_replay = min(r[0] for r in fan_1k), min(r[1] for r in fan_1k)
+    f10k_fresh, f10k_replay = min(r[0] for r in fan_10k), min(r[1] for r in fan_10k)
+    miss, hit = min(joblib_memory(1000) for _ in range(repeat))
+
+    def verdict(name: str, value: float) -> str:
+        target = TARGETS.get(name)
+        if target is None:
+            return ""
+        return f"{'met' if value <= target else 'MISSED'} (target <= {target:g})"
+
+    rows: list[tuple[str, str, str, str]] = [
+        ("floor: diskcache set", f"{set_us:.1f} µs", "1.0", ""),
+        ("floor: diskcache get", f"{get_us:.1f} µs", "1.0", ""),
+        (
+            "sequential 1,000 fresh",
+            f"{chain_fresh:.1f} µs/act",
+            f"{chain_fresh / set_us:.1f}x set",
+            verdict("sequential fresh", chain_fresh),
+        ),
+        (
+            "sequential 1,000 replay",
+            f"{chain_replay:.1f} µs/act",
+            f"{chain_replay / get_us:.1f}x get",
+            verdict("sequential replay", chain_replay),
+        ),
+        (
+            "fan-out 1,000 fresh",
+            f"{f1k_fresh:.3f} s",
+            f"{f1k_fresh / 1000 * 1e6 / set_us:.1f}x set",
+            "",
+        ),
+        (
+            "fan-out 1,000 replay",
+            f"{f1k_replay:.3f} s",
+            f"{f1k_replay / 1000 * 1e6 / get_us:.1f}x get",
+            "",
+        ),
+        (
+            "fan-out 10,000 fresh",
+            f"{f10k_fresh:.3f} s",
+            f"{f10k_fresh / 10_000 * 1e6 / set_us:.1f}x set",
+            verdict("fan-out 10,000 fresh", f10k_fresh),
+        ),
+        (
+            "fan-out 10,000 replay",
+            f"{f10k_replay:.3f} s",
+            f"{f10k_replay / 10_000 * 1e6 / get_us:.1f}x get",
+            verdict("fan-out 10,000 replay", f10k_replay),
+        ),
+        (
+            "replay µs/act 1k -> 10k",
+            f"{f1k_replay / 1000 * 1e6:.1f} -> {f10k_replay / 10_000 * 1e6:.1f}",
+            f"{(f10k_replay / 10_000) / (f1k_replay / 1000):.2f}x",
+            "linear if ~1x",
+        ),
+        ("peer: joblib.Memory miss", f"{miss:.1f} µs/call", f"{miss / set_us:.1f}x set", ""),
+        ("peer: joblib.Memory hit", f"{hit:.1f} µs/call", f"{hit / get_us:.1f}x get", ""),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("measure", "result", "vs floor", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"\nbest of {repeat} runs each; trivial activities in the default thread pool")
+
+
+if __name__ == "__main__":
+    main()
