@@ -39,11 +39,24 @@ def trivial(i: int) -> int:
     return i
 
 
+@dn.activity
+async def trivial_async(i: int) -> int:
+    return i
+
+
 @dn.orchestrator
 def chain(ctx, n):  # type: ignore[no-untyped-def]
     total = 0
     for i in range(n):
         total += yield ctx.call_activity(trivial, i)
+    return total
+
+
+@dn.orchestrator
+def chain_async(ctx, n):  # type: ignore[no-untyped-def]
+    total = 0
+    for i in range(n):
+        total += yield ctx.call_activity(trivial_async, i)
     return total
 
 
@@ -119,6 +132,7 @@ def main() -> None:
     chain_runs = [fresh_and_replay(chain, 1000) for _ in range(repeat)]
     chain_fresh = min(r[0] for r in chain_runs) / 1000 * 1e6
     chain_replay = min(r[1] for r in chain_runs) / 1000 * 1e6
+    async_fresh = min(fresh_and_replay(chain_async, 1000)[0] for _ in range(repeat)) / 1000 * 1e6
     fan_1k = [fresh_and_replay(fan_out, 1000) for _ in range(repeat)]
     fan_10k = [fresh_and_replay(fan_out, 10_000) for _ in range(repeat)]
     f1k_fresh, f1k_replay = min(r[0] for r in fan_1k), min(r[1] for r in fan_1k)
@@ -145,6 +159,12 @@ def main() -> None:
             f"{chain_replay:.1f} µs/act",
             f"{chain_replay / get_us:.1f}x get",
             verdict("sequential replay", chain_replay),
+        ),
+        (
+            "sequential 1,000 fresh, async def",
+            f"{async_fresh:.1f} µs/act",
+            f"{async_fresh / set_us:.1f}x set",
+            "",
         ),
         (
             "fan-out 1,000 fresh",
