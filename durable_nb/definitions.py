@@ -28,6 +28,9 @@ class ActivityOptions:
     backoff: float = 1.0
     backoff_coefficient: float = 2.0
     max_backoff: float = 300.0
+    retry_timeout: float | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    no_retry_on: tuple[type[BaseException], ...] = ()
     timeout: float | None = None
     concurrency: int | None = None
     version: str | None = None
@@ -40,6 +43,14 @@ class ActivityOptions:
             problems.append(f"backoff must be >= 0 seconds, got {self.backoff!r}")
         if self.backoff_coefficient < 1:
             problems.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}")
+        if self.max_backoff < 0:
+            problems.append(f"max_backoff must be >= 0 seconds, got {self.max_backoff!r}")
+        if self.retry_timeout is not None and self.retry_timeout <= 0:
+            problems.append(f"retry_timeout must be > 0 seconds, got {self.retry_timeout!r}")
+        for field_name in ("retry_on", "no_retry_on"):
+            for kind in getattr(self, field_name):
+                if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                    problems.append(f"{field_name} takes exception classes, got {kind!r}")
         if self.timeout is not None and self.timeout <= 0:
             problems.append(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if self.concurrency is not None and (
@@ -49,10 +60,30 @@ class ActivityOptions:
         if problems:
             raise DefinitionError("; ".join(problems))
 
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before ``attempt`` (2 is the first retry)."""
         delay = self.backoff * self.backoff_coefficient ** max(attempt - 2, 0)
         return float(min(delay, self.max_backoff))
+
+    def should_retry(
+        self, error: BaseException, attempt: int, first_started: float, now: float
+    ) -> bool:
+        """Whether a failed ``attempt`` gets another, under this policy."""
+        if attempt >= self.max_attempts or not isinstance(error, Exception):
+            return False
+        if self.no_retry_on and isinstance(error, self.no_retry_on):
+            return False
+        if not isinstance(error, self.retry_on):
+            return False
+        if self.retry_timeout is not None:
+            next_start = now + self.delay_before(attempt + 1)
+            if next_start - first_started > self.retry_timeout:
+                return False
+        return True
 
 
 class Activity:
@@ -136,10 +167,52 @@ def resolve_activity(ref: Any) -> Activity:
     )
 
 
+_ORCHESTRATORS: dict[str, Orchestrator] = {}
+
+
+def register_orchestrator(orch: Orchestrator) -> Orchestrator:
+    """Make ``orch`` reachable by name (sub-orchestrations, ``%durable rewind``)."""
+    _ORCHESTRATORS[orch.name] = orch
+    return orch
+
+
+def find_orchestrator(name: str) -> Orchestrator | None:
+    return _ORCHESTRATORS.get(name)
+
+
+def resolve_orchestrator(ref: Any) -> Orchestrator:
+    """The orchestrator meant by ``ref``: an Orchestrator or a registered name."""
+    if isinstance(ref, Orchestrator):
+        return ref
+    if isinstance(ref, str):
+        found = _ORCHESTRATORS.get(ref)
+        if found is None:
+            known = ", ".join(sorted(_ORCHESTRATORS)) or "none yet"
+            raise ActivityNotFoundError(
+                f"no orchestrator is registered under the name {ref!r} (registered: {known}); "
+                "run its %%orchestrator cell first or pass the orchestrator itself"
+            )
+        return found
+    if isinstance(ref, Activity):
+        raise DefinitionError(
+            f"{ref.name!r} is an activity; call it with ctx.call_activity, not "
+            "ctx.call_sub_orchestrator"
+        )
+    raise DefinitionError(
+        f"ctx.call_sub_orchestrator expects an orchestrator or its name, got {ref!r}"
+    )
+
+
 class Orchestrator:
     """Durable orchestration code: a generator or ``async def`` taking ``ctx`` first."""
 
-    def __init__(self, fn: Callable[..., Any], *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        strict: bool = False,
+        source_digest: str | None = None,
+    ) -> None:
         name = getattr(fn, "__name__", repr(fn))
         if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
             raise DefinitionError(
@@ -158,8 +231,16 @@ class Orchestrator:
         self.fn = fn
         self.name: str = name
         self.strict = strict
+        self._source_digest = source_digest
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
+
+    @property
+    def source_digest(self) -> str:
+        """Digest of the normalised source; part of the key of its sub-orchestration calls."""
+        if self._source_digest is None:
+            self._source_digest = function_digest(self.fn)
+        return self._source_digest
 
     def bind_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The arguments by name (defaults applied), checked against the signature."""
@@ -216,6 +297,11 @@ def activity(
     *,
     retries: int = 0,
     backoff: float = 1.0,
+    backoff_coefficient: float = 2.0,
+    max_backoff: float = 300.0,
+    retry_timeout: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    no_retry_on: tuple[type[BaseException], ...] = (),
     timeout: float | None = None,
     concurrency: int | None = None,
     version: str | None = None,
@@ -228,13 +314,34 @@ def activity(
     *,
     retries: int = 0,
     backoff: float = 1.0,
+    backoff_coefficient: float = 2.0,
+    max_backoff: float = 300.0,
+    retry_timeout: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    no_retry_on: tuple[type[BaseException], ...] = (),
     timeout: float | None = None,
     concurrency: int | None = None,
     version: str | None = None,
 ) -> Activity | Callable[[Callable[..., Any]], Activity]:
-    """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``."""
+    """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``.
+
+    Retry policy: ``retries`` extra attempts after the first; waits of ``backoff``
+    seconds, multiplied by ``backoff_coefficient`` each time, at most ``max_backoff``;
+    no attempt starts later than ``retry_timeout`` seconds after the first; only
+    exceptions in ``retry_on`` and not in ``no_retry_on`` are retried. ``timeout`` bounds
+    each attempt.
+    """
     options = ActivityOptions(
-        retries=retries, backoff=backoff, timeout=timeout, concurrency=concurrency, version=version
+        retries=retries,
+        backoff=backoff,
+        backoff_coefficient=backoff_coefficient,
+        max_backoff=max_backoff,
+        retry_timeout=retry_timeout,
+        retry_on=tuple(retry_on),
+        no_retry_on=tuple(no_retry_on),
+        timeout=timeout,
+        concurrency=concurrency,
+        version=version,
     )
 
     def wrap(target: Callable[..., Any]) -> Activity:
@@ -255,6 +362,6 @@ def orchestrator(
     """Decorator: ``@orchestrator`` or ``@orchestrator(strict=True)``."""
 
     def wrap(target: Callable[..., Any]) -> Orchestrator:
-        return Orchestrator(target, strict=strict)
+        return register_orchestrator(Orchestrator(target, strict=strict))
 
     return wrap(fn) if fn is not None else wrap

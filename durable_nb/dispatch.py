@@ -99,11 +99,14 @@ class Dispatcher:
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], Limiter] = {}
+        self._first_started: dict[str, float] = {}  # call key -> start of its first attempt
         self.stopped = False
 
     # ------------------------------------------------------------ starting
 
     def dispatch(self, call: ActivityCall, number: int = 1) -> None:
+        if number == 1:
+            self._first_started[call.key] = time.time()
         orphan = self._orphans.pop((self._instance_id, call.key), None)
         if orphan is not None and not orphan.done():
             # The same call is still running in a thread of an interrupted run of this
@@ -210,13 +213,16 @@ class Dispatcher:
         call = attempt.call
         name = call.activity.name
         if error is None:
+            self._first_started.pop(call.key, None)
             self._progress.ran(name)
             self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
             return
-        retryable = isinstance(error, Exception)  # not KeyboardInterrupt or SystemExit
-        error = _as_activity_error(error, name)
         options = call.activity.options
-        if attempt.number <= options.retries and retryable:
+        now = time.time()
+        first_started = self._first_started.get(call.key, now)
+        retry = options.should_retry(error, attempt.number, first_started, now)
+        error = _as_activity_error(error, name)
+        if retry:
             delay = options.delay_before(attempt.number + 1)
             kind, text = type(error).__name__, str(error)
             self._note(
@@ -226,6 +232,7 @@ class Dispatcher:
             logger.info("activity %s attempt %s failed (%s); retrying", name, attempt.number, text)
             self._retry_later(delay, call, attempt.number + 1)
             return
+        self._first_started.pop(call.key, None)
         _annotate(error, name, attempt.number, self._instance_id, call.key)
         self._progress.failed(name)
         kind = type(error).__name__

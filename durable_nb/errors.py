@@ -11,8 +11,16 @@ The tree::
     ├── ActivityTimeoutError     one attempt of an activity ran past its timeout (also TimeoutError)
     ├── ResultNotStorableError   an activity result the store cannot serialise
     ├── InstanceNotFinishedError a handle's result was asked for before the run ended
-    ├── InstanceBusyError        the instance is already being run
+    ├── InstanceBusyError        the instance is already being run (by this or another kernel)
+    ├── InstanceNotFoundError    a management verb named an instance the store does not have
+    ├── EventTimeoutError        ctx.wait_for_external_event waited past its timeout
+    ├── InstanceTerminatedError  the instance was terminated while the caller waited on it
     └── StoreError               the checkpoint folder cannot be opened or used
+
+Control signals derive from ``BaseException`` so ``except Exception`` in user code
+cannot swallow them:
+
+    ContinueAsNew                raised by ctx.continue_as_new() to restart the instance
 
 Activity failures are *not* wrapped: the original exception reaches the
 orchestrator's ``yield``/``await`` so ``try/except ValueError`` works, with the
@@ -64,18 +72,43 @@ class InstanceBusyError(DurableNbError):
     """The instance is already being run by this or another kernel."""
 
 
+class InstanceNotFoundError(DurableNbError, LookupError):
+    """No instance with that id is in the store."""
+
+
+class EventTimeoutError(DurableNbError, TimeoutError):
+    """An awaited external event did not arrive in time."""
+
+
+class InstanceTerminatedError(DurableNbError):
+    """The instance was terminated (``%durable terminate``, ``handle.terminate()``)."""
+
+
 class StoreError(DurableNbError):
     """The checkpoint store cannot be opened, read or written."""
+
+
+class ContinueAsNew(BaseException):
+    """Control signal: end this run and restart the instance with a new input."""
+
+    def __init__(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        super().__init__("continue_as_new")
+        self.new_args = args
+        self.new_kwargs = kwargs
 
 
 __all__ = [
     "ActivityNotFoundError",
     "ActivityTimeoutError",
+    "ContinueAsNew",
     "DefinitionError",
     "DurableNbError",
+    "EventTimeoutError",
     "FingerprintError",
     "InstanceBusyError",
     "InstanceNotFinishedError",
+    "InstanceNotFoundError",
+    "InstanceTerminatedError",
     "NonDeterminismError",
     "OrchestratorError",
     "ResultNotStorableError",

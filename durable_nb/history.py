@@ -89,7 +89,7 @@ class CustomStatusSet(Event):
 
 @dataclass(frozen=True, slots=True)
 class ExecutionFinished(Event):
-    """A run ended: ``status`` is completed, failed or interrupted.
+    """A run ended: completed, failed, interrupted, terminated or continued_as_new.
 
     ``calls`` lists the activity names by call position; it is recorded in strict
     mode only, where the next run is checked against it.
@@ -101,6 +101,66 @@ class ExecutionFinished(Event):
     calls: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TimerCreated(Event):
+    """A durable timer was armed; ``fire_at`` (epoch seconds) survives restarts."""
+
+    TAG: ClassVar[str] = "timer_created"
+    key: str
+    fire_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired(Event):
+    """A durable timer reached its fire time."""
+
+    TAG: ClassVar[str] = "timer_fired"
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRaised(Event):
+    """An external event was raised to the instance (from any process)."""
+
+    TAG: ClassVar[str] = "event_raised"
+    name: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SubOrchestrationCompleted(Event):
+    """A sub-orchestration returned; its output is replayed like an activity result."""
+
+    TAG: ClassVar[str] = "sub_completed"
+    key: str
+    instance_id: str
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SubOrchestrationFailed(Event):
+    """A sub-orchestration failed; like activity failures it is retried, not replayed."""
+
+    TAG: ClassVar[str] = "sub_failed"
+    key: str
+    instance_id: str
+    error_type: str
+    message: str
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequested(Event):
+    """A request to a running instance: ``terminate``, ``suspend`` or ``resume``.
+
+    Requests act on the run that is live when they arrive; replay ignores them.
+    """
+
+    TAG: ClassVar[str] = "control"
+    action: str
+    reason: str
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     ExecutionStarted,
     TaskScheduled,
@@ -109,6 +169,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskRetried,
     CustomStatusSet,
     ExecutionFinished,
+    TimerCreated,
+    TimerFired,
+    EventRaised,
+    SubOrchestrationCompleted,
+    SubOrchestrationFailed,
+    ControlRequested,
 )
 
 _BY_TAG: dict[str, type[Event]] = {cls.TAG: cls for cls in EVENT_TYPES}
@@ -118,18 +184,11 @@ _FIELDS: dict[type[Event], tuple[str, ...]] = {
 
 
 def encode(event: Event) -> tuple[Any, ...]:
-    """A plain tuple for storage; live-only exception objects are dropped."""
-    if isinstance(event, TaskFailed):
-        return (
-            event.TAG,
-            event.timestamp,
-            event.key,
-            event.activity,
-            event.error_type,
-            event.message,
-            event.attempts,
-        )
-    return (event.TAG, *(getattr(event, name) for name in _FIELDS[type(event)]))
+    """A plain tuple for storage; live-only exception objects (``error``) are dropped."""
+    names = _FIELDS[type(event)]
+    if names[-1] == "error":
+        names = names[:-1]
+    return (event.TAG, *(getattr(event, name) for name in names))
 
 
 def decode(row: tuple[Any, ...]) -> Event:

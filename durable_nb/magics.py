@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import shlex
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -11,7 +12,13 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from durable_nb.definitions import Activity, ActivityOptions, Orchestrator, register
+from durable_nb.definitions import (
+    Activity,
+    ActivityOptions,
+    Orchestrator,
+    register,
+    register_orchestrator,
+)
 from durable_nb.errors import DefinitionError
 from durable_nb.fingerprint import node_digest
 from durable_nb.report import list_instances_text, show_instance_text
@@ -45,8 +52,14 @@ def _positive_float(text: str) -> float:
 
 
 _ACTIVITY_PARSER = _Parser(prog="%%activity", add_help=False)
-_ACTIVITY_PARSER.add_argument("--retries", type=int, default=0)
+_ACTIVITY_PARSER.add_argument("--retries", type=int, default=None)
+_ACTIVITY_PARSER.add_argument("--max-attempts", type=int, default=None)
 _ACTIVITY_PARSER.add_argument("--backoff", type=_positive_float, default=1.0)
+_ACTIVITY_PARSER.add_argument("--backoff-coefficient", type=_positive_float, default=2.0)
+_ACTIVITY_PARSER.add_argument("--max-backoff", type=_positive_float, default=300.0)
+_ACTIVITY_PARSER.add_argument("--retry-timeout", type=_positive_float, default=None)
+_ACTIVITY_PARSER.add_argument("--retry-on", default=None)
+_ACTIVITY_PARSER.add_argument("--no-retry-on", default=None)
 _ACTIVITY_PARSER.add_argument("--timeout", type=_positive_float, default=None)
 _ACTIVITY_PARSER.add_argument("--concurrency", type=int, default=None)
 _ACTIVITY_PARSER.add_argument("--version", default=None)
@@ -86,10 +99,20 @@ class DurableMagics(Magics):
         --version TAG (change it to invalidate cached results).
         """
         opts = _ACTIVITY_PARSER.parse_line(line)
+        if opts.retries is not None and opts.max_attempts is not None:
+            raise UsageError("%%activity: give --retries or --max-attempts, not both")
+        retries = opts.retries if opts.retries is not None else 0
+        if opts.max_attempts is not None:
+            retries = opts.max_attempts - 1
         try:
             options = ActivityOptions(
-                retries=opts.retries,
+                retries=retries,
                 backoff=opts.backoff,
+                backoff_coefficient=opts.backoff_coefficient,
+                max_backoff=opts.max_backoff,
+                retry_timeout=opts.retry_timeout,
+                retry_on=self._exception_types(opts.retry_on, "--retry-on") or (Exception,),
+                no_retry_on=self._exception_types(opts.no_retry_on, "--no-retry-on"),
                 timeout=opts.timeout,
                 concurrency=opts.concurrency,
                 version=opts.version,
@@ -104,6 +127,19 @@ class DurableMagics(Magics):
             digest = node_digest(node, options.version)
             namespace[node.name] = register(Activity(fn, options, source_digest=digest))
 
+    def _exception_types(self, names: str | None, option: str) -> tuple[type[BaseException], ...]:
+        """Exception classes named in a comma-separated option, looked up in the notebook."""
+        if not names:
+            return ()
+        assert self.shell is not None
+        found: list[type[BaseException]] = []
+        for name in (n.strip() for n in names.split(",") if n.strip()):
+            kind = self.shell.user_ns.get(name, getattr(builtins, name, None))
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise UsageError(f"%%activity: {option}: {name!r} is not an exception class")
+            found.append(kind)
+        return tuple(found)
+
     @cell_magic
     def orchestrator(self, line: str, cell: str) -> None:
         """Turn every top-level function of the cell into an orchestrator.
@@ -117,9 +153,10 @@ class DurableMagics(Magics):
             if isinstance(fn, Orchestrator):
                 fn = fn.fn
             try:
-                namespace[node.name] = Orchestrator(fn, strict=opts.strict)
+                orch = Orchestrator(fn, strict=opts.strict, source_digest=node_digest(node))
             except DefinitionError as exc:
                 raise UsageError(f"%%orchestrator: {exc}") from None
+            namespace[node.name] = register_orchestrator(orch)
 
     @line_magic
     def durable(self, line: str) -> None:

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from durable_nb.engine.context import OrchestrationContext
 from durable_nb.engine.replay import OrchestrationEngine, Step
-from durable_nb.engine.tasks import ActivityCall, ActivityTask, Task, WhenAll, WhenAny
+from durable_nb.engine.tasks import (
+    ActivityCall,
+    ActivityTask,
+    EventTask,
+    SubOrchestrationCall,
+    SubOrchestrationTask,
+    Task,
+    TimerCall,
+    TimerTask,
+    WhenAll,
+    WhenAny,
+)
 
 __all__ = [
     "ActivityCall",
     "ActivityTask",
+    "EventTask",
     "OrchestrationContext",
     "OrchestrationEngine",
     "Step",
+    "SubOrchestrationCall",
+    "SubOrchestrationTask",
     "Task",
+    "TimerCall",
+    "TimerTask",
     "WhenAll",
     "WhenAny",
 ]

@@ -49,6 +49,39 @@ class OrchestrationContext:
         """
         return self._engine.call_activity(activity, args, kwargs)
 
+    def call_sub_orchestrator(
+        self, orchestrator: Any, /, *args: Any, instance_id: str | None = None, **kwargs: Any
+    ) -> Task:
+        """Run another orchestrator as a child instance with its own history.
+
+        Its output is replayed like an activity result; its failure is raised at the
+        yield like an activity failure. ``instance_id`` defaults to this instance's id
+        plus the child's name and a digest of its input.
+        """
+        return self._engine.call_sub_orchestrator(orchestrator, args, kwargs, instance_id)
+
+    def create_timer(self, fire_at: Any, /) -> Task:
+        """A durable timer: seconds, a timedelta, or an aware datetime.
+
+        Its fire time is checkpointed, so after a kernel restart only the remaining
+        time is waited. Never use time.sleep or asyncio.sleep in an orchestrator.
+        """
+        return self._engine.create_timer(fire_at)
+
+    def wait_for_external_event(self, name: str, /, timeout: Any = None) -> Task:
+        """Wait for an event raised to this instance under ``name``.
+
+        Events are kept in the store, so one raised before the wait, or while no
+        kernel runs, is not lost. With ``timeout`` (seconds or a timedelta) the wait
+        raises ``EventTimeoutError`` (a ``TimeoutError``) when it expires.
+        """
+        return self._engine.wait_for_event(name, timeout)
+
+    def continue_as_new(self, /, *args: Any, **kwargs: Any) -> None:
+        """End this run now and restart the instance with a new input and an empty
+        history (for eternal orchestrations such as monitors)."""
+        self._engine.continue_as_new(args, kwargs)
+
     def task_all(self, tasks: Iterable[Task], /) -> Task:
         """A task that completes with the list of all results, in order."""
         return WhenAll(self._engine.check_tasks(tasks, "ctx.task_all"))

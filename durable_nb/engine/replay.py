@@ -16,22 +16,39 @@ one resume per completion rather than a replay from the start.
 
 from __future__ import annotations
 
+import datetime as _dt
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from durable_nb import history
-from durable_nb.definitions import Activity, resolve_activity
+from durable_nb.definitions import Activity, Orchestrator, resolve_activity, resolve_orchestrator
 from durable_nb.engine.context import OrchestrationContext
-from durable_nb.engine.tasks import ActivityCall, ActivityTask, Task
-from durable_nb.errors import NonDeterminismError, OrchestratorError
+from durable_nb.engine.tasks import (
+    ActivityCall,
+    ActivityTask,
+    EventTask,
+    SubOrchestrationCall,
+    SubOrchestrationTask,
+    Task,
+    TimerCall,
+    TimerTask,
+)
+from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook
+from durable_nb.errors import (
+    ContinueAsNew,
+    EventTimeoutError,
+    NonDeterminismError,
+    OrchestratorError,
+)
 from durable_nb.fingerprint import arguments_digest
 
 _UUID_NAMESPACE = uuid.UUID("5f6c2a6e-5d0b-4c52-9f0e-6a1d2b7c9e31")
 _UNSET: Any = object()
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+CONTINUED, TERMINATED = "continued_as_new", "terminated"
 
 
 @dataclass
@@ -40,6 +57,9 @@ class Step:
 
     scheduled: list[ActivityCall] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)  # activity names answered from history
+    timers: list[TimerCall] = field(default_factory=list)
+    subs: list[SubOrchestrationCall] = field(default_factory=list)
+    waiting_events: list[str] = field(default_factory=list)
     custom_status: Any = _UNSET
 
     @property
@@ -58,6 +78,7 @@ class OrchestrationEngine:
         name: str,
         instance_id: str,
         resolve: Callable[[Any], Activity] = resolve_activity,
+        resolve_sub: Callable[[Any], Orchestrator] = resolve_orchestrator,
         strict: bool = False,
     ) -> None:
         self.fn = fn
@@ -71,9 +92,16 @@ class OrchestrationEngine:
         self.is_replaying = False
         self.now = 0.0
         self.calls: list[str] = []  # activity names by position (strict mode only)
+        self.new_input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self.terminated_reason = ""
         self._resolve = resolve
+        self._resolve_sub = resolve_sub
+        self._timers = TimerBook()
+        self._events = EventBook()
+        self._position_in_history = 0
+        self._run_started = 0.0
         self._results: dict[str, tuple[Any, float]] = {}
-        self._pending: dict[str, ActivityTask] = {}
+        self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._occurrences: dict[str, int] = {}
         self._position = 0
         self._uuid_counter = 0
@@ -91,6 +119,12 @@ class OrchestrationEngine:
             history.TaskRetried: self._on_ignored,
             history.CustomStatusSet: self._on_ignored,
             history.ExecutionFinished: self._on_finished,
+            history.TimerCreated: self._on_timer_created,
+            history.TimerFired: self._on_timer_fired,
+            history.EventRaised: self._on_event_raised,
+            history.SubOrchestrationCompleted: self._on_completed,
+            history.SubOrchestrationFailed: self._on_failed,
+            history.ControlRequested: self._on_control,
         }
 
     # ------------------------------------------------------------ public API
@@ -108,6 +142,7 @@ class OrchestrationEngine:
         self._loading = True
         try:
             for event in events:
+                self._position_in_history += 1
                 self._handlers[type(event)](event)
         finally:
             self._loading = False
@@ -116,6 +151,7 @@ class OrchestrationEngine:
         """Begin this run: call the orchestrator and run it to its first wait."""
         self._step = Step()
         self._on_started(started)
+        self._run_started = started.timestamp
         self.now = self._created_at if self._created_at is not None else started.timestamp
         self.is_replaying = bool(self._results)
         ctx = OrchestrationContext(self)
@@ -125,17 +161,20 @@ class OrchestrationEngine:
             self._fail_run(exc)
             return self._step
         self._drive(None, None)
+        self._step.waiting_events = self._events.waiting_names() if not self.done else []
         return self._step
 
     def apply(self, events: Iterable[history.Event]) -> Step:
         """Take in new events of this run, then resume the orchestrator if it can go on."""
         self._step = Step()
         for event in events:
+            self._position_in_history += 1
             self._handlers[type(event)](event)
         waiting = self._waiting_on
         if waiting is not None and waiting.is_done and not self.done:
             self._waiting_on = None
             self._resume_from(waiting)
+        self._step.waiting_events = self._events.waiting_names() if not self.done else []
         return self._step
 
     # ------------------------------------------------------------ ctx support
@@ -161,6 +200,111 @@ class OrchestrationEngine:
             self._pending[call.key] = task
             self._step.scheduled.append(call)
         return task
+
+    def call_sub_orchestrator(
+        self,
+        ref: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        instance_id: str | None,
+    ) -> Task:
+        orch = self._resolve_sub(ref)
+        arguments = orch.bind_input(args, kwargs)
+        owner = f"sub-orchestrator {orch.name!r} (instance {self.instance_id})"
+        arg_digest = arguments_digest(owner, (), arguments)
+        triple = f"sub:{orch.name}/{orch.source_digest[:16]}/{arg_digest}"
+        occurrence = self._occurrences.get(triple, 0)
+        self._occurrences[triple] = occurrence + 1
+        position = self._position
+        self._position += 1
+        if self.strict:
+            self._check_determinism(position, f"sub:{orch.name}")
+        if instance_id is None:
+            suffix = f"#{occurrence}" if occurrence else ""
+            instance_id = f"{self.instance_id}:{orch.name}-{arg_digest[:8]}{suffix}"
+        call = SubOrchestrationCall(
+            f"{triple}#{occurrence}", orch, arguments, instance_id, position
+        )
+        task = SubOrchestrationTask(call)
+        hit = self._results.get(call.key)
+        if hit is not None:
+            task._complete(hit[0], hit[1], True)
+            self._step.cached.append(f"sub:{orch.name}")
+        else:
+            self._pending[call.key] = task
+            self._step.subs.append(call)
+        return task
+
+    def create_timer(self, when: Any) -> Task:
+        key = self._timers.next_key()
+        timer = TimerCall(key, *self._fire_time(key, when))
+        task = TimerTask(timer)
+        if key in self._timers.fired:
+            task._complete(None, timer.fire_at, True)
+        else:
+            self._timers.waiting[key] = task
+            self._step.timers.append(timer)
+        return task
+
+    def wait_for_event(self, name: str, timeout: Any) -> Task:
+        if not isinstance(name, str) or not name:
+            raise OrchestratorError(
+                f"orchestrator {self.name!r}: the event name must be a non-empty string, "
+                f"got {name!r}"
+            )
+        timer: TimerCall | None = None
+        if timeout is not None:
+            key = self._timers.next_key()
+            timer = TimerCall(key, *self._fire_time(key, timeout))
+        task = EventTask(name, timer.key if timer else None)
+        fired_at = self._timers.fired.get(timer.key) if timer else None
+        event = self._events.next_for(name, before=fired_at)
+        if event is not None:
+            self._events.consume(name)
+            task._complete(event.value, event.timestamp, event.from_history)
+        elif timer is not None and fired_at is not None:
+            task._fail(self._event_timeout(name, timeout), timer.fire_at)
+            task.from_history = True
+        else:
+            self._events.wait(task)
+            if timer is not None:
+                self._timers.waiting[timer.key] = task
+                self._step.timers.append(timer)
+        return task
+
+    def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise ContinueAsNew(args, kwargs)
+
+    def _fire_time(self, key: str, when: Any) -> tuple[float, bool]:
+        """The fire time of timer ``key`` and whether it is new (not in history)."""
+        recorded = self._timers.created.get(key)
+        if recorded is not None:
+            return recorded, False
+        # A new timer counts from now: the later of the replayed clock and this run's
+        # start, so a timer first created on a rerun does not fire at once.
+        base = max(self.now, self._run_started)
+        if isinstance(when, _dt.datetime):
+            if when.tzinfo is None:
+                raise OrchestratorError(
+                    f"orchestrator {self.name!r}: create_timer got a naive datetime; use an "
+                    "aware one, e.g. ctx.current_utc_datetime + timedelta(minutes=5)"
+                )
+            return when.timestamp(), True
+        if isinstance(when, _dt.timedelta):
+            when = when.total_seconds()
+        if isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0:
+            return base + float(when), True
+        raise OrchestratorError(
+            f"orchestrator {self.name!r}: a timer needs seconds >= 0, a timedelta or an aware "
+            f"datetime, got {when!r}"
+        )
+
+    def _event_timeout(self, name: str, timeout: Any) -> EventTimeoutError:
+        return EventTimeoutError(
+            f"orchestrator {self.name!r} (instance {self.instance_id}) waited for event "
+            f"{name!r} longer than its timeout ({timeout}); raise it sooner, or catch "
+            "TimeoutError in the orchestrator to go on without it"
+        )
 
     def check_tasks(self, tasks: Iterable[Task], what: str) -> list[Task]:
         checked = list(tasks)
@@ -208,6 +352,35 @@ class OrchestrationEngine:
         if event.calls is not None:
             self._reference_calls = event.calls
 
+    def _on_timer_created(self, event: history.TimerCreated) -> None:
+        if self._loading:
+            self._timers.created[event.key] = event.fire_at
+
+    def _on_timer_fired(self, event: history.TimerFired) -> None:
+        if self._loading:
+            self._timers.fired[event.key] = self._position_in_history
+            return
+        task = self._timers.waiting.pop(event.key, None)
+        if isinstance(task, EventTask):
+            if not task.is_done:
+                task._fail(self._event_timeout(task.name, "reached"), event.timestamp)
+        elif task is not None:
+            task._complete(None, event.timestamp, False)
+
+    def _on_event_raised(self, event: history.EventRaised) -> None:
+        raised = RaisedEvent(event.value, event.timestamp, self._position_in_history, self._loading)
+        self._events.add(event.name, raised)
+        if self._loading:
+            return
+        waiting = self._events.first_waiting(event.name)
+        if waiting is not None:
+            self._events.consume(event.name)
+            waiting._complete(event.value, event.timestamp, False)
+
+    def _on_control(self, event: history.ControlRequested) -> None:
+        if not self._loading and event.action == "terminate" and not self.done:
+            self._terminate(event.reason)
+
     # ------------------------------------------------------------ driving
 
     def _resume_from(self, task: Task) -> None:
@@ -232,6 +405,11 @@ class OrchestrationEngine:
                 self.status, self.output = COMPLETED, stop.value
                 self._pending.clear()
                 return
+            except ContinueAsNew as signal:
+                self.status = CONTINUED
+                self.new_input = (signal.new_args, signal.new_kwargs)
+                self._pending.clear()
+                return
             except Exception as exc:
                 self._fail_run(exc)
                 return
@@ -252,6 +430,16 @@ class OrchestrationEngine:
     def _fail_run(self, exc: BaseException) -> None:
         self.status, self.failure = FAILED, exc
         self._pending.clear()
+
+    def _terminate(self, reason: str) -> None:
+        self.status, self.terminated_reason = TERMINATED, reason
+        self._pending.clear()
+        coroutine, self._coroutine = self._coroutine, None
+        if coroutine is not None:
+            try:
+                coroutine.close()  # runs the orchestrator's finally blocks
+            except Exception:  # a finally block that fails cannot stop the termination
+                pass
 
     def _not_a_task(self, yielded: Any) -> OrchestratorError:
         hint = "wait on ctx tasks only; do real waiting and I/O inside activities"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from durable_nb.definitions import Activity
+    from durable_nb.definitions import Activity, Orchestrator
 
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
@@ -107,6 +107,66 @@ class ActivityTask(Task):
 
     def __repr__(self) -> str:
         return f"<ActivityTask {self.call.key}>"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerCall:
+    """A durable timer to arm: fire at ``fire_at`` (epoch seconds)."""
+
+    key: str
+    fire_at: float
+    new: bool  # False when the history already recorded its creation
+
+
+class TimerTask(Task):
+    """Completes (with its fire time) when its durable timer fires."""
+
+    __slots__ = ("timer",)
+
+    def __init__(self, timer: TimerCall) -> None:
+        super().__init__()
+        self.timer = timer
+
+    def __repr__(self) -> str:
+        return f"<TimerTask {self.timer.key} at {self.timer.fire_at:.3f}>"
+
+
+class EventTask(Task):
+    """Completes with the value of an external event raised under ``name``."""
+
+    __slots__ = ("name", "timer_key")
+
+    def __init__(self, name: str, timer_key: str | None) -> None:
+        super().__init__()
+        self.name = name
+        self.timer_key = timer_key
+
+    def __repr__(self) -> str:
+        return f"<EventTask {self.name!r}>"
+
+
+@dataclass(frozen=True, slots=True)
+class SubOrchestrationCall:
+    """A child orchestration to run as its own instance."""
+
+    key: str
+    orchestrator: Orchestrator
+    arguments: dict[str, Any]
+    instance_id: str
+    position: int
+
+
+class SubOrchestrationTask(Task):
+    """The pending output of one ``ctx.call_sub_orchestrator``."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: SubOrchestrationCall) -> None:
+        super().__init__()
+        self.call = call
+
+    def __repr__(self) -> str:
+        return f"<SubOrchestrationTask {self.call.instance_id}>"
 
 
 class WhenAll(Task):

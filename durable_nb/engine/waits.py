@@ -1,0 +1,78 @@
+"""Replay state of durable timers and external events.
+
+Timers are keyed by the order in which the run creates them (``timer#0``,
+``timer#1``...); their fire time is taken from history when the history has it, so
+a restarted kernel waits only for what is left.
+
+External events queue by name: the n-th wait that receives an event under a name
+gets the n-th event raised under it. A wait with a timeout competes with its timer;
+on replay the one that came first *in history* wins, exactly as it did live.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable_nb.engine.tasks import EventTask, Task
+
+
+@dataclass
+class RaisedEvent:
+    value: Any
+    timestamp: float
+    position: int  # order among all events of the instance's history
+    from_history: bool
+
+
+@dataclass
+class TimerBook:
+    """Timers of one run: what history says, and which tasks wait on which timer."""
+
+    created: dict[str, float] = field(default_factory=dict)  # key -> fire_at
+    fired: dict[str, int] = field(default_factory=dict)  # key -> history position
+    waiting: dict[str, Task] = field(default_factory=dict)  # key -> timer or event task
+    count: int = 0
+
+    def next_key(self) -> str:
+        key = f"timer#{self.count}"
+        self.count += 1
+        return key
+
+
+@dataclass
+class EventBook:
+    """External events by name, and the waits that have not received one yet."""
+
+    log: dict[str, list[RaisedEvent]] = field(default_factory=dict)
+    consumed: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, collections.deque[EventTask]] = field(default_factory=dict)
+
+    def add(self, name: str, event: RaisedEvent) -> None:
+        self.log.setdefault(name, []).append(event)
+
+    def next_for(self, name: str, before: int | None) -> RaisedEvent | None:
+        """The next unconsumed event under ``name``, if it came before position ``before``."""
+        events = self.log.get(name, ())
+        index = self.consumed.get(name, 0)
+        if index < len(events) and (before is None or events[index].position < before):
+            return events[index]
+        return None
+
+    def consume(self, name: str) -> None:
+        self.consumed[name] = self.consumed.get(name, 0) + 1
+
+    def wait(self, task: EventTask) -> None:
+        self.waiting.setdefault(task.name, collections.deque()).append(task)
+
+    def first_waiting(self, name: str) -> EventTask | None:
+        queue = self.waiting.get(name)
+        while queue:
+            if not queue[0].is_done:
+                return queue[0]
+            queue.popleft()  # timed out meanwhile
+        return None
+
+    def waiting_names(self) -> list[str]:
+        return sorted(n for n in self.waiting if self.first_waiting(n) is not None)
