@@ -36,8 +36,24 @@ class ActivityOptions:
     version: str | None = None
 
     def __post_init__(self) -> None:
+        # A single exception class is accepted where a tuple of them is expected.
+        for field_name in ("retry_on", "no_retry_on"):
+            value = getattr(self, field_name)
+            if isinstance(value, type):
+                object.__setattr__(self, field_name, (value,))
+            elif isinstance(value, (list, set, frozenset)):
+                object.__setattr__(self, field_name, tuple(value))
         problems = []
-        if not isinstance(self.retries, int) or self.retries < 0:
+        numbers = ("backoff", "backoff_coefficient", "max_backoff", "retry_timeout", "timeout")
+        for field_name in numbers:
+            value = getattr(self, field_name)
+            if value is None and field_name in ("retry_timeout", "timeout"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                problems.append(f"{field_name} must be a number of seconds, got {value!r}")
+        if problems:
+            raise DefinitionError("; ".join(problems))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             problems.append(f"retries must be a whole number >= 0, got {self.retries!r}")
         if self.backoff < 0:
             problems.append(f"backoff must be >= 0 seconds, got {self.backoff!r}")
@@ -48,13 +64,19 @@ class ActivityOptions:
         if self.retry_timeout is not None and self.retry_timeout <= 0:
             problems.append(f"retry_timeout must be > 0 seconds, got {self.retry_timeout!r}")
         for field_name in ("retry_on", "no_retry_on"):
-            for kind in getattr(self, field_name):
+            kinds = getattr(self, field_name)
+            if not isinstance(kinds, tuple):
+                problems.append(f"{field_name} takes exception classes, got {kinds!r}")
+                continue
+            for kind in kinds:
                 if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                     problems.append(f"{field_name} takes exception classes, got {kind!r}")
         if self.timeout is not None and self.timeout <= 0:
             problems.append(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if self.concurrency is not None and (
-            not isinstance(self.concurrency, int) or self.concurrency < 1
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
         ):
             problems.append(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
         if problems:
@@ -337,8 +359,8 @@ def activity(
         backoff_coefficient=backoff_coefficient,
         max_backoff=max_backoff,
         retry_timeout=retry_timeout,
-        retry_on=tuple(retry_on),
-        no_retry_on=tuple(no_retry_on),
+        retry_on=retry_on,
+        no_retry_on=no_retry_on,
         timeout=timeout,
         concurrency=concurrency,
         version=version,

@@ -273,6 +273,9 @@ class Dispatcher:
         self._queued.clear()
         for attempt in list(self._live):
             handle = attempt.handle
+            if isinstance(handle, concurrent.futures.Future) and handle.cancel():
+                self._release(attempt)  # queued in the pool, never started: drop it
+                continue
             running_thread = isinstance(handle, concurrent.futures.Future) and not handle.done()
             limiter = attempt.limiter
             if running_thread:

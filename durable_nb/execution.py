@@ -2,12 +2,13 @@
 
 The order of things is what makes a run durable:
 
-1. completions of activities are collected in an inbox;
+1. outcomes (activity results, timers firing, child orchestrations ending) are
+   collected in an inbox;
 2. the inbox is appended to the store in one atomic chunk;
 3. only then does the engine see them and resume the orchestrator.
 
 So a result is on disk before the orchestrator acts on it, and a kill at any
-moment loses at most the activities that were in flight.
+moment loses at most the work that was in flight.
 """
 
 from __future__ import annotations
@@ -16,29 +17,28 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.dispatch import Dispatcher
-from durable_nb.engine import OrchestrationEngine, Step
-from durable_nb.engine.replay import COMPLETED
-from durable_nb.errors import (
-    DurableNbError,
-    ResultNotStorableError,
-    StoreError,
-)
+from durable_nb.engine import OrchestrationEngine, Step, SubOrchestrationCall
+from durable_nb.engine.replay import COMPLETED, CONTINUED, TERMINATED
+from durable_nb.errors import DurableNbError, InstanceBusyError
+from durable_nb.journal import Journal
+from durable_nb.leases import LeaseKeeper
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, InstanceRecord
 
 if TYPE_CHECKING:
     from durable_nb.definitions import Orchestrator
+    from durable_nb.engine import ActivityCall
     from durable_nb.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
+POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
 COMPACT_AFTER_CHUNKS = 32
 
 
@@ -46,9 +46,19 @@ COMPACT_AFTER_CHUNKS = 32
 class Outcome:
     """How a run ended."""
 
-    status: str  # completed | failed
+    status: str  # completed | failed | terminated | continued_as_new
     output: Any = None
     failure: BaseException | None = None
+    message: str = ""
+    new_input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+
+@dataclass
+class _Held:
+    """Work the engine scheduled while the instance is suspended."""
+
+    activities: list[ActivityCall] = field(default_factory=list)
+    children: list[SubOrchestrationCall] = field(default_factory=list)
 
 
 class Execution:
@@ -61,12 +71,15 @@ class Execution:
         arguments: dict[str, Any],
         instance_id: str,
         progress: Progress,
+        parent: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.store: CheckpointStore = runtime.store
         self.orchestrator = orchestrator
+        self.arguments = arguments
         self.instance_id = instance_id
         self.progress = progress
+        self.parent = parent
         self.engine = OrchestrationEngine(
             orchestrator.fn,
             arguments,
@@ -74,22 +87,39 @@ class Execution:
             instance_id=instance_id,
             strict=orchestrator.strict,
         )
+        self.journal = Journal(self.store, instance_id, progress)
+        self._lease = LeaseKeeper(self.store, instance_id)
         self._inbox: list[history.Event] = []
-        self._unwritten: list[history.Event] = []
+        self._arrived: list[history.Event] = []  # already durable, appended by others
         self._wake: asyncio.Event | None = None
         self._record: InstanceRecord | None = None
         self._record_dirty = False
-        self._chunks = 0  # history chunks of the instance, loaded and written
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._children: set[asyncio.Task[Outcome]] = set()
+        self._suspended = False
+        self._held = _Held()
+        self._last_poll = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ run
 
     async def run(self) -> Outcome:
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._lease.acquire()
+        try:
+            return await self._run_leased()
+        finally:
+            self._lease.release()
+
+    async def _run_leased(self) -> Outcome:
+        assert self._wake is not None
         record = self._open_record()
-        events, self._chunks = self.store.load_history(self.instance_id)
+        events = self.journal.load()
         self.engine.load(events)
+        self._suspended = _suspended_in(events)
         started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
-        self._unwritten.append(started)
+        self.journal.unwritten.append(started)
         self._dispatcher = Dispatcher(
             executor=self.runtime.executor,
             limiter_for=self.runtime.limiter_for,
@@ -97,19 +127,26 @@ class Execution:
             progress=self.progress,
             instance_id=self.instance_id,
             post=self._post,
-            note=self._unwritten.append,
-            keep_late=self._store_late,
+            note=self.journal.unwritten.append,
+            keep_late=self.journal.keep_late,
         )
         self.progress.begin()
+        if self._suspended:
+            self._set_status("suspended")
         ticker = asyncio.ensure_future(self._tick())
         try:
             self._apply(self.engine.start(started))
             while not self.engine.done:
-                if not self._inbox:
+                if not self._inbox and not self._arrived:
                     await self._wake.wait()
                 self._wake.clear()
                 events, self._inbox = self._inbox, []
-                self._apply(self.engine.apply(self._persist(events)))
+                arrived, self._arrived = self._arrived, []
+                foreign, seen = self.journal.write(events)
+                self._flush_record()
+                for event in arrived + foreign:
+                    self._control(event)
+                self._apply(self.engine.apply(arrived + foreign + seen))
         except (asyncio.CancelledError, KeyboardInterrupt) as exc:  # the kernel's interrupt
             self._end("interrupted", f"{type(exc).__name__}: run stopped before it finished")
             raise
@@ -118,7 +155,7 @@ class Execution:
             raise
         finally:
             ticker.cancel()
-            self._dispatcher.stop()
+            self._stop_work()
         return self._finish()
 
     def _open_record(self) -> InstanceRecord:
@@ -134,15 +171,37 @@ class Execution:
             )
         record.runs += 1
         record.status, record.started_at, record.updated_at = "running", now, now
-        record.finished_at, record.error = None, None
-        self.store.put_instance(record)
+        record.finished_at, record.error, record.parent = None, None, self.parent
+        record.input = self.arguments
+        self._put_record(record)
         self._record = record
         return record
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            if not self._lease.renew_if_due():
+                self._post(
+                    history.ControlRequested(time.time(), "terminate", "lease lost")
+                )  # another kernel took the instance over: stop here
+            now = time.monotonic()
+            if now - self._last_poll >= POLL_SECONDS:
+                self.poll()
             self.progress.changed()
+
+    def nudge(self) -> None:
+        """Look for new events at once (thread-safe); used after a raise in this process."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.poll)
+
+    def poll(self) -> None:
+        """Look for events and requests other writers appended (also: a nudge)."""
+        self._last_poll = time.monotonic()
+        arrived = self.journal.poll()
+        if arrived:
+            self._arrived.extend(arrived)
+            assert self._wake is not None
+            self._wake.set()
 
     # ------------------------------------------------------------------ steps
 
@@ -150,16 +209,30 @@ class Execution:
         progress = self.progress
         for name in step.cached:
             progress.cached(name)
-        if step.scheduled:
-            now = time.time()
-            for call in step.scheduled:
-                self._unwritten.append(history.TaskScheduled(now, call.key, call.activity.name))
-                progress.scheduled(call.activity.name)
+        now = time.time()
+        for call in step.scheduled:
+            self.journal.unwritten.append(history.TaskScheduled(now, call.key, call.activity.name))
+            progress.scheduled(call.activity.name)
+            if self._suspended:
+                self._held.activities.append(call)
+            else:
                 self._dispatcher.dispatch(call)
+        for timer in step.timers:
+            if timer.new:
+                self.journal.unwritten.append(history.TimerCreated(now, timer.key, timer.fire_at))
+            self._arm(timer.key, timer.fire_at)
+        for sub in step.subs:
+            progress.scheduled(f"sub:{sub.orchestrator.name}")
+            if self._suspended:
+                self._held.children.append(sub)
+            else:
+                self._start_child(sub)
+        progress.waiting_events = list(step.waiting_events)
         if step.has_custom_status:
-            self._unwritten.append(history.CustomStatusSet(time.time(), step.custom_status))
+            self.journal.unwritten.append(history.CustomStatusSet(now, step.custom_status))
             assert self._record is not None
             self._record.custom_status = step.custom_status
+            progress.custom_status = step.custom_status
             self._record_dirty = True
         progress.changed()
 
@@ -168,89 +241,115 @@ class Execution:
         assert self._wake is not None
         self._wake.set()
 
-    def _persist(self, events: Sequence[history.Event]) -> list[history.Event]:
-        """Write ``events`` (and buffered bookkeeping events) as one atomic chunk.
-
-        Returns the events the engine should see: a completion whose result cannot
-        be pickled becomes a failure that says so.
-        """
-        chunk = self._unwritten + list(events)
-        self._unwritten = []
-        seen = list(events)
-        if chunk:
-            try:
-                self._append(chunk)
-            except (pickle.PicklingError, TypeError, AttributeError):
-                replaced = self._unstorable(chunk)
-                if not replaced:
-                    raise
-                chunk = [replaced.get(id(event), event) for event in chunk]
-                self._append(chunk)
-                seen = [replaced.get(id(event), event) for event in seen]
+    def _flush_record(self) -> None:
         if self._record_dirty and self._record is not None:
             self._record.updated_at = time.time()
             self.store.put_instance(self._record)
             self._record_dirty = False
-        return seen
 
-    def _append(self, chunk: list[history.Event]) -> None:
-        try:
-            self.store.append(self.instance_id, chunk)
-            self._chunks += 1
-        except (pickle.PicklingError, TypeError, AttributeError):
-            raise  # a value that cannot be pickled; the caller finds which
-        except Exception as exc:
-            raise StoreError(
-                f"could not write the checkpoints of instance {self.instance_id!r} to "
-                f"{self.store.location}: {exc}. Results checkpointed before are kept; fix "
-                "the store (disk space, permissions) and rerun to resume."
-            ) from exc
+    def _control(self, event: history.Event) -> None:
+        """Suspend and resume act here; terminate acts in the engine."""
+        if not isinstance(event, history.ControlRequested):
+            return
+        if event.action == "suspend" and not self._suspended:
+            self._suspended = True
+            self._set_status("suspended")
+        elif event.action == "resume" and self._suspended:
+            self._suspended = False
+            self._set_status("running")
+            held, self._held = self._held, _Held()
+            for call in held.activities:
+                self._dispatcher.dispatch(call)
+            for sub in held.children:
+                self._start_child(sub)
 
-    def _unstorable(self, chunk: list[history.Event]) -> dict[int, history.Event]:
-        """Failures to stand in for completions whose result cannot be pickled."""
-        replaced: dict[int, history.Event] = {}
-        for event in chunk:
-            if not isinstance(event, history.TaskCompleted):
-                continue
-            try:
-                pickle.dumps(event.result, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as why:
-                error = ResultNotStorableError(
-                    f"activity {event.activity!r} (instance {self.instance_id}, call "
-                    f"{event.key}) returned a {type(event.result).__qualname__}, which "
-                    f"cannot be checkpointed ({why}); return plain data (numbers, strings, "
-                    "lists, dicts, arrays, DataFrames) instead"
+    def _set_status(self, status: str) -> None:
+        self.progress.status = status
+        self.progress.changed()
+        if self._record is not None:
+            self._record.status = status
+            self._record_dirty = True
+            self._flush_record()
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm(self, key: str, fire_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, fire_at - time.time())
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+        self.progress.timers[key] = fire_at
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.progress.timers.pop(key, None)
+        self._post(history.TimerFired(time.time(), key))
+
+    # ------------------------------------------------------------------ children
+
+    def _start_child(self, call: SubOrchestrationCall) -> None:
+        task = asyncio.ensure_future(self.runtime.run_child(self, call))
+        self._children.add(task)
+        task.add_done_callback(lambda t: self._child_done(call, t))
+
+    def _child_done(self, call: SubOrchestrationCall, task: asyncio.Task[Outcome]) -> None:
+        self._children.discard(task)
+        if task.cancelled() or self.engine.done:
+            return
+        name = f"sub:{call.orchestrator.name}"
+        error = task.exception()
+        outcome = task.result() if error is None else None
+        if outcome is not None and outcome.status == COMPLETED:
+            self.progress.ran(name)
+            self._post(
+                history.SubOrchestrationCompleted(
+                    time.time(), call.key, call.instance_id, outcome.output
                 )
-                replaced[id(event)] = history.TaskFailed(
-                    event.timestamp,
-                    event.key,
-                    event.activity,
-                    type(error).__name__,
-                    str(error),
-                    event.attempts,
-                    error,
-                )
-                row = self.progress.row(event.activity)
-                row.ran -= 1
-                row.failed += 1
-        return replaced
-
-    def _store_late(self, event: history.Event) -> None:
-        """A result that arrived after the run ended (interrupt, failure, task_any):
-        keep it, so the next run need not redo the work. May run in a worker thread."""
-        try:
-            self.store.append(self.instance_id, [event])
-            logger.debug("kept a late result for instance %s", self.instance_id)
-        except Exception:
-            logger.warning("could not keep a late result of %s", self.instance_id, exc_info=True)
+            )
+            return
+        if error is None:
+            assert outcome is not None
+            error = outcome.failure or InstanceBusyError(
+                f"sub-orchestration {call.instance_id!r} ended as {outcome.status}: "
+                f"{outcome.message}"
+            )
+        add_note = getattr(error, "add_note", None)
+        if add_note is not None:
+            add_note(f"durable_nb: in sub-orchestration {call.instance_id}")
+        self.progress.failed(name)
+        self._post(
+            history.SubOrchestrationFailed(
+                time.time(),
+                call.key,
+                call.instance_id,
+                type(error).__name__,
+                str(error),
+                error,
+            )
+        )
 
     # ------------------------------------------------------------------ ending
+
+    def _stop_work(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self.progress.timers.clear()
+        for task in list(self._children):
+            task.cancel()
+        self._dispatcher.stop()
 
     def _finish(self) -> Outcome:
         engine = self.engine
         if engine.status == COMPLETED:
             self._end("completed", "")
             return Outcome("completed", output=engine.output)
+        if engine.status == TERMINATED:
+            message = f"terminated: {engine.terminated_reason}"
+            self._end("terminated", message)
+            return Outcome("terminated", message=message)
+        if engine.status == CONTINUED:
+            self._end("continued_as_new", "")
+            return Outcome("continued_as_new", new_input=engine.new_input)
         failure = engine.failure
         assert failure is not None
         self._end("failed", f"{type(failure).__name__}: {failure}")
@@ -261,22 +360,20 @@ class Execution:
         calls = tuple(self.engine.calls) if self.orchestrator.strict else None
         if status == "interrupted":
             calls = None  # a partial run is no reference for strict mode
-        self._unwritten.append(history.ExecutionFinished(now, status, message, calls))
-        record = self._record
+        self.journal.unwritten.append(history.ExecutionFinished(now, status, message, calls))
         try:
-            self._record_end(status, message, now, record)
+            self._record_end(status, message, now)
         except Exception:
             # The store may be what failed; the run's own error is the one to report.
             logger.warning("could not record the end of %s", self.instance_id, exc_info=True)
         finally:
             self.progress.finish(status, message)
 
-    def _record_end(
-        self, status: str, message: str, now: float, record: InstanceRecord | None
-    ) -> None:
-        # Completions that arrived after the engine's last step are kept too.
+    def _record_end(self, status: str, message: str, now: float) -> None:
+        # Outcomes that arrived after the engine's last step are kept too.
         inbox, self._inbox = self._inbox, []
-        self._persist(inbox)
+        self.journal.write(inbox)
+        record = self._record
         if record is not None:
             record.status, record.finished_at, record.updated_at = status, now, now
             record.error = message or None
@@ -290,12 +387,33 @@ class Execution:
             }
             record.output = self.engine.output if status == "completed" else None
             self._put_record(record)
-        if self._chunks > COMPACT_AFTER_CHUNKS:
+        if self.journal.chunks > COMPACT_AFTER_CHUNKS and status != "continued_as_new":
             self.store.compact(self.instance_id)
 
     def _put_record(self, record: InstanceRecord) -> None:
         try:
             self.store.put_instance(record)
         except (pickle.PicklingError, TypeError, AttributeError):
-            record.output = None  # an output that cannot be pickled is still returned live
+            # An input or output that cannot be pickled still works live; the record
+            # keeps the rest (rewind then needs the input passed again).
+            if not _picklable(record.output):
+                record.output = None
+            if not _picklable(record.input):
+                record.input = None
             self.store.put_instance(record)
+
+
+def _suspended_in(events: list[history.Event]) -> bool:
+    """Whether the last suspend/resume request in history was a suspend."""
+    for event in reversed(events):
+        if isinstance(event, history.ControlRequested) and event.action in ("suspend", "resume"):
+            return event.action == "suspend"
+    return False
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True

@@ -48,6 +48,11 @@ class Progress:
         self.status = "starting"
         self.message = ""
         self.rows: dict[str, ActivityRow] = {}
+        self.waiting_events: list[str] = []
+        self.timers: dict[str, float] = {}  # timer key -> fire time (epoch seconds)
+        self.custom_status: object = None
+        self.children: list[Progress] = []  # sub-orchestrations, each with its own rows
+        self.on_approval: Callable[[str, object], None] | None = None  # set by the runtime
         self._clock = clock
         self._interval = 1.0 / max_rate
         self.started = clock()
@@ -101,10 +106,37 @@ class Progress:
         end = self.finished if self.finished is not None else self._clock()
         return end - self.started
 
+    def child(self, orchestrator: str, instance_id: str) -> Progress:
+        """The progress of a sub-orchestration; its changes show in this one's views."""
+        child = Progress(orchestrator, instance_id, clock=self._clock)
+        child._interval = float("inf")  # only the root notifies views
+        self.children.append(child)
+        return child
+
+    def all_rows(self) -> list[ActivityRow]:
+        """This run's rows and its sub-orchestrations' rows, recursively."""
+        rows = list(self.rows.values())
+        for child in self.children:
+            rows += child.all_rows()
+        return rows
+
+    def grouped_rows(self) -> list[tuple[str, list[ActivityRow]]]:
+        """Rows grouped: this orchestrator's first, then one group per child orchestrator."""
+        groups: dict[str, dict[str, ActivityRow]] = {}
+        for child in self.children:
+            merged = groups.setdefault(child.orchestrator, {})
+            for row in child.all_rows():
+                into = merged.setdefault(row.name, ActivityRow(row.name))
+                for column in ("total", "cached", "ran", "running", "failed", "retried"):
+                    setattr(into, column, getattr(into, column) + getattr(row, column))
+        result = [(self.orchestrator, list(self.rows.values()))]
+        result += [(name, list(rows.values())) for name, rows in groups.items()]
+        return result
+
     def totals(self) -> ActivityRow:
-        """The sum of every row."""
+        """The sum of every row, sub-orchestrations included."""
         total = ActivityRow("all")
-        for row in self.rows.values():
+        for row in self.all_rows():
             total.total += row.total
             total.cached += row.cached
             total.ran += row.ran
@@ -122,9 +154,13 @@ class Progress:
         self.status = "running"
         self._notify()
 
+    @property
+    def dirty(self) -> bool:
+        return self._dirty or any(child.dirty for child in self.children)
+
     def changed(self) -> None:
         """Tell listeners, unless they were told less than one interval ago."""
-        if self._dirty and self._clock() - self._last_notice >= self._interval:
+        if self.dirty and self._clock() - self._last_notice >= self._interval:
             self._notify()
 
     def finish(self, status: str, message: str = "") -> None:
@@ -136,5 +172,7 @@ class Progress:
     def _notify(self) -> None:
         self._last_notice = self._clock()
         self._dirty = False
+        for child in self.children:
+            child._dirty = False
         for listener in self._listeners:
             listener(self)

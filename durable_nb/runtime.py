@@ -13,15 +13,23 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from durable_nb import management
+from durable_nb.definitions import find_orchestrator
 from durable_nb.dispatch import Limiter
-from durable_nb.errors import DurableNbError, InstanceBusyError, InstanceNotFinishedError
+from durable_nb.errors import (
+    DurableNbError,
+    InstanceBusyError,
+    InstanceNotFinishedError,
+    InstanceNotFoundError,
+    InstanceTerminatedError,
+)
 from durable_nb.execution import Execution, Outcome
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
     from durable_nb.definitions import Orchestrator
-    from durable_nb.engine import ActivityCall
+    from durable_nb.engine import ActivityCall, SubOrchestrationCall
 
 PROGRESS_MODES = ("auto", "widget", "text", "none")
 DEFAULT_MAX_WORKERS = 32
@@ -55,6 +63,7 @@ class Runtime:
         )
         # Threads still running for runs that ended, by (instance, call key).
         self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+        self._executions: dict[str, Execution] = {}
         self.configure(store=store, progress=progress)
 
     # ------------------------------------------------------------------ settings
@@ -153,16 +162,110 @@ class Runtime:
                 "handle, or wait for it to end before starting it again"
             )
         if fresh:
-            self.store.purge(instance_id)
+            _, refused = management.purge(self.store, [instance_id])
+            if refused and "running" in refused[0]:
+                raise InstanceBusyError(
+                    f"instance {instance_id!r} is running in another kernel; fresh=True "
+                    "cannot start it over while it runs"
+                )
         progress = Progress(orch.name, instance_id)
+        progress.on_approval = lambda name, value: self.raise_event(instance_id, name, value)
         from durable_nb.widgets import attach_view
 
         attach_view(progress, self.progress_mode)
-        execution = Execution(self, orch, arguments, instance_id, progress)
-        task = asyncio.ensure_future(execution.run())
+        task = asyncio.ensure_future(self._drive(orch, arguments, instance_id, progress, None))
         self._active[instance_id] = task
         task.add_done_callback(lambda _t: self._forget(instance_id, task))
         return task
+
+    async def _drive(
+        self,
+        orch: Orchestrator,
+        arguments: dict[str, Any],
+        instance_id: str,
+        progress: Progress,
+        parent: str | None,
+    ) -> Outcome:
+        """Run an instance, again and again while it continues as new."""
+        while True:
+            record = self.store.get_instance(instance_id)
+            if record is not None and record.generation > 0 and record.input is not None:
+                arguments = record.input  # an eternal instance resumes with its latest input
+            execution = Execution(self, orch, arguments, instance_id, progress, parent)
+            self._executions[instance_id] = execution
+            try:
+                outcome = await execution.run()
+            finally:
+                if self._executions.get(instance_id) is execution:
+                    del self._executions[instance_id]
+            if outcome.status != "continued_as_new" or outcome.new_input is None:
+                return outcome
+            arguments = orch.bind_input(*outcome.new_input)
+            record = self.store.get_instance(instance_id)
+            assert record is not None
+            record.input, record.generation = arguments, record.generation + 1
+            record.status = "running"
+            self.store.reset_history(record)
+
+    async def run_child(self, parent: Execution, call: SubOrchestrationCall) -> Outcome:
+        """Run a sub-orchestration as its own instance; its rows join the parent's view."""
+        instance_id = call.instance_id
+        running = self._active.get(instance_id)
+        if running is not None and not running.done():
+            raise InstanceBusyError(
+                f"sub-orchestration {instance_id!r} is already running in this kernel"
+            )
+        progress = parent.progress.child(call.orchestrator.name, instance_id)
+        task = asyncio.ensure_future(
+            self._drive(
+                call.orchestrator, call.arguments, instance_id, progress, parent.instance_id
+            )
+        )
+        self._active[instance_id] = task
+        task.add_done_callback(lambda _t: self._forget(instance_id, task))
+        return await task
+
+    # ------------------------------------------------------------------ management
+
+    def raise_event(self, instance_id: str, name: str, value: Any = None) -> None:
+        """Deliver an external event; a run waiting for it sees it at once."""
+        management.raise_event(self.store, instance_id, name, value)
+        self._nudge(instance_id)
+
+    def request(self, instance_id: str, action: str, reason: str = "") -> str:
+        """terminate, suspend or resume an instance (running here, elsewhere, or not)."""
+        text = management.request(self.store, instance_id, action, reason)
+        self._nudge(instance_id)
+        return text
+
+    def _nudge(self, instance_id: str) -> None:
+        execution = self._executions.get(instance_id)
+        if execution is not None:
+            execution.nudge()
+
+    def rewind(self, instance_id: str) -> InstanceHandle:
+        """Run a failed (or terminated, or interrupted) instance again in the background:
+        every success is replayed, the failures run again."""
+        record = self.store.get_instance(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no instance {instance_id!r} in {self.store.location}")
+        orch = find_orchestrator(record.orchestrator)
+        if orch is None:
+            raise DurableNbError(
+                f"cannot rewind {instance_id!r}: orchestrator {record.orchestrator!r} is not "
+                "defined in this kernel; run its %%orchestrator cell first"
+            )
+        if record.input is None:
+            raise DurableNbError(
+                f"cannot rewind {instance_id!r}: its input was not stored (it could not be "
+                "pickled); call the orchestrator again with the same arguments instead"
+            )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise DurableNbError("rewind needs a running event loop, as in a kernel") from None
+        task = self._launch(orch, dict(record.input), instance_id, fresh=False)
+        return InstanceHandle(instance_id, task, self)
 
     def _forget(self, instance_id: str, task: asyncio.Task[Outcome]) -> None:
         if self._active.get(instance_id) is task:
@@ -269,8 +372,24 @@ class InstanceHandle:
         return record
 
     def cancel(self) -> bool:
-        """Stop the run at its next step; checkpoints are kept."""
+        """Stop the run in this kernel now, as the interrupt button does; checkpoints
+        are kept and the instance resumes when run again."""
         return self._task.cancel()
+
+    def raise_event(self, name: str, value: Any = None) -> None:
+        """Deliver an external event to the instance."""
+        self._runtime.raise_event(self.instance_id, name, value)
+
+    def terminate(self, reason: str = "") -> str:
+        """Stop the instance at its next yield, for good (status terminated)."""
+        return self._runtime.request(self.instance_id, "terminate", reason)
+
+    def suspend(self, reason: str = "") -> str:
+        """Start no new work until resume(); work in flight finishes and is kept."""
+        return self._runtime.request(self.instance_id, "suspend", reason)
+
+    def resume(self, reason: str = "") -> str:
+        return self._runtime.request(self.instance_id, "resume", reason)
 
     def __repr__(self) -> str:
         state = "done" if self._task.done() else "running"
@@ -312,6 +431,11 @@ def _interrupted_message(runtime: Runtime, instance_id: str) -> str:
 
 def _unwrap(outcome: Outcome) -> Any:
     __tracebackhide__ = True
+    if outcome.status == "terminated":
+        raise InstanceTerminatedError(
+            f"the instance was {outcome.message}; run it again to resume it, or pass "
+            "fresh=True to start over"
+        )
     if outcome.failure is not None:
         failure = outcome.failure
         raise failure.with_traceback(_user_frames(failure.__traceback__))

@@ -46,7 +46,8 @@ class InstanceRecord:
 
     instance_id: str
     orchestrator: str
-    status: str = "pending"  # pending | running | completed | failed | interrupted
+    # pending | running | suspended | completed | failed | interrupted | terminated
+    status: str = "pending"
     created_at: float = 0.0
     updated_at: float = 0.0
     started_at: float = 0.0
@@ -56,6 +57,9 @@ class InstanceRecord:
     output: Any = None
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    input: dict[str, Any] | None = None  # the orchestrator's arguments by name
+    generation: int = 0  # how many times it continued as new
+    parent: str | None = None  # the parent instance of a sub-orchestration
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,8 +75,12 @@ class CheckpointStore(Protocol):
 
     location: str
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
-        """Durably append ``events`` as one atomic chunk of the instance's history."""
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
+        """Durably append ``events`` as one atomic chunk; returns the chunk's number."""
+
+    def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
+        """The chunks numbered ``start`` and up, with their numbers (to see what other
+        processes appended: raised events, control requests)."""
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         """Every event of the instance, oldest first."""
@@ -94,6 +102,18 @@ class CheckpointStore(Protocol):
 
     def purge(self, instance_id: str) -> bool:
         """Delete an instance and its history; False when there was nothing to delete."""
+
+    def reset_history(self, record: InstanceRecord) -> None:
+        """Atomically delete the instance's history and write its record
+        (continue_as_new: a new input and an empty history, or neither)."""
+
+    def get_lease(self, instance_id: str) -> dict[str, Any] | None: ...
+
+    def swap_lease(
+        self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
+    ) -> bool:
+        """Atomically replace the lease if its current owner is ``expected`` (None: no
+        lease); ``lease=None`` releases it. False when someone else holds it."""
 
     def close(self) -> None: ...
 
@@ -158,10 +178,22 @@ class DiskCacheStore:
             yield key
             number += 1
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         chunk = [history.encode(event) for event in events]
         prefix = self._prefix(instance_id)
-        self._cache.push(chunk, prefix=prefix, tag=prefix, retry=True)
+        key = self._cache.push(chunk, prefix=prefix, tag=prefix, retry=True)
+        return int(key.rsplit("-", 1)[1]) - _FIRST_PUSHED
+
+    def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
+        prefix = self._prefix(instance_id)
+        found: list[tuple[int, list[history.Event]]] = []
+        number = start
+        while True:
+            chunk = self._cache.get(f"{prefix}-{number + _FIRST_PUSHED:015d}", retry=True)
+            if chunk is None:
+                return found
+            found.append((number, [history.decode(row) for row in chunk]))
+            number += 1
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
@@ -193,6 +225,29 @@ class DiskCacheStore:
             self._cache.evict(prefix)
             self._cache.push(merged, prefix=prefix, tag=prefix)
 
+    def reset_history(self, record: InstanceRecord) -> None:
+        with self._cache.transact(retry=True):
+            self._cache.evict(self._prefix(record.instance_id))
+            self._cache.set("i:" + record.instance_id, record.to_dict())
+
+    def get_lease(self, instance_id: str) -> dict[str, Any] | None:
+        found = self._cache.get("l:" + instance_id, retry=True)
+        return dict(found) if found is not None else None
+
+    def swap_lease(
+        self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
+    ) -> bool:
+        key = "l:" + instance_id
+        with self._cache.transact(retry=True):
+            current = self._cache.get(key)
+            if (current["owner"] if current else None) != expected:
+                return False
+            if lease is None:
+                self._cache.delete(key)
+            else:
+                self._cache.set(key, lease)
+        return True
+
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         data = self._cache.get("i:" + instance_id, retry=True)
         return InstanceRecord.from_dict(data) if data is not None else None
@@ -213,6 +268,7 @@ class DiskCacheStore:
         with self._cache.transact(retry=True):
             existed = self._cache.delete("i:" + instance_id)
             removed = self._cache.evict(self._prefix(instance_id))
+            self._cache.delete("l:" + instance_id)
         return bool(existed or removed)
 
     def close(self) -> None:
@@ -227,11 +283,44 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._chunks: dict[str, list[list[tuple[Any, ...]]]] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        self._leases: dict[str, dict[str, Any]] = {}
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> None:
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         chunk = [history.encode(event) for event in events]
         with self._lock:
-            self._chunks.setdefault(instance_id, []).append(chunk)
+            chunks = self._chunks.setdefault(instance_id, [])
+            chunks.append(chunk)
+            return len(chunks) - 1
+
+    def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
+        with self._lock:
+            chunks = list(self._chunks.get(instance_id, ()))[start:]
+        return [
+            (start + i, [history.decode(row) for row in chunk]) for i, chunk in enumerate(chunks)
+        ]
+
+    def reset_history(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._chunks.pop(record.instance_id, None)
+            self._records[record.instance_id] = record.to_dict()
+
+    def get_lease(self, instance_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._leases.get(instance_id)
+        return dict(found) if found is not None else None
+
+    def swap_lease(
+        self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
+    ) -> bool:
+        with self._lock:
+            current = self._leases.get(instance_id)
+            if (current["owner"] if current else None) != expected:
+                return False
+            if lease is None:
+                self._leases.pop(instance_id, None)
+            else:
+                self._leases[instance_id] = dict(lease)
+        return True
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
@@ -269,6 +358,7 @@ class MemoryStore:
         with self._lock:
             had_record = self._records.pop(instance_id, None) is not None
             had_chunks = self._chunks.pop(instance_id, None) is not None
+            self._leases.pop(instance_id, None)
         return had_record or had_chunks
 
     def close(self) -> None:

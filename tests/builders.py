@@ -59,3 +59,66 @@ def run_to_end(
 
 def keys(step: Step) -> list[str]:
     return [call.key for call in step.scheduled]
+
+
+# ----------------------------------------------------------------- timers, events, children
+
+
+def timer_created(key: str, fire_at: float, t: float = T0) -> history.TimerCreated:
+    return history.TimerCreated(t, key, fire_at)
+
+
+def timer_fired(key: str, t: float) -> history.TimerFired:
+    return history.TimerFired(t, key)
+
+
+def raised(name: str, value: Any, t: float = T0 + 1) -> history.EventRaised:
+    return history.EventRaised(t, name, value)
+
+
+def sub_completed(
+    key: str, child_id: str, result: Any, t: float = T0 + 1
+) -> history.SubOrchestrationCompleted:
+    return history.SubOrchestrationCompleted(t, key, child_id, result)
+
+
+def sub_failed(
+    key: str, child_id: str, error: BaseException, t: float = T0 + 1
+) -> history.SubOrchestrationFailed:
+    return history.SubOrchestrationFailed(t, key, child_id, type(error).__name__, str(error), error)
+
+
+def control(action: str, reason: str = "", t: float = T0 + 1) -> history.ControlRequested:
+    return history.ControlRequested(t, action, reason)
+
+
+class LiveRun:
+    """Drive ``fn`` live, recording the history in order as the runtime would.
+
+    Every new timer a step reports is recorded as ``TimerCreated`` right after the
+    events that led to it; :meth:`replay` runs a second engine on that history.
+    """
+
+    def __init__(self, fn: Any, **arguments: Any) -> None:
+        self.fn, self.arguments = fn, arguments
+        self.engine = engine(fn, **arguments)
+        self.history: list[history.Event] = [started()]
+        self.step = self._record(self.engine.start(self.history[0]), T0)
+
+    def _record(self, step: Step, t: float) -> Step:
+        for timer in step.timers:
+            if timer.new:
+                self.history.append(history.TimerCreated(t, timer.key, timer.fire_at))
+        return step
+
+    def apply(self, *events: history.Event) -> Step:
+        self.history.extend(events)
+        t = max((e.timestamp for e in events), default=T0)
+        self.step = self._record(self.engine.apply(events), t)
+        return self.step
+
+    def replay(self, t: float = T0 + 1000) -> tuple[OrchestrationEngine, Step]:
+        """A new engine that loads the recorded history and starts run 2 at ``t``."""
+        eng = engine(self.fn, **self.arguments)
+        eng.load([*self.history, finished(self.engine.status)])
+        return eng, eng.start(started(t, run=2))

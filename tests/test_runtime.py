@@ -96,11 +96,12 @@ def test_a_result_is_durable_before_the_orchestrator_sees_it(tmp_path: Path) -> 
     class WatchingStore(DiskCacheStore):
         written: set[str] = set()
 
-        def append(self, instance_id: str, events: Any) -> None:
-            super().append(instance_id, events)
+        def append(self, instance_id: str, events: Any) -> int:
+            number = super().append(instance_id, events)
             for event in events:
                 if isinstance(event, history.TaskCompleted):
                     self.written.add(event.result)
+            return number
 
     store = WatchingStore(tmp_path / "s")
     dn.runtime._reset_for_tests(lambda: Runtime(store=store, progress="none"))
@@ -129,11 +130,11 @@ def test_store_failure_stops_the_run_clearly_and_a_rerun_resumes(
         fail_at: int | None = 4
         appends = 0
 
-        def append(self, instance_id: str, events: Any) -> None:
+        def append(self, instance_id: str, events: Any) -> int:
             self.appends += 1
             if self.fail_at is not None and self.appends == self.fail_at:
                 raise OSError(28, "No space left on device")
-            super().append(instance_id, events)
+            return super().append(instance_id, events)
 
     store = FailingStore(tmp_path / "s")
     dn.runtime._reset_for_tests(lambda: Runtime(store=store, progress="none"))

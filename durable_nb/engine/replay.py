@@ -257,6 +257,8 @@ class OrchestrationEngine:
             key = self._timers.next_key()
             timer = TimerCall(key, *self._fire_time(key, timeout))
         task = EventTask(name, timer.key if timer else None)
+        task.timeout = timeout
+        task.fire_at = timer.fire_at if timer else 0.0
         fired_at = self._timers.fired.get(timer.key) if timer else None
         event = self._events.next_for(name, before=fired_at)
         if event is not None:
@@ -361,11 +363,13 @@ class OrchestrationEngine:
             self._timers.fired[event.key] = self._position_in_history
             return
         task = self._timers.waiting.pop(event.key, None)
+        # The clock moves to the recorded fire time, not the moment the loop got to
+        # it, so the orchestrator sees the same time live and on replay.
         if isinstance(task, EventTask):
             if not task.is_done:
-                task._fail(self._event_timeout(task.name, "reached"), event.timestamp)
-        elif task is not None:
-            task._complete(None, event.timestamp, False)
+                task._fail(self._event_timeout(task.name, task.timeout), task.fire_at)
+        elif isinstance(task, TimerTask):
+            task._complete(None, task.timer.fire_at, False)
 
     def _on_event_raised(self, event: history.EventRaised) -> None:
         raised = RaisedEvent(event.value, event.timestamp, self._position_in_history, self._loading)
@@ -433,13 +437,17 @@ class OrchestrationEngine:
 
     def _terminate(self, reason: str) -> None:
         self.status, self.terminated_reason = TERMINATED, reason
-        self._pending.clear()
         coroutine, self._coroutine = self._coroutine, None
         if coroutine is not None:
             try:
                 coroutine.close()  # runs the orchestrator's finally blocks
             except Exception:  # a finally block that fails cannot stop the termination
                 pass
+        # Whatever the finally blocks asked for is dropped: a terminated run does nothing.
+        self._pending.clear()
+        self._step.scheduled.clear()
+        self._step.timers.clear()
+        self._step.subs.clear()
 
     def _not_a_task(self, yielded: Any) -> OrchestratorError:
         hint = "wait on ctx tasks only; do real waiting and I/O inside activities"

@@ -119,7 +119,7 @@ class TimerCall:
 
 
 class TimerTask(Task):
-    """Completes (with its fire time) when its durable timer fires."""
+    """Completes (with None) when its durable timer fires; the clock moves to its fire time."""
 
     __slots__ = ("timer",)
 
@@ -134,12 +134,14 @@ class TimerTask(Task):
 class EventTask(Task):
     """Completes with the value of an external event raised under ``name``."""
 
-    __slots__ = ("name", "timer_key")
+    __slots__ = ("fire_at", "name", "timeout", "timer_key")
 
     def __init__(self, name: str, timer_key: str | None) -> None:
         super().__init__()
         self.name = name
         self.timer_key = timer_key
+        self.timeout: Any = None
+        self.fire_at = 0.0  # when the timeout fires, if there is one
 
     def __repr__(self) -> str:
         return f"<EventTask {self.name!r}>"

@@ -1,0 +1,116 @@
+"""One runner per instance: a lease in the store with an owner and a heartbeat.
+
+A run takes the instance's lease before it replays and renews it every
+``HEARTBEAT`` seconds. Another kernel that wants the same instance is refused while
+the holder is alive; a holder that is dead (its process is gone, on this host) or
+silent (no heartbeat for ``TTL`` seconds, on any host) is taken over.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from durable_nb.errors import InstanceBusyError
+from durable_nb.store import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = 2.0
+TTL = 15.0
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def holder_alive(lease: dict[str, Any], now: float, ttl: float = TTL) -> bool:
+    """Whether the lease's owner still counts as running the instance."""
+    if now - float(lease.get("heartbeat", 0.0)) > ttl:
+        return False  # silent
+    if lease.get("host") == socket.gethostname():
+        return _process_exists(int(lease.get("pid", -1)))
+    return True
+
+
+def describe(lease: dict[str, Any], now: float) -> str:
+    since = _dt.datetime.fromtimestamp(float(lease.get("since", 0.0))).strftime("%H:%M:%S")
+    beat = now - float(lease.get("heartbeat", 0.0))
+    return (
+        f"pid {lease.get('pid')} on host {lease.get('host')}, since {since} "
+        f"(last heartbeat {beat:.1f} s ago)"
+    )
+
+
+class LeaseKeeper:
+    """Takes, renews and gives back the lease of one instance for one run."""
+
+    def __init__(self, store: CheckpointStore, instance_id: str, ttl: float = TTL) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._since = 0.0
+        self._last_renewal = 0.0
+        self.held = False
+
+    def _lease(self, now: float) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": self._since,
+            "heartbeat": now,
+        }
+
+    def acquire(self) -> None:
+        """Take the lease, or raise InstanceBusyError naming the live holder."""
+        for _ in range(5):  # lost races with another taker are retried
+            now = time.time()
+            current = self.store.get_lease(self.instance_id)
+            if current is not None and holder_alive(current, now, self.ttl):
+                raise InstanceBusyError(
+                    f"instance {self.instance_id!r} is being run by {describe(current, now)}; "
+                    "wait for that run to end, or stop that kernel (its lease is taken over "
+                    f"{self.ttl:g} s after its last heartbeat)"
+                )
+            if current is not None:
+                logger.info("taking over the lease of %s from %s", self.instance_id, current)
+            self._since = now
+            expected = current["owner"] if current is not None else None
+            if self.store.swap_lease(self.instance_id, expected, self._lease(now)):
+                self.held, self._last_renewal = True, now
+                return
+        raise InstanceBusyError(
+            f"instance {self.instance_id!r}: could not take its lease (others keep taking it)"
+        )
+
+    def renew_if_due(self) -> bool:
+        """Renew every HEARTBEAT seconds; False if the lease was taken from us."""
+        now = time.time()
+        if not self.held or now - self._last_renewal < HEARTBEAT:
+            return True
+        if self.store.swap_lease(self.instance_id, self.owner, self._lease(now)):
+            self._last_renewal = now
+            return True
+        self.held = False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                self.store.swap_lease(self.instance_id, self.owner, None)
+            except Exception:
+                logger.warning("could not release the lease of %s", self.instance_id, exc_info=True)
