@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from durable_nb.errors import DurableNbError
-from durable_nb.report import list_instances_text, show_instance_text
 from durable_nb.store import STORE_ENV, DiskCacheStore, default_location
+from durable_nb.verbs import VerbUsageError, add_verbs, run_verb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,20 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, help="seconds a cell may take")
     run.add_argument("--quiet", action="store_true", help="print only failures and the end")
 
-    for name, text in (("list", "list the instances in a store"),):
-        sub = verbs.add_parser(name, help=text, description=text)
-        _store_option(sub)
-    show = verbs.add_parser("show", help="show one instance", description="show one instance")
-    show.add_argument("instance_id")
-    _store_option(show)
-    purge = verbs.add_parser(
-        "purge",
-        help="delete instances and their checkpoints",
-        description="Delete instances and their checkpoints: IDs, or --all.",
-    )
-    purge.add_argument("instance_ids", nargs="*", metavar="ID")
-    purge.add_argument("--all", action="store_true", help="purge every instance")
-    _store_option(purge)
+    add_verbs(verbs, _store_option)
     return parser
 
 
@@ -80,33 +67,16 @@ def _open_store(folder: Path | None) -> DiskCacheStore:
     return DiskCacheStore(path)
 
 
-def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+def _cmd_store_verb(args: argparse.Namespace, out: TextIO) -> int:
     store = _open_store(args.store)
-    print(list_instances_text(store.list_instances()), file=out)
-    return EXIT_OK
-
-
-def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    store = _open_store(args.store)
-    record = store.get_instance(args.instance_id)
-    if record is None:
-        raise DurableNbError(f"no instance {args.instance_id!r} in {store.location}")
-    print(show_instance_text(record, store.read_history(args.instance_id)), file=out)
-    return EXIT_OK
-
-
-def _cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
-    if args.all == bool(args.instance_ids):
-        raise _UsageProblem("purge takes instance IDs or --all, not both or neither")
-    store = _open_store(args.store)
-    ids = [r.instance_id for r in store.list_instances()] if args.all else args.instance_ids
-    purged = [i for i in ids if store.purge(i)]
-    missing = [i for i in ids if i not in purged]
-    text = f"purged {len(purged)} instance(s)"
-    if missing:
-        text += f"; not found: {', '.join(missing)}"
+    try:
+        text = run_verb(args, store, None)
+    except VerbUsageError as exc:
+        raise _UsageProblem(str(exc)) from None
+    finally:
+        store.close()
     print(text, file=out)
-    return EXIT_OK if not missing else EXIT_FAILED
+    return EXIT_FAILED if "not purged" in text and "not found" in text else EXIT_OK
 
 
 # ------------------------------------------------------------------ run
@@ -149,12 +119,7 @@ class _UsageProblem(Exception):
     """A mistake in the command line found after parsing."""
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-    "run": _cmd_run,
-    "list": _cmd_list,
-    "show": _cmd_show,
-    "purge": _cmd_purge,
-}
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {"run": _cmd_run}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -162,7 +127,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     args: Any = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.verb](args, stream)
+        return _COMMANDS.get(args.verb, _cmd_store_verb)(args, stream)
     except _UsageProblem as exc:
         print(f"durable-nb {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

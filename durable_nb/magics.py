@@ -6,7 +6,6 @@ import argparse
 import ast
 import builtins
 import shlex
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -19,10 +18,10 @@ from durable_nb.definitions import (
     register,
     register_orchestrator,
 )
-from durable_nb.errors import DefinitionError
+from durable_nb.errors import DefinitionError, DurableNbError
 from durable_nb.fingerprint import node_digest
-from durable_nb.report import list_instances_text, show_instance_text
 from durable_nb.runtime import get_runtime
+from durable_nb.verbs import add_verbs, run_verb
 
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -160,54 +159,18 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> None:
-        """Manage instances: %durable list | show ID | purge ID... | purge --all"""
-        words = shlex.split(line)
-        verb, rest = (words[0], words[1:]) if words else ("list", [])
-        handler = _VERBS.get(verb)
-        if handler is None:
-            raise UsageError(
-                f"%durable: unknown verb {verb!r}; use list, show ID, purge ID... or purge --all"
-            )
-        print(handler(rest))
+        """Manage instances: %durable list | show ID | purge ... | raise ID NAME [VALUE] |
+        terminate ID | suspend ID | resume ID | rewind ID  (each takes --help)"""
+        args = _DURABLE_PARSER.parse_line(line or "list")
+        runtime = get_runtime()
+        try:
+            print(run_verb(args, runtime.store, runtime))
+        except (DurableNbError, ValueError) as exc:
+            raise UsageError(f"%durable {args.verb}: {exc}") from None
 
 
-def _verb_list(args: list[str]) -> str:
-    if args:
-        raise UsageError("%durable list takes no arguments")
-    return list_instances_text(get_runtime().store.list_instances())
-
-
-def _verb_show(args: list[str]) -> str:
-    if len(args) != 1:
-        raise UsageError("usage: %durable show INSTANCE_ID")
-    store = get_runtime().store
-    record = store.get_instance(args[0])
-    if record is None:
-        raise UsageError(f"%durable show: no instance {args[0]!r} in {store.location}")
-    return show_instance_text(record, store.read_history(args[0]))
-
-
-def _verb_purge(args: list[str]) -> str:
-    store = get_runtime().store
-    if args == ["--all"]:
-        ids = [r.instance_id for r in store.list_instances()]
-    elif args and "--all" not in args:
-        ids = args
-    else:
-        raise UsageError("usage: %durable purge ID [ID ...]  or  %durable purge --all")
-    purged = [i for i in ids if store.purge(i)]
-    missing = [i for i in ids if i not in purged]
-    text = f"purged {len(purged)} instance(s)"
-    if missing:
-        text += f"; not found: {', '.join(missing)}"
-    return text
-
-
-_VERBS: dict[str, Callable[[list[str]], str]] = {
-    "list": _verb_list,
-    "show": _verb_show,
-    "purge": _verb_purge,
-}
+_DURABLE_PARSER = _Parser(prog="%durable", add_help=False)
+add_verbs(_DURABLE_PARSER.add_subparsers(dest="verb", required=True, parser_class=_Parser))
 
 
 def register_magics(ipython: Any) -> None:

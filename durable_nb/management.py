@@ -120,3 +120,19 @@ def purge(store: CheckpointStore, instance_ids: list[str]) -> tuple[list[str], l
         else:
             refused.append(f"{instance_id} (not found)")
     return purged, refused
+
+
+def rewind(store: CheckpointStore, instance_id: str) -> str:
+    """Without a kernel: mark a failed, terminated or interrupted instance as pending, so
+    that the next run of its notebook cell resumes it (successes replay, failures rerun)."""
+    record = _record(store, instance_id)
+    if record.status not in ("failed", "terminated", "interrupted"):
+        return (
+            f"{instance_id} is {record.status}; only failed, terminated or interrupted ones rewind"
+        )
+    record.status, record.error, record.updated_at = "pending", None, time.time()
+    store.put_instance(record)
+    return (
+        f"{instance_id} is pending again; run its notebook cell (or %durable rewind in the "
+        "kernel) to resume it: successes replay, failures run again"
+    )

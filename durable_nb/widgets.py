@@ -7,9 +7,11 @@ durations in it, so notebooks that show it compare stably under nbval.
 
 from __future__ import annotations
 
+import datetime
 import html
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from durable_nb.progress import ActivityRow, Progress
@@ -99,7 +101,23 @@ _STATUS_COLOURS = {
     "completed": "#1a7f37",
     "failed": "#cf222e",
     "interrupted": "#9a6700",
+    "suspended": "#9a6700",
+    "terminated": "#cf222e",
 }
+
+
+def _waits_html(progress: Progress) -> str:
+    """Timers and events the run is waiting for, and its custom status."""
+    parts = []
+    now = time.time()
+    for fire_at in sorted(progress.timers.values()):
+        when = datetime.datetime.fromtimestamp(fire_at).strftime("%H:%M:%S")
+        parts.append(f"timer fires at {when} (in {max(0.0, fire_at - now):.0f} s)")
+    for name in progress.waiting_events:
+        parts.append(f"waiting for event <code>{html.escape(name)}</code>")
+    if progress.custom_status is not None:
+        parts.append(f"status: <code>{html.escape(repr(progress.custom_status)[:120])}</code>")
+    return "<br>" + " &middot; ".join(parts) if parts else ""
 
 
 def header_html(progress: Progress) -> str:
@@ -110,9 +128,10 @@ def header_html(progress: Progress) -> str:
         f"<code>{html.escape(progress.instance_id)}</code> "
         f"<span style='color:{colour};font-weight:bold'>{progress.status}</span> "
         f"&middot; {totals.done}/{totals.total} calls &middot; {progress.elapsed:.1f} s"
+        + (_waits_html(progress) if progress.finished is None else "")
         + (
             f"<br><span style='color:#cf222e'>{html.escape(progress.message)}</span>"
-            if progress.message and progress.status == "failed"
+            if progress.message and progress.status in ("failed", "terminated")
             else ""
         )
     )
@@ -123,17 +142,26 @@ def table_html(progress: Progress) -> str:
         f"<th style='padding:0 8px'>{c}</th>" for c in ("activity", "done", "", *_COLUMNS)
     )
     rows = []
-    for row in progress.rows.values():
-        cells = [
-            f"<td style='padding:0 8px'><code>{html.escape(row.name)}</code></td>",
-            f"<td style='padding:0 8px'>{row.done}/{row.total}</td>",
-            f"<td><progress value='{row.done}' max='{max(row.total, 1)}'></progress></td>",
-        ]
-        cells += [
-            f"<td style='padding:0 8px;text-align:right'>{getattr(row, c)}</td>" for c in _COLUMNS
-        ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+    for index, (group, group_rows) in enumerate(progress.grouped_rows()):
+        if index:
+            rows.append(
+                f"<tr><td colspan='{3 + len(_COLUMNS)}' style='padding:4px 8px 0'>"
+                f"&#8627; sub-orchestrations <b>{html.escape(group)}</b></td></tr>"
+            )
+        rows += [_row_html(row) for row in group_rows]
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _row_html(row: ActivityRow) -> str:
+    cells = [
+        f"<td style='padding:0 8px'><code>{html.escape(row.name)}</code></td>",
+        f"<td style='padding:0 8px'>{row.done}/{row.total}</td>",
+        f"<td><progress value='{row.done}' max='{max(row.total, 1)}'></progress></td>",
+    ]
+    cells += [
+        f"<td style='padding:0 8px;text-align:right'>{getattr(row, c)}</td>" for c in _COLUMNS
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
 
 
 def make_widget(progress: Progress) -> Any:
@@ -153,11 +181,35 @@ def make_widget(progress: Progress) -> Any:
 
     header = ipywidgets.HTML(value=header_html(progress))
     table = ipywidgets.HTML(value=table_html(progress))
-    widget = ProgressWidget(children=[header, table])
+    approvals = ipywidgets.VBox(children=[])
+    widget = ProgressWidget(children=[header, table, approvals])
+    shown: list[str] = []
+
+    def approval_row(name: str) -> Any:
+        """Approve / Reject raise the event with True / False: the human-approval pattern."""
+        approve = ipywidgets.Button(description="Approve", button_style="success")
+        reject = ipywidgets.Button(description="Reject", button_style="danger")
+
+        def click(value: bool) -> Callable[[Any], None]:
+            def handler(_button: Any) -> None:
+                approve.disabled = reject.disabled = True
+                if progress.on_approval is not None:
+                    progress.on_approval(name, value)
+
+            return handler
+
+        approve.on_click(click(True))
+        reject.on_click(click(False))
+        label = ipywidgets.HTML(value=f"event <code>{html.escape(name)}</code>:")
+        return ipywidgets.HBox(children=[label, approve, reject])
 
     def update(p: Progress) -> None:
         header.value = header_html(p)
         table.value = table_html(p)
+        waiting = p.waiting_events if p.finished is None else []
+        if waiting != shown:
+            shown[:] = waiting
+            approvals.children = [approval_row(name) for name in waiting]
         if p.finished is not None:
             widget.summary = text_summary(p)
 

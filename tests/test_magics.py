@@ -120,10 +120,10 @@ def test_durable_line_magic_lists_shows_and_purges(
     assert "status:        completed" in shown and "one" in shown and "output:        1" in shown
     with pytest.raises(UsageError, match="no instance"):
         ip.run_line_magic("durable", "show nope")
-    with pytest.raises(UsageError, match="unknown verb"):
+    with pytest.raises(UsageError, match="invalid choice: 'explode'"):
         ip.run_line_magic("durable", "explode")
     ip.run_line_magic("durable", f"purge {iid} ghost")
-    assert "purged 1 instance(s); not found: ghost" in capsys.readouterr().out
+    assert "purged 1 instance(s); not purged: ghost (not found)" in capsys.readouterr().out
     ip.run_line_magic("durable", "purge --all")
     ip.run_line_magic("durable", "list")
     assert "no instances" in capsys.readouterr().out

@@ -59,7 +59,7 @@ def test_widget_repr_is_fixed_and_its_html_follows_progress() -> None:
     progress.scheduled("fetch")
     progress.attempt_started("fetch")
     progress.changed()
-    header, table = widget.children
+    header, table, approvals = widget.children
     assert "fetch" not in table.value  # within 0.1 s of the last update: held back
     clock.now += 0.2
     progress.changed()
@@ -69,3 +69,45 @@ def test_widget_repr_is_fixed_and_its_html_follows_progress() -> None:
     progress.finish("failed", "ValueError: boom")
     assert "failed" in header.value and "ValueError: boom" in header.value
     assert repr(widget) == "<durable_nb progress: orch [orch-1]>"
+    assert approvals.children == ()
+
+
+def test_waiting_events_get_approve_and_reject_buttons_that_raise_the_event() -> None:
+    clock = FakeClock()
+    progress = Progress("orch", "orch-1", clock=clock)
+    raised: list[tuple[str, object]] = []
+    progress.on_approval = lambda name, value: raised.append((name, value))
+    widget = make_widget(progress)
+    progress.begin()
+    progress.waiting_events = ["approval"]
+    progress.timers["timer#0"] = 4_000_000_000.0
+    progress.scheduled("a")
+    clock.now += 1
+    progress.changed()
+    header, _table, approvals = widget.children
+    assert "waiting for event <code>approval</code>" in header.value
+    assert "timer fires at" in header.value
+    (row,) = approvals.children
+    _label, approve, reject = row.children
+    assert (approve.description, reject.description) == ("Approve", "Reject")
+    approve.click()
+    assert raised == [("approval", True)] and approve.disabled and reject.disabled
+    progress.waiting_events = []
+    clock.now += 1
+    progress.scheduled("a")
+    progress.changed()
+    assert approvals.children == ()
+
+
+def test_sub_orchestration_rows_are_grouped_under_their_orchestrator() -> None:
+    progress = Progress("parent", "p-1")
+    progress.scheduled("fetch")
+    for i in range(3):
+        child = progress.child("child", f"p-1:child-{i}")
+        child.scheduled("work")
+        child.ran("work")
+    groups = progress.grouped_rows()
+    assert [g for g, _ in groups] == ["parent", "child"]
+    (work,) = groups[1][1]
+    assert (work.name, work.total, work.ran) == ("work", 3, 3)
+    assert progress.totals().total == 4

@@ -1,0 +1,175 @@
+"""The management verbs shared by ``%durable`` and ``durable-nb``: one parser, one
+implementation, so the magic and the command line never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from durable_nb import management
+from durable_nb.errors import DurableNbError, InstanceNotFoundError
+from durable_nb.report import list_instances_text, show_instance_text
+from durable_nb.store import CheckpointStore
+
+if TYPE_CHECKING:
+    from durable_nb.runtime import Runtime
+
+STATUSES = (
+    "pending",
+    "running",
+    "suspended",
+    "completed",
+    "failed",
+    "interrupted",
+    "terminated",
+    "continued_as_new",
+)
+
+
+class VerbUsageError(DurableNbError):
+    """A management verb was called with arguments that do not fit."""
+
+
+def _age(text: str) -> float:
+    try:
+        return management.parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_value(text: str | None) -> Any:
+    """An event value from the command line: JSON if it parses, else the text itself."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_verbs(
+    verbs: Any, store_option: Callable[[argparse.ArgumentParser], None] | None = None
+) -> None:
+    """Add the management verbs to an argparse subparsers object."""
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
+        if store_option is not None:
+            store_option(parser)
+        return parser
+
+    def filters(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--name", help="only instances of this orchestrator")
+        parser.add_argument("--status", choices=STATUSES, help="only instances in this status")
+        parser.add_argument("--older-than", type=_age, help="last updated before: 2h, 7d ...")
+        parser.add_argument("--newer-than", type=_age, help="last updated within: 15m, 1d ...")
+
+    filters(verb("list", "list instances (filters: --name, --status, --older-than, --newer-than)"))
+    verb("show", "show one instance: status, custom status, history").add_argument("instance_id")
+    purge = verb("purge", "delete instances and their checkpoints: IDs, --all, or filters")
+    purge.add_argument("instance_ids", nargs="*", metavar="ID")
+    purge.add_argument("--all", action="store_true", help="every instance that matches")
+    filters(purge)
+    raise_ = verb("raise", "raise an external event to an instance, running or not")
+    raise_.add_argument("instance_id")
+    raise_.add_argument("event_name")
+    raise_.add_argument("value", nargs="?", help="JSON (true, 3, {...}) or plain text")
+    for action, text in (
+        ("terminate", "stop an instance at its next yield, for good"),
+        ("suspend", "start no new work in an instance until it is resumed"),
+        ("resume", "let a suspended instance go on"),
+    ):
+        parser = verb(action, text)
+        parser.add_argument("instance_id")
+        parser.add_argument("reason", nargs="?", default="")
+    verb("rewind", "run a failed instance again: successes replay, failures rerun").add_argument(
+        "instance_id"
+    )
+
+
+def run_verb(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    """Carry out a parsed verb; returns the text to show. ``runtime`` is the kernel's,
+    when there is one (rewind can then run the instance at once)."""
+    handler = _HANDLERS[args.verb]
+    try:
+        return handler(args, store, runtime)
+    except InstanceNotFoundError:
+        raise
+    except ValueError as exc:
+        raise VerbUsageError(str(exc)) from None
+
+
+def _list(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    return list_instances_text(_selected(args, store))
+
+
+def _selected(args: argparse.Namespace, store: CheckpointStore) -> list[Any]:
+    return management.select(
+        store,
+        name=args.name,
+        status=args.status,
+        older_than=args.older_than,
+        newer_than=args.newer_than,
+    )
+
+
+def _show(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    record = store.get_instance(args.instance_id)
+    if record is None:
+        raise InstanceNotFoundError(f"no instance {args.instance_id!r} in {store.location}")
+    return show_instance_text(record, store.read_history(args.instance_id))
+
+
+def _purge(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    filtered = any(
+        getattr(args, f) is not None for f in ("name", "status", "older_than", "newer_than")
+    )
+    if args.instance_ids and (args.all or filtered):
+        raise VerbUsageError("purge takes instance IDs, or --all and/or filters, not both")
+    if not args.instance_ids and not (args.all or filtered):
+        raise VerbUsageError("purge needs instance IDs, --all, or a filter such as --status")
+    if args.instance_ids:
+        ids = list(args.instance_ids)
+    else:
+        ids = [r.instance_id for r in _selected(args, store)]
+    purged, refused = management.purge(store, ids)
+    text = f"purged {len(purged)} instance(s)"
+    if refused:
+        text += f"; not purged: {', '.join(refused)}"
+    return text
+
+
+def _raise(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    value = parse_value(args.value)
+    if runtime is not None:
+        runtime.raise_event(args.instance_id, args.event_name, value)
+    else:
+        management.raise_event(store, args.instance_id, args.event_name, value)
+    return f"raised {args.event_name!r} = {value!r} to {args.instance_id}"
+
+
+def _control(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    if runtime is not None:
+        return runtime.request(args.instance_id, args.verb, args.reason)
+    return management.request(store, args.instance_id, args.verb, args.reason)
+
+
+def _rewind(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    if runtime is not None:
+        runtime.rewind(args.instance_id)
+        return f"rewinding {args.instance_id}: successes replay, failures run again"
+    return management.rewind(store, args.instance_id)
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, CheckpointStore, Any], str]] = {
+    "list": _list,
+    "show": _show,
+    "purge": _purge,
+    "raise": _raise,
+    "terminate": _control,
+    "suspend": _control,
+    "resume": _control,
+    "rewind": _rewind,
+}
