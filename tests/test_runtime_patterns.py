@@ -4,6 +4,7 @@ other processes where the pattern involves them."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import subprocess
@@ -133,8 +134,17 @@ def test_event_raised_while_nothing_runs_waits_in_the_store(rt: Runtime, store_d
     asyncio.run(start_and_stop())
     rt.close()
     raised = subprocess.run(
-        [sys.executable, "-m", "durable_nb.cli", "raise", "--store", str(store_dir)]
-        + [waiter.instance_id_for(), "go", "approved"],
+        [
+            sys.executable,
+            "-m",
+            "durable_nb.cli",
+            "raise",
+            "--store",
+            str(store_dir),
+            waiter.instance_id_for(),
+            "go",
+            "approved",
+        ],
         capture_output=True,
         text=True,
     )
@@ -349,7 +359,7 @@ def test_retry_timing_follows_the_policy(rt: Runtime) -> None:
         return (yield ctx.call_activity(flaky))
 
     assert orch.run() == "ok"
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     for gap, expected in zip(gaps, (0.1, 0.2, 0.4), strict=True):
         assert expected - 0.02 < gap < expected + 0.25, gaps
 
