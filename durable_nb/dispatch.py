@@ -245,6 +245,7 @@ class Dispatcher:
 
         def fire() -> None:
             self._retry_timers.discard(timer)
+            self._progress.retry_started(call.activity.name)
             self.dispatch(call, number)
 
         timer = self._loop.call_later(delay, fire)

@@ -23,6 +23,7 @@ class ActivityRow:
     running: int = 0
     failed: int = 0
     retried: int = 0
+    backing_off: int = 0  # calls waiting for their next attempt
 
     @property
     def done(self) -> int:
@@ -96,7 +97,13 @@ class Progress:
         self._dirty = True
 
     def retried(self, name: str) -> None:
-        self.row(name).retried += 1
+        row = self.row(name)
+        row.retried += 1
+        row.backing_off += 1
+        self._dirty = True
+
+    def retry_started(self, name: str) -> None:
+        self.row(name).backing_off -= 1
         self._dirty = True
 
     # ----------------------------------------------------------- totals
@@ -127,7 +134,15 @@ class Progress:
             merged = groups.setdefault(child.orchestrator, {})
             for row in child.all_rows():
                 into = merged.setdefault(row.name, ActivityRow(row.name))
-                for column in ("total", "cached", "ran", "running", "failed", "retried"):
+                for column in (
+                    "total",
+                    "cached",
+                    "ran",
+                    "running",
+                    "failed",
+                    "retried",
+                    "backing_off",
+                ):
                     setattr(into, column, getattr(into, column) + getattr(row, column))
         result = [(self.orchestrator, list(self.rows.values()))]
         result += [(name, list(rows.values())) for name, rows in groups.items()]
@@ -143,6 +158,7 @@ class Progress:
             total.running += row.running
             total.failed += row.failed
             total.retried += row.retried
+            total.backing_off += row.backing_off
         return total
 
     # ----------------------------------------------------------- notification

@@ -110,6 +110,9 @@ def _waits_html(progress: Progress) -> str:
     """Timers and events the run is waiting for, and its custom status."""
     parts = []
     now = time.time()
+    backing_off = progress.totals().backing_off
+    if backing_off:
+        parts.append(f"{backing_off} call(s) waiting to retry")
     for fire_at in sorted(progress.timers.values()):
         when = datetime.datetime.fromtimestamp(fire_at).strftime("%H:%M:%S")
         parts.append(f"timer fires at {when} (in {max(0.0, fire_at - now):.0f} s)")
