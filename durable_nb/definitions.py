@@ -160,19 +160,26 @@ def register(act: Activity) -> Activity:
     return act
 
 
+T = TypeVar("T")
+
+
+def _by_name(registry: dict[str, T], name: str, kind: str) -> T:
+    found = registry.get(name)
+    if found is None:
+        known = ", ".join(sorted(registry)) or "none yet"
+        raise ActivityNotFoundError(
+            f"no {kind} is registered under the name {name!r} (registered: {known}); "
+            f"run its %%{kind} cell first, or pass the {kind} itself"
+        )
+    return found
+
+
 def resolve_activity(ref: Any) -> Activity:
     """The activity meant by ``ref``: an Activity, a registered name, or a plain function."""
     if isinstance(ref, Activity):
         return ref
     if isinstance(ref, str):
-        found = _REGISTRY.get(ref)
-        if found is None:
-            known = ", ".join(sorted(_REGISTRY)) or "none yet"
-            raise ActivityNotFoundError(
-                f"no activity is registered under the name {ref!r} (registered: {known}); "
-                "run its %%activity cell first or pass the function itself"
-            )
-        return found
+        return _by_name(_REGISTRY, ref, "activity")
     if isinstance(ref, Orchestrator):
         raise DefinitionError(
             f"{ref.name!r} is an orchestrator, not an activity; orchestrators cannot be "
@@ -207,14 +214,7 @@ def resolve_orchestrator(ref: Any) -> Orchestrator:
     if isinstance(ref, Orchestrator):
         return ref
     if isinstance(ref, str):
-        found = _ORCHESTRATORS.get(ref)
-        if found is None:
-            known = ", ".join(sorted(_ORCHESTRATORS)) or "none yet"
-            raise ActivityNotFoundError(
-                f"no orchestrator is registered under the name {ref!r} (registered: {known}); "
-                "run its %%orchestrator cell first or pass the orchestrator itself"
-            )
-        return found
+        return _by_name(_ORCHESTRATORS, ref, "orchestrator")
     if isinstance(ref, Activity):
         raise DefinitionError(
             f"{ref.name!r} is an activity; call it with ctx.call_activity, not "

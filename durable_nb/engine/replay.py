@@ -182,24 +182,33 @@ class OrchestrationEngine:
     def call_activity(self, ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
         act = self._resolve(ref)
         owner = f"activity {act.name!r} (instance {self.instance_id})"
-        arg_digest = arguments_digest(owner, args, kwargs)
-        triple = f"{act.name}/{act.source_digest[:16]}/{arg_digest}"
+        triple = f"{act.name}/{act.source_digest[:16]}/{arguments_digest(owner, args, kwargs)}"
+        key, _, position = self._next_call(triple, act.name)
+        call = ActivityCall(key, act, args, kwargs, position)
+        task = ActivityTask(call)
+        if self._answer(task, key, act.name):
+            self._step.scheduled.append(call)
+        return task
+
+    def _next_call(self, triple: str, name: str) -> tuple[str, int, int]:
+        """The call key, occurrence and position of the next call of ``triple``."""
         occurrence = self._occurrences.get(triple, 0)
         self._occurrences[triple] = occurrence + 1
         position = self._position
         self._position += 1
         if self.strict:
-            self._check_determinism(position, act.name)
-        call = ActivityCall(f"{triple}#{occurrence}", act, args, kwargs, position)
-        task = ActivityTask(call)
-        hit = self._results.get(call.key)
+            self._check_determinism(position, name)
+        return f"{triple}#{occurrence}", occurrence, position
+
+    def _answer(self, task: ActivityTask | SubOrchestrationTask, key: str, name: str) -> bool:
+        """Complete ``task`` from history if it can be; True when it must be scheduled."""
+        hit = self._results.get(key)
         if hit is not None:
             task._complete(hit[0], hit[1], True)
-            self._step.cached.append(act.name)
-        else:
-            self._pending[call.key] = task
-            self._step.scheduled.append(call)
-        return task
+            self._step.cached.append(name)
+            return False
+        self._pending[key] = task
+        return True
 
     def call_sub_orchestrator(
         self,
@@ -212,26 +221,16 @@ class OrchestrationEngine:
         arguments = orch.bind_input(args, kwargs)
         owner = f"sub-orchestrator {orch.name!r} (instance {self.instance_id})"
         arg_digest = arguments_digest(owner, (), arguments)
-        triple = f"sub:{orch.name}/{orch.source_digest[:16]}/{arg_digest}"
-        occurrence = self._occurrences.get(triple, 0)
-        self._occurrences[triple] = occurrence + 1
-        position = self._position
-        self._position += 1
-        if self.strict:
-            self._check_determinism(position, f"sub:{orch.name}")
+        name = f"sub:{orch.name}"
+        key, occurrence, position = self._next_call(
+            f"{name}/{orch.source_digest[:16]}/{arg_digest}", name
+        )
         if instance_id is None:
             suffix = f"#{occurrence}" if occurrence else ""
             instance_id = f"{self.instance_id}:{orch.name}-{arg_digest[:8]}{suffix}"
-        call = SubOrchestrationCall(
-            f"{triple}#{occurrence}", orch, arguments, instance_id, position
-        )
+        call = SubOrchestrationCall(key, orch, arguments, instance_id, position)
         task = SubOrchestrationTask(call)
-        hit = self._results.get(call.key)
-        if hit is not None:
-            task._complete(hit[0], hit[1], True)
-            self._step.cached.append(f"sub:{orch.name}")
-        else:
-            self._pending[call.key] = task
+        if self._answer(task, key, name):
             self._step.subs.append(call)
         return task
 
