@@ -334,8 +334,21 @@ class Runtime:
         return InstanceHandle(instance_id, task, self)
 
     def status(self, instance_id: str) -> InstanceRecord | None:
-        """The stored record of an instance, or None if the store has never seen it."""
-        return self.store.get_instance(instance_id)
+        """The record of an instance (None if the store has never seen it), with live
+        counts when it is running in this kernel."""
+        record = self.store.get_instance(instance_id)
+        execution = self._executions.get(instance_id)
+        if record is not None and execution is not None:
+            totals = execution.progress.totals()
+            record.counts = {
+                "calls": totals.total,
+                "cached": totals.cached,
+                "ran": totals.ran,
+                "running": totals.running,
+                "failed": totals.failed,
+                "retried": totals.retried,
+            }
+        return record
 
 
 class InstanceHandle:

@@ -137,3 +137,40 @@ def test_reload_and_unload_are_safe(ip: Any) -> None:
     assert ip.user_ns["again"]() == 2  # definitions made stay usable
     ip.run_line_magic("load_ext", "durable_nb")
     assert "activity" in ip.magics_manager.magics["cell"]
+
+
+def test_durable_raise_terminate_and_rewind_in_the_kernel(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.run_cell_magic("activity", "", "def shout(x):\n    return str(x).upper()\n")
+    ip.run_cell_magic(
+        "orchestrator",
+        "",
+        "def gate(ctx, who):\n"
+        "    value = yield ctx.wait_for_external_event('go')\n"
+        "    return (yield ctx.call_activity(shout, value))\n",
+    )
+    orch = ip.user_ns["gate"]
+    iid = orch.instance_id_for("x")
+    with pytest.raises(UsageError, match="no instance"):
+        ip.run_line_magic("durable", f"raise {iid} go hello")
+    # Create the instance, stop it while it waits, raise while nothing runs, resume.
+    import asyncio
+
+    async def start_and_stop() -> None:
+        task = asyncio.ensure_future(orch("x"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(start_and_stop())
+    ip.run_line_magic("durable", f'raise {iid} go "hello there"')
+    assert "raised 'go' = 'hello there'" in capsys.readouterr().out
+    assert orch.run("x") == "HELLO THERE"
+    ip.run_line_magic("durable", f"terminate {iid}")
+    assert "already completed" in capsys.readouterr().out
+    ip.run_line_magic("durable", "list --status completed --name gate")
+    assert iid in capsys.readouterr().out
+    with pytest.raises(UsageError, match="15m"):
+        ip.run_line_magic("durable", "list --older-than soon")
