@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
 POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
 COMPACT_AFTER_CHUNKS = 32
+_WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet)
 
 
 @dataclass
@@ -137,6 +138,8 @@ class Execution:
         try:
             self._apply(self.engine.start(started))
             while not self.engine.done:
+                if not self._inbox and not self._arrived:
+                    self._flush_before_waiting()
                 if not self._inbox and not self._arrived:
                     await self._wake.wait()
                 self._wake.clear()
@@ -240,6 +243,14 @@ class Execution:
         self._inbox.append(event)
         assert self._wake is not None
         self._wake.set()
+
+    def _flush_before_waiting(self) -> None:
+        """Before the run waits, make durable what must not wait for the next outcome:
+        a timer's fire time (a restart must keep it) and the custom status (others read it)."""
+        if any(isinstance(e, _WRITE_BEFORE_WAITING) for e in self.journal.unwritten):
+            foreign, _ = self.journal.write([])
+            self._arrived.extend(foreign)  # already durable: applied in their order
+        self._flush_record()
 
     def _flush_record(self) -> None:
         if self._record_dirty and self._record is not None:

@@ -313,3 +313,32 @@ class KernelSession:
             "comm_msg",
         ):
             cell.outputs.append((msg_type, content))
+
+
+# ---------------------------------------------------------------- widget comms
+# (additions for tests that click ipywidgets from the frontend's side)
+
+
+def widget_models(cell: CellResult, **match: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``(comm_id, state)`` of the widget models the cell opened whose state has every
+    ``match`` item, e.g. ``widget_models(cell, description="Approve")``."""
+    found = []
+    for msg_type, content in cell.outputs:
+        if msg_type != "comm_open":
+            continue
+        state = content.get("data", {}).get("state") or {}
+        if all(state.get(key) == value for key, value in match.items()):
+            found.append((content["comm_id"], state))
+    return found
+
+
+def send_comm_msg(k: KernelSession, comm_id: str, data: dict[str, Any]) -> None:
+    """Send a ``comm_msg`` on the shell channel, as a frontend does for a widget."""
+    assert k.kc is not None, "the kernel is not running"
+    msg = k.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+    k.kc.shell_channel.send(msg)
+
+
+def click_button(k: KernelSession, comm_id: str) -> None:
+    """What the frontend sends when an ipywidgets Button is clicked."""
+    send_comm_msg(k, comm_id, {"method": "custom", "content": {"event": "click"}})
