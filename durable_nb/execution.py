@@ -378,7 +378,11 @@ class Execution:
             # The store may be what failed; the run's own error is the one to report.
             logger.warning("could not record the end of %s", self.instance_id, exc_info=True)
         finally:
-            self.progress.finish(status, message)
+            if status == "continued_as_new":
+                self.progress.status = status  # the same view goes on with the next round
+                self.progress.changed()
+            else:
+                self.progress.finish(status, message)
 
     def _record_end(self, status: str, message: str, now: float) -> None:
         # Outcomes that arrived after the engine's last step are kept too.

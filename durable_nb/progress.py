@@ -167,7 +167,7 @@ class Progress:
         self._listeners.append(listener)
 
     def begin(self) -> None:
-        self.status = "running"
+        self.status, self.message, self.finished = "running", "", None
         self._notify()
 
     @property

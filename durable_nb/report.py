@@ -72,5 +72,9 @@ def show_instance_text(record: InstanceRecord, events: Sequence[Any]) -> str:
     if per_activity:
         kinds = ["scheduled", "completed", "failed", "retried"]
         rows = [[name] + [str(c.get(k, 0)) for k in kinds] for name, c in per_activity.items()]
-        lines += ["", "history (all runs):", format_table(["activity", *kinds], rows)]
+        lines += [
+            "",
+            "history (the runs kept in the store):",
+            format_table(["activity", *kinds], rows),
+        ]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import pickle
+import time
 import types
 import weakref
 from collections.abc import Callable, Coroutine
@@ -168,6 +170,18 @@ class Runtime:
                     f"instance {instance_id!r} is running in another kernel; fresh=True "
                     "cannot start it over while it runs"
                 )
+        if self.store.get_instance(instance_id) is None:
+            # The record exists from the start, so status() and raise_event() work in
+            # the same cell that started the run.
+            now = time.time()
+            pending = InstanceRecord(
+                instance_id, orch.name, created_at=now, updated_at=now, input=arguments
+            )
+            try:
+                self.store.put_instance(pending)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                pending.input = None
+                self.store.put_instance(pending)
         progress = Progress(orch.name, instance_id)
         progress.on_approval = lambda name, value: self.raise_event(instance_id, name, value)
         from durable_nb.widgets import attach_view

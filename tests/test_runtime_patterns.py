@@ -418,3 +418,42 @@ def test_cli_list_filters_purge_and_rewind(rt: Runtime, store_dir: Path) -> None
     assert [r.status for r in store.list_instances()] == ["pending"]
     store.close()
     assert os.path.isdir(store_dir)
+
+
+def test_status_and_raise_work_in_the_same_cell_as_start(rt: Runtime) -> None:
+    @dn.orchestrator
+    def gate(ctx, who):  # type: ignore[no-untyped-def]
+        return (yield ctx.wait_for_external_event("go"))
+
+    async def cell() -> Any:
+        handle = gate.start("me", fresh=True)
+        assert handle.status().status == "pending"  # no await between start and status
+        handle.raise_event("go", 42)
+        return await handle
+
+    assert asyncio.run(cell()) == 42
+
+
+def test_continue_as_new_keeps_one_live_view(rt: Runtime) -> None:
+    from durable_nb.progress import Progress
+
+    finishes: list[str] = []
+    original = Progress.finish
+
+    def spy(self: Progress, status: str, message: str = "") -> None:
+        finishes.append(status)
+        original(self, status, message)
+
+    @dn.orchestrator
+    def rounds(ctx, n):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0.01)
+        if n < 3:
+            ctx.continue_as_new(n + 1)
+        return n
+
+    Progress.finish = spy  # type: ignore[method-assign]
+    try:
+        assert rounds.run(0) == 3
+    finally:
+        Progress.finish = original  # type: ignore[method-assign]
+    assert finishes == ["completed"]  # one summary, not one per round
