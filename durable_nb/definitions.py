@@ -34,6 +34,7 @@ class ActivityOptions:
     timeout: float | None = None
     concurrency: int | None = None
     version: str | None = None
+    executor: str | None = None  # a name given to configure(executors=...); None: the default
 
     def __post_init__(self) -> None:
         # A single exception class is accepted where a tuple of them is expected.
@@ -327,6 +328,7 @@ def activity(
     timeout: float | None = None,
     concurrency: int | None = None,
     version: str | None = None,
+    executor: str | None = None,
 ) -> Callable[[F], Activity]: ...
 
 
@@ -344,6 +346,7 @@ def activity(
     timeout: float | None = None,
     concurrency: int | None = None,
     version: str | None = None,
+    executor: str | None = None,
 ) -> Activity | Callable[[Callable[..., Any]], Activity]:
     """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``.
 
@@ -364,6 +367,7 @@ def activity(
         timeout=timeout,
         concurrency=concurrency,
         version=version,
+        executor=executor,
     )
 
     def wrap(target: Callable[..., Any]) -> Activity:

@@ -57,12 +57,64 @@ class Limiter:
             pass
 
 
+class LimiterChain:
+    """Several limits at once (the activity's and the global one), taken in a fixed
+    order so two calls can never wait on each other."""
+
+    def __init__(self, limiters: list[Limiter]) -> None:
+        self.limiters = limiters
+        self._pending: dict[Callable[[], None], _Acquisition] = {}
+
+    def acquire_or_wait(self, start: Callable[[], None]) -> None:
+        acquisition = _Acquisition(self, start)
+        self._pending[start] = acquisition
+        acquisition.next()
+
+    def release(self) -> None:
+        for limiter in reversed(self.limiters):
+            limiter.release()
+
+    def forget(self, start: Callable[[], None]) -> None:
+        acquisition = self._pending.pop(start, None)
+        if acquisition is not None:
+            acquisition.abandon()
+
+
+class _Acquisition:
+    def __init__(self, chain: LimiterChain, start: Callable[[], None]) -> None:
+        self.chain = chain
+        self.start = start
+        self.taken = 0
+        self.waiting_on: Limiter | None = None
+
+    def next(self) -> None:
+        if self.waiting_on is not None:
+            self.taken += 1
+        limiters = self.chain.limiters
+        if self.taken == len(limiters):
+            self.waiting_on = None
+            self.chain._pending.pop(self.start, None)
+            self.start()
+            return
+        self.waiting_on = limiters[self.taken]
+        self.waiting_on.acquire_or_wait(self.next)
+
+    def abandon(self) -> None:
+        if self.waiting_on is not None:
+            self.waiting_on.forget(self.next)
+        for limiter in reversed(self.chain.limiters[: self.taken]):
+            limiter.release()
+
+
+SlotLimit = Limiter | LimiterChain
+
+
 class _Attempt:
     """One try of one call; finishes exactly once."""
 
     __slots__ = ("call", "finished", "handle", "kept", "limiter", "number", "timer")
 
-    def __init__(self, call: ActivityCall, number: int, limiter: Limiter | None) -> None:
+    def __init__(self, call: ActivityCall, number: int, limiter: SlotLimit | None) -> None:
         self.call = call
         self.number = number
         self.limiter = limiter
@@ -78,8 +130,8 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        executor: concurrent.futures.Executor,
-        limiter_for: Callable[[ActivityCall], Limiter | None],
+        executor_for: Callable[[ActivityCall], Any],
+        limiter_for: Callable[[ActivityCall], SlotLimit | None],
         orphans: dict[tuple[str, str], concurrent.futures.Future[Any]],
         progress: Progress,
         instance_id: str,
@@ -88,7 +140,7 @@ class Dispatcher:
         keep_late: Emit,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor = executor
+        self._executor_for = executor_for
         self._limiter_for = limiter_for
         self._orphans = orphans  # shared by the runs of this process
         self._progress = progress
@@ -98,7 +150,7 @@ class Dispatcher:
         self._keep_late = keep_late  # an outcome after the run ended
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
-        self._queued: dict[Callable[[], None], Limiter] = {}
+        self._queued: dict[Callable[[], None], SlotLimit] = {}
         self._first_started: dict[str, float] = {}  # call key -> start of its first attempt
         self.stopped = False
 
@@ -134,7 +186,7 @@ class Dispatcher:
         self._progress.attempt_started(call.activity.name)
         future.add_done_callback(partial(self._thread_done, attempt))
 
-    def _start(self, call: ActivityCall, number: int, limiter: Limiter | None) -> None:
+    def _start(self, call: ActivityCall, number: int, limiter: SlotLimit | None) -> None:
         if self.stopped:
             if limiter is not None:
                 limiter.release()
@@ -149,7 +201,8 @@ class Dispatcher:
                 task.add_done_callback(partial(self._task_done, attempt))
                 attempt.handle = task
             else:
-                future = self._executor.submit(act.fn, *call.args, **call.kwargs)
+                executor = self._executor_for(call)
+                future = executor.submit(act.fn, *call.args, **call.kwargs)
                 attempt.handle = future
                 future.add_done_callback(partial(self._thread_done, attempt))
         except Exception as exc:  # the executor refused (shut down), or fn is not callable
@@ -295,7 +348,7 @@ class Dispatcher:
         self,
         call: ActivityCall,
         future: concurrent.futures.Future[Any],
-        limiter: Limiter | None,
+        limiter: SlotLimit | None,
     ) -> None:
         """A thread outlives its run: a next run may adopt it; its slot is held until it ends."""
         key = (self._instance_id, call.key)

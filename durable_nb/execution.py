@@ -122,7 +122,7 @@ class Execution:
         started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
         self.journal.unwritten.append(started)
         self._dispatcher = Dispatcher(
-            executor=self.runtime.executor,
+            executor_for=self.runtime.executor_for,
             limiter_for=self.runtime.limiter_for,
             orphans=self.runtime.orphans,
             progress=self.progress,

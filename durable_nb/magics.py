@@ -62,6 +62,7 @@ _ACTIVITY_PARSER.add_argument("--no-retry-on", default=None)
 _ACTIVITY_PARSER.add_argument("--timeout", type=_positive_float, default=None)
 _ACTIVITY_PARSER.add_argument("--concurrency", type=int, default=None)
 _ACTIVITY_PARSER.add_argument("--version", default=None)
+_ACTIVITY_PARSER.add_argument("--executor", default=None)
 
 _ORCHESTRATOR_PARSER = _Parser(prog="%%orchestrator", add_help=False)
 _ORCHESTRATOR_PARSER.add_argument("--strict", action="store_true")
@@ -115,6 +116,7 @@ class DurableMagics(Magics):
                 timeout=opts.timeout,
                 concurrency=opts.concurrency,
                 version=opts.version,
+                executor=opts.executor,
             )
         except DefinitionError as exc:
             raise UsageError(f"%%activity: {exc}") from None

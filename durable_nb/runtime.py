@@ -10,14 +10,13 @@ import os
 import pickle
 import time
 import types
-import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
 from durable_nb.definitions import find_orchestrator
-from durable_nb.dispatch import Limiter
+from durable_nb.dispatch import SlotLimit
 from durable_nb.errors import (
     DurableNbError,
     InstanceBusyError,
@@ -27,6 +26,7 @@ from durable_nb.errors import (
 )
 from durable_nb.execution import Execution, Outcome
 from durable_nb.progress import Progress
+from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from durable_nb.engine import ActivityCall, SubOrchestrationCall
 
 PROGRESS_MODES = ("auto", "widget", "text", "none")
-DEFAULT_MAX_WORKERS = 32
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _HIDDEN_DIRS = (
@@ -50,19 +49,17 @@ class Runtime:
     def __init__(
         self,
         store: CheckpointStore | str | os.PathLike[str] | None = None,
-        executor: concurrent.futures.Executor | None = None,
+        executor: Any = None,
         progress: str = "auto",
         max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
         self._store: CheckpointStore | None = None
         self._store_path: str | os.PathLike[str] | None = None
-        self._executor: concurrent.futures.Executor | None = executor
-        self._max_workers = max_workers
+        self.resources = Resources(max_workers)
+        if executor is not None:
+            self.resources.set_executor(executor)
         self.progress_mode = "auto"
         self._active: dict[str, asyncio.Task[Outcome]] = {}
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Limiter]] = (
-            weakref.WeakKeyDictionary()
-        )
         # Threads still running for runs that ended, by (instance, call key).
         self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self._executions: dict[str, Execution] = {}
@@ -74,9 +71,11 @@ class Runtime:
         self,
         *,
         store: CheckpointStore | str | os.PathLike[str] | None = None,
-        executor: concurrent.futures.Executor | None = None,
+        executor: Any = None,
+        executors: dict[str, Any] | None = None,
         progress: str | None = None,
         max_workers: int | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         """Change where checkpoints live, how activities run and how progress shows."""
         if progress is not None:
@@ -91,11 +90,17 @@ class Runtime:
             else:
                 self._store, self._store_path = store, None
         if executor is not None:
-            self._executor = executor
+            self.resources.set_executor(executor)
+        for name, value in (executors or {}).items():
+            self.resources.set_executor(value, name)
         if max_workers is not None:
             if max_workers < 1:
                 raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-            self._max_workers = max_workers
+            self.resources.max_workers = max_workers
+        if max_in_flight is not None:
+            if max_in_flight < 1:
+                raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+            self.resources.max_in_flight = max_in_flight
 
     @property
     def store(self) -> CheckpointStore:
@@ -104,35 +109,20 @@ class Runtime:
             self._store = DiskCacheStore(self._store_path)
         return self._store
 
-    @property
-    def executor(self) -> concurrent.futures.Executor:
-        """Where synchronous activities run: a thread pool unless configured otherwise."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                self._max_workers, thread_name_prefix="durable_nb"
-            )
-        return self._executor
+    def executor_for(self, call: ActivityCall) -> Any:
+        """Where a synchronous activity call runs (its --executor, or the default)."""
+        return self.resources.executor_for(call)
 
-    def limiter_for(self, call: ActivityCall) -> Limiter | None:
-        """The per-activity concurrency limit, shared by every run on this loop."""
-        limit = call.activity.options.concurrency
-        if limit is None:
-            return None
-        per_loop = self._limiters.setdefault(asyncio.get_running_loop(), {})
-        key = f"{call.activity.name}/{limit}"
-        found = per_loop.get(key)
-        if found is None:
-            found = per_loop[key] = Limiter(limit)
-        return found
+    def limiter_for(self, call: ActivityCall) -> SlotLimit | None:
+        """The concurrency limits a call must fit in, shared by every run on this loop."""
+        return self.resources.limiter_for(call)
 
     def close(self) -> None:
         """Release the store and the thread pool (running threads finish first)."""
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        self.resources.close()
 
     # ------------------------------------------------------------------ running
 
@@ -497,14 +487,26 @@ def get_runtime() -> Runtime:
 def configure(
     *,
     store: CheckpointStore | str | os.PathLike[str] | None = None,
-    executor: concurrent.futures.Executor | None = None,
+    executor: Any = None,
+    executors: dict[str, Any] | None = None,
     progress: str | None = None,
     max_workers: int | None = None,
+    max_in_flight: int | None = None,
 ) -> Runtime:
-    """Set where checkpoints live (a folder or a store), the executor for synchronous
-    activities, the progress display (auto, widget, text, none) and the thread count."""
+    """Set where checkpoints live (a folder or a store); the default executor for
+    synchronous activities ("threads", "processes", any concurrent.futures.Executor or a
+    distributed.Client) and named ones for ``%%activity --executor NAME``; the progress
+    display (auto, widget, text, none); the thread count; and the most activity calls
+    in flight at once across the kernel."""
     runtime = get_runtime()
-    runtime.configure(store=store, executor=executor, progress=progress, max_workers=max_workers)
+    runtime.configure(
+        store=store,
+        executor=executor,
+        executors=executors,
+        progress=progress,
+        max_workers=max_workers,
+        max_in_flight=max_in_flight,
+    )
     return runtime
 
 

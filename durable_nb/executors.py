@@ -1,0 +1,162 @@
+"""Where synchronous activities run: threads (default), processes, or Dask.
+
+Every executor is anything with ``submit(fn, *args, **kwargs)`` returning a
+``concurrent.futures.Future``: the dispatcher needs nothing else, so failures,
+retries, timeouts and concurrency limits behave the same everywhere. ``async def``
+activities always run on the event loop.
+
+Worker processes started from a kernel are in the kernel's process group, so the
+interrupt button's SIGINT would kill them: the process pool and Dask workers (and
+their nannies) are made to ignore SIGINT. The orchestration stops; the workers finish
+what they run, and the results are kept.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+from typing import Any, Protocol
+
+from durable_nb.errors import DurableNbError
+
+
+class ActivityExecutor(Protocol):
+    """The seam between the dispatcher and whatever runs activities."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+
+def ignore_sigint() -> None:
+    """Run in worker processes: the kernel's interrupt is not for them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call_pickled(payload: bytes) -> bytes:
+    """In a worker process: run a cloudpickled call and cloudpickle its result."""
+    import cloudpickle
+
+    fn, args, kwargs = cloudpickle.loads(payload)
+    return bytes(cloudpickle.dumps(fn(*args, **kwargs)))
+
+
+class ProcessExecutor:
+    """A process pool that also runs functions defined in notebook cells.
+
+    Functions from ``__main__`` (a kernel's cells) cannot be pickled by reference,
+    so calls and results travel as cloudpickle payloads. Workers are spawned (not
+    forked from a multi-threaded kernel) and ignore SIGINT.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = max_workers or os.cpu_count() or 2
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            self.max_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=ignore_sigint,
+        )
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        import cloudpickle
+
+        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        inner = self._pool.submit(_call_pickled, cloudpickle.dumps((fn, args, kwargs)))
+
+        def relay(done: concurrent.futures.Future[bytes]) -> None:
+            if done.cancelled():
+                outer.cancel()
+                outer.set_running_or_notify_cancel()
+                return
+            error = done.exception()
+            if error is not None:
+                outer.set_exception(error)
+            else:
+                try:
+                    outer.set_result(cloudpickle.loads(done.result()))
+                except Exception as exc:  # a result class the kernel cannot import
+                    outer.set_exception(exc)
+
+        def cancel_inner(done: concurrent.futures.Future[Any]) -> None:
+            if done.cancelled():
+                inner.cancel()
+
+        outer.add_done_callback(cancel_inner)
+        inner.add_done_callback(relay)
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __repr__(self) -> str:
+        return f"<ProcessExecutor {self.max_workers} workers>"
+
+
+class DaskExecutor:
+    """Activities on a Dask ``distributed.Client`` (a LocalCluster or a remote scheduler).
+
+    The checkpoint store stays with the kernel: only calls and results travel.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._executor = client.get_executor(pure=False)
+        self._protect_workers()
+
+    def _protect_workers(self) -> None:
+        try:
+            self.client.run(ignore_sigint, on_error="ignore")
+            self.client.run(ignore_sigint, nanny=True, on_error="ignore")
+        except Exception as exc:  # an old distributed without nanny=True, or no workers yet
+            raise DurableNbError(
+                f"could not make the Dask workers ignore the kernel's interrupt ({exc}); "
+                "start the cluster with durable_nb.executors.local_cluster() instead"
+            ) from exc
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = self._executor.submit(fn, *args, **kwargs)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=wait)
+
+    def __repr__(self) -> str:
+        return f"<DaskExecutor {self.client.scheduler_info().get('address', '?')}>"
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A Dask ``Client`` on a new ``LocalCluster`` whose workers ignore SIGINT.
+
+    Keyword arguments go to ``LocalCluster`` (n_workers, threads_per_worker,
+    processes=True...). To use an existing scheduler instead, pass
+    ``distributed.Client("tcp://host:8786")`` to ``durable_nb.configure(executor=...)``.
+    """
+    from distributed import Client, LocalCluster
+
+    kwargs.setdefault("processes", True)
+    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("silence_logs", 40)  # errors only: keep notebook output clean
+    cluster = LocalCluster(**kwargs)  # type: ignore[no-untyped-call, unused-ignore]
+    return Client(cluster)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def as_executor(value: Any) -> Any:
+    """An executor from what ``configure(executor=...)`` accepts: a
+    ``concurrent.futures.Executor``, a ``distributed.Client``, or "threads"/"processes"."""
+    if value == "processes":
+        return ProcessExecutor()
+    if isinstance(value, str):
+        raise DurableNbError(
+            f"unknown executor {value!r}: use 'threads', 'processes', a "
+            "concurrent.futures.Executor or a distributed.Client"
+        )
+    if type(value).__name__ == "Client" and hasattr(value, "get_executor"):
+        return DaskExecutor(value)
+    if callable(getattr(value, "submit", None)):
+        return value
+    raise DurableNbError(
+        f"{value!r} cannot run activities: an executor needs a submit(fn, *args) method "
+        "returning a concurrent.futures.Future"
+    )

@@ -1,0 +1,98 @@
+"""The shared means of running activities: named executors and concurrency limits.
+
+Limits live here, not in a run, because they protect something outside the
+notebook (a rate-limited API, a database): every run in the kernel shares them, on
+whatever executor the calls go to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import weakref
+from typing import Any
+
+from durable_nb.dispatch import Limiter, LimiterChain, SlotLimit
+from durable_nb.engine import ActivityCall
+from durable_nb.errors import DurableNbError
+from durable_nb.executors import as_executor
+
+DEFAULT_MAX_WORKERS = 32
+DEFAULT = "threads"
+
+
+class Resources:
+    """Executors by name, and the per-activity and global concurrency limits."""
+
+    def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+        self.max_workers = max_workers
+        self.max_in_flight: int | None = None
+        self.default = DEFAULT
+        self._executors: dict[str, Any] = {}
+        self._made: set[str] = set()  # the executors created here, shut down by close()
+        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Limiter]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def set_executor(self, value: Any, name: str | None = None) -> None:
+        """Use ``value`` ("threads", "processes", an Executor, a Dask Client) as the
+        executor named ``name``, or as the default when no name is given."""
+        if name is None and value == DEFAULT:
+            self.default = DEFAULT
+            return
+        target = name or "default"
+        self._executors[target] = as_executor(value)
+        if value == "processes":
+            self._made.add(target)
+        if name is None:
+            self.default = target
+
+    def executor_named(self, name: str) -> Any:
+        found = self._executors.get(name)
+        if found is not None:
+            return found
+        if name == DEFAULT:
+            found = concurrent.futures.ThreadPoolExecutor(
+                self.max_workers, thread_name_prefix="durable_nb"
+            )
+        elif name == "processes":
+            found = as_executor("processes")
+        else:
+            known = ", ".join(sorted({DEFAULT, "processes", *self._executors}))
+            raise DurableNbError(
+                f"no executor named {name!r} (known: {known}); register it with "
+                f"durable_nb.configure(executors={{{name!r}: ...}})"
+            )
+        self._executors[name] = found
+        self._made.add(name)
+        return found
+
+    def executor_for(self, call: ActivityCall) -> Any:
+        return self.executor_named(call.activity.options.executor or self.default)
+
+    def limiter_for(self, call: ActivityCall) -> SlotLimit | None:
+        """The limits a call must fit in: its activity's, then the global one."""
+        per_loop = self._limits.setdefault(asyncio.get_running_loop(), {})
+        limits = []
+        limit = call.activity.options.concurrency
+        if limit is not None:
+            limits.append(self._limit(per_loop, f"{call.activity.name}/{limit}", limit))
+        if self.max_in_flight is not None:
+            limits.append(self._limit(per_loop, f"*/{self.max_in_flight}", self.max_in_flight))
+        if not limits:
+            return None
+        return limits[0] if len(limits) == 1 else LimiterChain(limits)
+
+    @staticmethod
+    def _limit(per_loop: dict[str, Limiter], key: str, limit: int) -> Limiter:
+        found = per_loop.get(key)
+        if found is None:
+            found = per_loop[key] = Limiter(limit)
+        return found
+
+    def close(self) -> None:
+        for name in self._made:
+            executor = self._executors.pop(name, None)
+            if executor is not None:
+                executor.shutdown(wait=False)
+        self._made.clear()
