@@ -12,6 +12,14 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 
+class LazyValue:
+    """A result kept outside its history chunk (a large array or DataFrame), read from
+    the store only when an orchestrator receives it, and then only once."""
+
+    def load(self) -> Any:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Base of all history events; ``timestamp`` is seconds since the epoch (UTC)."""

@@ -19,8 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import stat
+import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,58 @@ DEFAULT_FOLDER = ".durable_nb"
 
 # diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
 _FIRST_PUSHED = 500_000_000_000_000
+# Results at least this big are stored on their own, streamed to a file, so that
+# checkpointing them holds no second copy in memory and replay reads them only when used.
+LARGE_RESULT_BYTES = 1 << 20
+_RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
+
+
+def _size_of(value: Any) -> int:
+    """A cheap estimate of a value's size for the kinds that get big (arrays, frames, bytes)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)
+    if callable(usage) and hasattr(value, "columns"):
+        try:
+            return int(usage(index=True, deep=False).sum())
+        except Exception:
+            return 0
+    return 0
+
+
+class _LargeRef:
+    """What a history chunk holds in place of a large result: the key of its value."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_LargeRef, (self.key,))
+
+
+class StoredValue(history.LazyValue):
+    """A large result in a DiskCacheStore, loaded on first use."""
+
+    __slots__ = ("_cache", "_key", "_loaded", "_value")
+
+    def __init__(self, cache: Any, key: str) -> None:
+        self._cache, self._key = cache, key
+        self._loaded, self._value = False, None
+
+    def load(self) -> Any:
+        if not self._loaded:
+            handle = self._cache.get(self._key, read=True, retry=True)
+            if handle is None:
+                raise StoreError(f"the stored result {self._key} is missing from the store")
+            with handle:
+                self._value = pickle.load(handle)
+            self._loaded = True
+        return self._value
 
 
 @dataclass
@@ -179,10 +234,36 @@ class DiskCacheStore:
             number += 1
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
-        chunk = [history.encode(event) for event in events]
         prefix = self._prefix(instance_id)
+        chunk = [self._encode(prefix, event) for event in events]
         key = self._cache.push(chunk, prefix=prefix, tag=prefix, retry=True)
         return int(key.rsplit("-", 1)[1]) - _FIRST_PUSHED
+
+    def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
+        row = history.encode(event)
+        if isinstance(event, (history.TaskCompleted, history.SubOrchestrationCompleted)):
+            if _size_of(event.result) >= LARGE_RESULT_BYTES:
+                key = f"{prefix}:v:{event.key}:{uuid.uuid4().hex[:12]}"
+                self._write_large(key, event.result, tag=prefix + ":v")
+                row = (*row[:_RESULT_FIELD], _LargeRef(key), *row[_RESULT_FIELD + 1 :])
+        return row
+
+    def _write_large(self, key: str, value: Any, tag: str) -> None:
+        """Stream the pickle to a file, then into the cache: no second copy in memory."""
+        fd, temporary = tempfile.mkstemp(dir=self.location, prefix="large-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+            with open(temporary, "rb") as source:
+                self._cache.set(key, source, read=True, tag=tag, retry=True)
+        finally:
+            os.unlink(temporary)
+
+    def _decode(self, row: tuple[Any, ...]) -> history.Event:
+        if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], _LargeRef):
+            stored = StoredValue(self._cache, row[_RESULT_FIELD].key)
+            row = (*row[:_RESULT_FIELD], stored, *row[_RESULT_FIELD + 1 :])
+        return history.decode(row)
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
         prefix = self._prefix(instance_id)
@@ -192,7 +273,7 @@ class DiskCacheStore:
             chunk = self._cache.get(f"{prefix}-{number + _FIRST_PUSHED:015d}", retry=True)
             if chunk is None:
                 return found
-            found.append((number, [history.decode(row) for row in chunk]))
+            found.append((number, [self._decode(row) for row in chunk]))
             number += 1
 
     def read_history(self, instance_id: str) -> list[history.Event]:
@@ -200,7 +281,7 @@ class DiskCacheStore:
 
     def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
         events: list[history.Event] = []
-        decode = history.decode
+        decode = self._decode
         prefix = self._prefix(instance_id)
         number = _FIRST_PUSHED
         while True:
@@ -228,6 +309,7 @@ class DiskCacheStore:
     def reset_history(self, record: InstanceRecord) -> None:
         with self._cache.transact(retry=True):
             self._cache.evict(self._prefix(record.instance_id))
+            self._cache.evict(self._prefix(record.instance_id) + ":v")
             self._cache.set("i:" + record.instance_id, record.to_dict())
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None:
@@ -268,6 +350,7 @@ class DiskCacheStore:
         with self._cache.transact(retry=True):
             existed = self._cache.delete("i:" + instance_id)
             removed = self._cache.evict(self._prefix(instance_id))
+            self._cache.evict(self._prefix(instance_id) + ":v")
             self._cache.delete("l:" + instance_id)
         return bool(existed or removed)
 

@@ -204,7 +204,10 @@ class OrchestrationEngine:
         """Complete ``task`` from history if it can be; True when it must be scheduled."""
         hit = self._results.get(key)
         if hit is not None:
-            task._complete(hit[0], hit[1], True)
+            value = hit[0]
+            if isinstance(value, history.LazyValue):
+                value = value.load()  # a large result, read now that it is needed
+            task._complete(value, hit[1], True)
             self._step.cached.append(name)
             return False
         self._pending[key] = task
