@@ -17,6 +17,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
+import time
 from typing import Any, Protocol
 
 from durable_nb.errors import DurableNbError
@@ -43,6 +44,22 @@ def _call_pickled(payload: bytes) -> bytes:
     return bytes(cloudpickle.dumps(fn(*args, **kwargs)))
 
 
+class _RelayFuture(concurrent.futures.Future[Any]):
+    """The kernel-side future of work running elsewhere. ``cancel()`` succeeds only if
+    the work had not started, so a run that ends keeps (and checkpoints) what runs."""
+
+    def __init__(self, cancel_remote: Any) -> None:
+        super().__init__()
+        self._cancel_remote = cancel_remote
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        if not self._cancel_remote():
+            return False
+        return super().cancel()
+
+
 class ProcessExecutor:
     """A process pool that also runs functions defined in notebook cells.
 
@@ -62,13 +79,11 @@ class ProcessExecutor:
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         import cloudpickle
 
-        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         inner = self._pool.submit(_call_pickled, cloudpickle.dumps((fn, args, kwargs)))
+        outer = _RelayFuture(inner.cancel)
 
         def relay(done: concurrent.futures.Future[bytes]) -> None:
-            if done.cancelled():
-                outer.cancel()
-                outer.set_running_or_notify_cancel()
+            if done.cancelled() or outer.done():
                 return
             error = done.exception()
             if error is not None:
@@ -79,11 +94,6 @@ class ProcessExecutor:
                 except Exception as exc:  # a result class the kernel cannot import
                     outer.set_exception(exc)
 
-        def cancel_inner(done: concurrent.futures.Future[Any]) -> None:
-            if done.cancelled():
-                inner.cancel()
-
-        outer.add_done_callback(cancel_inner)
         inner.add_done_callback(relay)
         return outer
 
@@ -102,8 +112,9 @@ class DaskExecutor:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._executor = client.get_executor(pure=False)
         self._protect_workers()
+        self._running: set[str] = set()
+        self._running_at = float("-inf")
 
     def _protect_workers(self) -> None:
         try:
@@ -116,11 +127,41 @@ class DaskExecutor:
             ) from exc
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = self._executor.submit(fn, *args, **kwargs)
-        return future
+        remote = self.client.submit(fn, *args, pure=False, **kwargs)
+        outer = _RelayFuture(lambda: self._cancel_if_queued(remote))
+
+        def relay(done: Any) -> None:
+            if outer.done():
+                return
+            try:
+                if done.status == "cancelled":
+                    return
+                error = done.exception()
+                if error is not None:
+                    outer.set_exception(error)
+                else:
+                    outer.set_result(done.result())
+            except Exception as exc:  # the scheduler went away, a result that won't load
+                if not outer.done():
+                    outer.set_exception(exc)
+
+        remote.add_done_callback(relay)
+        return outer
+
+    def _cancel_if_queued(self, remote: Any) -> bool:
+        """Cancel a task the workers have not started; one scheduler query per burst."""
+        now = time.monotonic()
+        if now - self._running_at > 0.5:
+            processing = self.client.processing()
+            self._running = {key for keys in processing.values() for key in keys}
+            self._running_at = now
+        if remote.key in self._running:
+            return False
+        remote.cancel()
+        return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._executor.shutdown(wait=wait)
+        pass  # the client belongs to the user
 
     def __repr__(self) -> str:
         return f"<DaskExecutor {self.client.scheduler_info().get('address', '?')}>"

@@ -226,3 +226,55 @@ def test_a_large_result_is_checkpointed_without_a_second_copy_and_replayed_lazil
         StoredValue.load = original  # type: ignore[method-assign]
     assert len(loads) == 1
     assert rt.store.purge(orch.instance_id_for(True))
+
+
+@pytest.mark.parametrize("kind", ["processes", "dask"])
+def test_an_interrupt_keeps_what_runs_and_drops_what_has_not_started(
+    kind: str, tmp_path: Path, store_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    import asyncio
+
+    executor: Any = ProcessExecutor(max_workers=2) if kind == "processes" else None
+    if kind == "dask":
+        executor = request.getfixturevalue("dask_client")
+    runtime = dn.runtime._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
+    )
+    calls = tmp_path / "calls.txt"
+
+    def slow(i: int) -> int:
+        with open(calls, "a") as f:
+            f.write(f"{i}\n")
+        time.sleep(0.6)
+        return i
+
+    work = dn.activity(slow)
+
+    @dn.orchestrator
+    def fan(ctx):  # type: ignore[no-untyped-def]
+        return sum((yield ctx.task_all([ctx.call_activity(work, i) for i in range(8)])))
+
+    async def interrupted() -> None:
+        task = asyncio.ensure_future(fan())
+        while not calls.exists() or len(calls.read_text().splitlines()) < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupted())
+    time.sleep(1.5)  # the two running calls finish on their workers
+    started = calls.read_text().splitlines()
+    if kind == "processes":
+        # the pool hands one call beyond its two workers to its queue ahead of time
+        assert len(started) <= 3  # the other waiting calls were dropped
+    kept = [
+        e
+        for e in runtime.store.read_history(fan.instance_id_for())
+        if isinstance(e, history.TaskCompleted)
+    ]
+    assert sorted(str(e.result) for e in kept) == sorted(started)
+    assert fan.run() == sum(range(8))
+    assert len(calls.read_text().splitlines()) == 8  # nothing ran twice
+    runtime.close()
