@@ -34,7 +34,8 @@ from durable_nb.errors import (
     ResultNotStorableError,
     StoreError,
 )
-from durable_nb.runtime import InstanceHandle, Runtime, configure, get_runtime
+from durable_nb.handles import InstanceHandle
+from durable_nb.runtime import Runtime, configure, get_runtime
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
 
 __version__ = "0.1.0"

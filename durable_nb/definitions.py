@@ -15,7 +15,7 @@ from durable_nb.errors import ActivityNotFoundError, DefinitionError
 from durable_nb.fingerprint import arguments_digest, function_digest
 
 if TYPE_CHECKING:
-    from durable_nb.runtime import InstanceHandle
+    from durable_nb.handles import InstanceHandle
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,9 +9,7 @@ import concurrent.futures
 import os
 import pickle
 import time
-import types
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
@@ -20,11 +18,10 @@ from durable_nb.dispatch import SlotLimit
 from durable_nb.errors import (
     DurableNbError,
     InstanceBusyError,
-    InstanceNotFinishedError,
     InstanceNotFoundError,
-    InstanceTerminatedError,
 )
 from durable_nb.execution import Execution, Outcome
+from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user_frames
 from durable_nb.progress import Progress
 from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
@@ -34,13 +31,6 @@ if TYPE_CHECKING:
     from durable_nb.engine import ActivityCall, SubOrchestrationCall
 
 PROGRESS_MODES = ("auto", "widget", "text", "none")
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
-_HIDDEN_DIRS = (
-    _PACKAGE_DIR,
-    str(Path(asyncio.__file__).resolve().parent),
-    str(Path(concurrent.futures.__file__).resolve().parent),
-)
 
 
 class Runtime:
@@ -291,8 +281,8 @@ class Runtime:
         try:
             outcome = await task
         except asyncio.CancelledError:
-            raise asyncio.CancelledError(_interrupted_message(self, instance_id)) from None
-        return _unwrap(outcome)
+            raise asyncio.CancelledError(interrupted_message(self, instance_id)) from None
+        return unwrap(outcome)
 
     def run_blocking(
         self,
@@ -311,10 +301,10 @@ class Runtime:
         try:
             return _block_on(coroutine)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(_interrupted_message(self, instance_id)) from None
+            raise KeyboardInterrupt(interrupted_message(self, instance_id)) from None
         except Exception as exc:
             # Drop the event loop's own frames; the user's frames stay.
-            raise exc.with_traceback(_user_frames(exc.__traceback__))  # noqa: B904
+            raise exc.with_traceback(user_frames(exc.__traceback__))  # noqa: B904
 
     def start(
         self,
@@ -355,64 +345,6 @@ class Runtime:
         return record
 
 
-class InstanceHandle:
-    """A running (or finished) instance started with ``orch.start(...)``."""
-
-    def __init__(self, instance_id: str, task: asyncio.Task[Outcome], runtime: Runtime) -> None:
-        self.instance_id = instance_id
-        self._task = task
-        self._runtime = runtime
-
-    def __await__(self) -> Any:
-        # Shielded: interrupting the cell that awaits the handle stops the waiting,
-        # not the run; use cancel() to stop the run.
-        outcome = yield from asyncio.shield(self._task).__await__()
-        return _unwrap(outcome)
-
-    def done(self) -> bool:
-        return self._task.done()
-
-    def result(self) -> Any:
-        """The output, or the failure raised; InstanceNotFinishedError while running."""
-        __tracebackhide__ = True
-        if not self._task.done():
-            raise InstanceNotFinishedError(
-                f"instance {self.instance_id!r} is still running; await the handle or "
-                "check handle.done() first"
-            )
-        return _unwrap(self._task.result())
-
-    def status(self) -> InstanceRecord:
-        """The stored record: status, custom status, counts, times."""
-        record = self._runtime.status(self.instance_id)
-        assert record is not None, "a started instance always has a record"
-        return record
-
-    def cancel(self) -> bool:
-        """Stop the run in this kernel now, as the interrupt button does; checkpoints
-        are kept and the instance resumes when run again."""
-        return self._task.cancel()
-
-    def raise_event(self, name: str, value: Any = None) -> None:
-        """Deliver an external event to the instance."""
-        self._runtime.raise_event(self.instance_id, name, value)
-
-    def terminate(self, reason: str = "") -> str:
-        """Stop the instance at its next yield, for good (status terminated)."""
-        return self._runtime.request(self.instance_id, "terminate", reason)
-
-    def suspend(self, reason: str = "") -> str:
-        """Start no new work until resume(); work in flight finishes and is kept."""
-        return self._runtime.request(self.instance_id, "suspend", reason)
-
-    def resume(self, reason: str = "") -> str:
-        return self._runtime.request(self.instance_id, "resume", reason)
-
-    def __repr__(self) -> str:
-        state = "done" if self._task.done() else "running"
-        return f"<InstanceHandle {self.instance_id} {state}>"
-
-
 def _block_on(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coroutine`` to its end, re-entering the running loop if there is one."""
     try:
@@ -435,42 +367,6 @@ def _block_on(coroutine: Coroutine[Any, Any, Any]) -> Any:
         except (asyncio.CancelledError, KeyboardInterrupt):
             pass
         raise
-
-
-def _interrupted_message(runtime: Runtime, instance_id: str) -> str:
-    record = runtime.store.get_instance(instance_id)
-    kept = f"{record.counts.get('ran', 0)} new result(s) were" if record else "results are"
-    return (
-        f"durable_nb: {instance_id} was interrupted; {kept} checkpointed and calls still "
-        "running in threads will be kept when they finish. Run it again to resume."
-    )
-
-
-def _unwrap(outcome: Outcome) -> Any:
-    __tracebackhide__ = True
-    if outcome.status == "terminated":
-        raise InstanceTerminatedError(
-            f"the instance was {outcome.message}; run it again to resume it, or pass "
-            "fresh=True to start over"
-        )
-    if outcome.failure is not None:
-        failure = outcome.failure
-        raise failure.with_traceback(_user_frames(failure.__traceback__))
-    return outcome.output
-
-
-def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """The traceback without durable_nb's and asyncio's own frames."""
-    kept: list[types.TracebackType] = []
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith(_HIDDEN_DIRS):
-            kept.append(tb)
-        tb = tb.tb_next
-    rebuilt: types.TracebackType | None = None
-    for entry in reversed(kept):
-        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
-    return rebuilt
 
 
 _runtime: Runtime | None = None

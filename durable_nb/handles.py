@@ -1,0 +1,118 @@
+"""What a caller gets back from a run: the handle of a started instance, and the
+output or the failure of a finished one, presented with the user's frames only."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from durable_nb.errors import InstanceNotFinishedError, InstanceTerminatedError
+from durable_nb.execution import Outcome
+from durable_nb.store import InstanceRecord
+
+if TYPE_CHECKING:
+    from durable_nb.runtime import Runtime
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_HIDDEN_DIRS = (
+    _PACKAGE_DIR,
+    str(Path(asyncio.__file__).resolve().parent),
+    str(Path(concurrent.futures.__file__).resolve().parent),
+)
+
+
+class InstanceHandle:
+    """A running (or finished) instance started with ``orch.start(...)``."""
+
+    def __init__(self, instance_id: str, task: asyncio.Task[Outcome], runtime: Runtime) -> None:
+        self.instance_id = instance_id
+        self._task = task
+        self._runtime = runtime
+
+    def __await__(self) -> Any:
+        # Shielded: interrupting the cell that awaits the handle stops the waiting,
+        # not the run; use cancel() to stop the run.
+        outcome = yield from asyncio.shield(self._task).__await__()
+        return unwrap(outcome)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def result(self) -> Any:
+        """The output, or the failure raised; InstanceNotFinishedError while running."""
+        __tracebackhide__ = True
+        if not self._task.done():
+            raise InstanceNotFinishedError(
+                f"instance {self.instance_id!r} is still running; await the handle or "
+                "check handle.done() first"
+            )
+        return unwrap(self._task.result())
+
+    def status(self) -> InstanceRecord:
+        """The stored record: status, custom status, counts, times."""
+        record = self._runtime.status(self.instance_id)
+        assert record is not None, "a started instance always has a record"
+        return record
+
+    def cancel(self) -> bool:
+        """Stop the run in this kernel now, as the interrupt button does; checkpoints
+        are kept and the instance resumes when run again."""
+        return self._task.cancel()
+
+    def raise_event(self, name: str, value: Any = None) -> None:
+        """Deliver an external event to the instance."""
+        self._runtime.raise_event(self.instance_id, name, value)
+
+    def terminate(self, reason: str = "") -> str:
+        """Stop the instance at its next yield, for good (status terminated)."""
+        return self._runtime.request(self.instance_id, "terminate", reason)
+
+    def suspend(self, reason: str = "") -> str:
+        """Start no new work until resume(); work in flight finishes and is kept."""
+        return self._runtime.request(self.instance_id, "suspend", reason)
+
+    def resume(self, reason: str = "") -> str:
+        return self._runtime.request(self.instance_id, "resume", reason)
+
+    def __repr__(self) -> str:
+        state = "done" if self._task.done() else "running"
+        return f"<InstanceHandle {self.instance_id} {state}>"
+
+
+def interrupted_message(runtime: Runtime, instance_id: str) -> str:
+    record = runtime.store.get_instance(instance_id)
+    kept = f"{record.counts.get('ran', 0)} new result(s) were" if record else "results are"
+    return (
+        f"durable_nb: {instance_id} was interrupted; {kept} checkpointed and calls still "
+        "running in threads will be kept when they finish. Run it again to resume."
+    )
+
+
+def unwrap(outcome: Outcome) -> Any:
+    __tracebackhide__ = True
+    if outcome.status == "terminated":
+        raise InstanceTerminatedError(
+            f"the instance was {outcome.message}; run it again to resume it, or pass "
+            "fresh=True to start over"
+        )
+    if outcome.failure is not None:
+        failure = outcome.failure
+        raise failure.with_traceback(user_frames(failure.__traceback__))
+    return outcome.output
+
+
+def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback without durable_nb's and asyncio's own frames."""
+    kept: list[types.TracebackType] = []
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_HIDDEN_DIRS):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt: types.TracebackType | None = None
+    for entry in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
