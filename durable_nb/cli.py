@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print only failures and the end")
 
     add_verbs(verbs, _store_option)
+    doctor = verbs.add_parser(
+        "doctor",
+        help="check a store: integrity, format, dead runners' leases, size",
+        description="Check a checkpoint store and say what to do about what is wrong.",
+    )
+    _store_option(doctor)
+    doctor.add_argument("--fix", action="store_true", help="release leases of dead runners")
     return parser
 
 
@@ -119,7 +126,18 @@ class _UsageProblem(Exception):
     """A mistake in the command line found after parsing."""
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {"run": _cmd_run}
+def _cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    from durable_nb.doctor import diagnose
+
+    report = diagnose(args.store or default_location(), fix=args.fix)
+    print(report.text(), file=out)
+    return EXIT_OK if report.healthy else EXIT_FAILED
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "run": _cmd_run,
+    "doctor": _cmd_doctor,
+}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

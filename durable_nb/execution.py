@@ -411,9 +411,9 @@ class Execution:
         except (pickle.PicklingError, TypeError, AttributeError):
             # An input or output that cannot be pickled still works live; the record
             # keeps the rest (rewind then needs the input passed again).
-            if not _picklable(record.output):
+            if not self.store.storable(record.output):
                 record.output = None
-            if not _picklable(record.input):
+            if not self.store.storable(record.input):
                 record.input = None
             self.store.put_instance(record)
 
@@ -424,11 +424,3 @@ def _suspended_in(events: list[history.Event]) -> bool:
         if isinstance(event, history.ControlRequested) and event.action in ("suspend", "resume"):
             return event.action == "suspend"
     return False
-
-
-def _picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return False
-    return True

@@ -121,6 +121,8 @@ class Journal:
                 continue
             try:
                 pickle.dumps(event.result, protocol=pickle.HIGHEST_PROTOCOL)
+                if not self.store.storable(event.result):
+                    raise TypeError(f"{type(event.result).__qualname__} is not JSON data")
             except Exception as why:
                 name = getattr(event, "activity", None) or getattr(event, "instance_id", "?")
                 error = ResultNotStorableError(

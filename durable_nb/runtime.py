@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import pickle
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -157,11 +156,9 @@ class Runtime:
             pending = InstanceRecord(
                 instance_id, orch.name, created_at=now, updated_at=now, input=arguments
             )
-            try:
-                self.store.put_instance(pending)
-            except (pickle.PicklingError, TypeError, AttributeError):
+            if not self.store.storable(arguments):
                 pending.input = None
-                self.store.put_instance(pending)
+            self.store.put_instance(pending)
         progress = Progress(orch.name, instance_id)
         progress.on_approval = lambda name, value: self.raise_event(instance_id, name, value)
         from durable_nb.widgets import attach_view
@@ -350,6 +347,8 @@ def _block_on(coroutine: Coroutine[Any, Any, Any]) -> Any:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
+        loop = None
+    if loop is None:  # outside the except block: errors get no misleading context
         return asyncio.run(coroutine)
     # Inside a kernel the loop is already running; re-entering it needs the
     # nested-loop patch. nest-asyncio2, not nest-asyncio: the original silently

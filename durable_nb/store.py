@@ -17,6 +17,7 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pickle
@@ -164,6 +165,9 @@ class CheckpointStore(Protocol):
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None: ...
 
+    def storable(self, value: Any) -> bool:
+        """Whether the store can serialise ``value``."""
+
     def swap_lease(
         self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
     ) -> bool:
@@ -171,6 +175,44 @@ class CheckpointStore(Protocol):
         lease); ``lease=None`` releases it. False when someone else holds it."""
 
     def close(self) -> None: ...
+
+
+SERIALIZERS = ("pickle", "json")
+
+
+def _json_disk() -> type:
+    """A diskcache Disk that writes values as JSON (keys stay plain strings), for stores
+    that must never unpickle anything."""
+    import diskcache
+
+    class JsonValueDisk(diskcache.Disk):  # type: ignore[misc, unused-ignore]
+        def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+            if not read and not isinstance(value, (str, int, float)):
+                value = json.dumps(value).encode()
+            return super().store(value, read, key=key)
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            found = super().fetch(mode, filename, value, read)
+            if not read and isinstance(found, (bytes, bytearray)):
+                return json.loads(found)  # every bytes value here is JSON written above
+            return found
+
+    return JsonValueDisk
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a folder others can write to: loading a pickle from it would run their code."""
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise StoreError(
+            f"the checkpoint store at {path.resolve()} can be written by other users "
+            f"(mode {mode:o}, owner uid {info.st_uid}); whoever can write there could make "
+            "this kernel run their code when it loads checkpoints. If you trust its "
+            f"contents, make it yours and private (chmod 700 {path}), or use another folder."
+        )
+    if mode & 0o077:
+        path.chmod(0o700)  # readable by others: ours, so make it private
 
 
 def default_location() -> Path:
@@ -181,20 +223,32 @@ def default_location() -> Path:
 class DiskCacheStore:
     """A :class:`CheckpointStore` in a ``diskcache.Cache`` folder."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, serializer: str = "pickle"
+    ) -> None:
         import diskcache
 
+        if serializer not in SERIALIZERS:
+            raise StoreError(f"serializer must be one of {SERIALIZERS}, got {serializer!r}")
+        self.serializer = serializer
         path = Path(directory) if directory is not None else default_location()
         self.location = str(path.resolve())
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if stat.S_IMODE(path.stat().st_mode) & 0o077:
-                path.chmod(0o700)
+            _check_private(path)
             # eviction_policy='none': the default policy would silently evict
             # checkpoints once the cache passes its 1 GB size limit.
             # tag_index: an instance's chunks share a tag, so purge and compaction
             # delete them with a few indexed statements.
-            self._cache = diskcache.Cache(str(path), eviction_policy="none", tag_index=True)
+            options: dict[str, Any] = {"eviction_policy": "none", "tag_index": True}
+            if serializer == "json":
+                options["disk"] = _json_disk()
+            self._cache = diskcache.Cache(str(path), **options)
+            for name in os.listdir(path):
+                if name.startswith("cache.db"):
+                    os.chmod(path / name, 0o600)
+        except StoreError:
+            raise
         except (OSError, diskcache.Timeout) as exc:
             raise StoreError(
                 f"cannot open the checkpoint store at {self.location}: {exc}. "
@@ -203,7 +257,8 @@ class DiskCacheStore:
         except Exception as exc:  # sqlite3.DatabaseError on a damaged file
             raise StoreError(
                 f"the checkpoint store at {self.location} cannot be read ({exc}). "
-                "Move the folder aside to start afresh."
+                f"`durable-nb doctor --store {self.location}` tells more; moving the folder "
+                "aside starts afresh (checkpointed work then runs again)."
             ) from exc
         self._check_format()
 
@@ -211,10 +266,17 @@ class DiskCacheStore:
         found = self._cache.get("format")
         if found is None:
             self._cache.add("format", FORMAT_VERSION)
+            self._cache.add("serializer", self.serializer)
         elif not isinstance(found, int) or found > FORMAT_VERSION:
             raise StoreError(
                 f"the checkpoint store at {self.location} has format {found!r}, newer than "
                 f"this durable_nb understands ({FORMAT_VERSION}); upgrade durable_nb."
+            )
+        stored = self._cache.get("serializer", "pickle")
+        if stored != self.serializer:
+            raise StoreError(
+                f"the checkpoint store at {self.location} was written with the {stored} "
+                f"serializer; open it with serializer={stored!r}, or use another folder"
             )
 
     @staticmethod
@@ -241,12 +303,25 @@ class DiskCacheStore:
 
     def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)
+        if self.serializer == "json":
+            json.dumps(row)  # fail here, on this event, with a TypeError naming the type
+            return row
         if isinstance(event, (history.TaskCompleted, history.SubOrchestrationCompleted)):
             if _size_of(event.result) >= LARGE_RESULT_BYTES:
                 key = f"{prefix}:v:{event.key}:{uuid.uuid4().hex[:12]}"
                 self._write_large(key, event.result, tag=prefix + ":v")
                 row = (*row[:_RESULT_FIELD], _LargeRef(key), *row[_RESULT_FIELD + 1 :])
         return row
+
+    def storable(self, value: Any) -> bool:
+        try:
+            if self.serializer == "json":
+                json.dumps(value)
+            else:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return False
+        return True
 
     def _write_large(self, key: str, value: Any, tag: str) -> None:
         """Stream the pickle to a file, then into the cache: no second copy in memory."""
@@ -386,6 +461,9 @@ class MemoryStore:
         with self._lock:
             self._chunks.pop(record.instance_id, None)
             self._records[record.instance_id] = record.to_dict()
+
+    def storable(self, value: Any) -> bool:
+        return True
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None:
         with self._lock:

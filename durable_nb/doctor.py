@@ -1,0 +1,113 @@
+"""``durable-nb doctor``: is a checkpoint store healthy, and what to do if not."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from durable_nb.errors import StoreError
+from durable_nb.leases import describe, holder_alive
+from durable_nb.store import FORMAT_VERSION, DiskCacheStore
+
+
+@dataclass
+class Report:
+    """What the checks found: each line is 'ok', 'warn' or 'fail' and a sentence."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, level: str, text: str) -> None:
+        self.lines.append((level, text))
+
+    @property
+    def healthy(self) -> bool:
+        return all(level != "fail" for level, _ in self.lines)
+
+    def text(self) -> str:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        return "\n".join(f"[{marks[level]}] {text}" for level, text in self.lines)
+
+
+def _size(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def diagnose(folder: Path, fix: bool = False) -> Report:
+    """Check a store folder; with ``fix``, release dead leases and mark their runs
+    interrupted."""
+    report = Report()
+    if not folder.is_dir():
+        report.add("fail", f"no store folder at {folder.resolve()}; pass --store DIR")
+        return report
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    database = folder / "cache.db"
+    if database.exists():
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+                verdict = connection.execute("PRAGMA integrity_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+        verdict = " ".join(str(verdict).replace("*** in database main ***", "").split())
+        if verdict != "ok":
+            report.add(
+                "fail",
+                f"the database {database} is damaged ({verdict}). Move the folder aside "
+                f"(mv {folder} {folder}.damaged) and rerun your notebook: work that was "
+                "checkpointed there runs again.",
+            )
+            return report
+        report.add("ok", "database integrity check passed")
+    try:
+        store = DiskCacheStore(folder)
+    except StoreError as exc:
+        report.add("fail", str(exc))
+        return report
+    try:
+        report.add("ok", f"format {FORMAT_VERSION}, {store.serializer} serializer, mode {mode:o}")
+        warnings = store._cache.check(fix=fix)
+        for warning in warnings:
+            report.add("warn", f"diskcache: {warning.message}")
+        records = store.list_instances()
+        size = _size(folder)
+        report.add("ok", f"{len(records)} instance(s), {size / 1e6:.1f} MB on disk")
+        now = time.time()
+        for record in records:
+            lease = store.get_lease(record.instance_id)
+            if lease is not None and not holder_alive(lease, now):
+                text = f"{record.instance_id}: its runner is gone ({describe(lease, now)})"
+                if fix:
+                    store.swap_lease(record.instance_id, lease["owner"], None)
+                    text += "; lease released"
+                report.add("warn", text + ("" if fix else "; `doctor --fix` releases it"))
+            if record.status in ("running", "suspended") and (
+                lease is None or not holder_alive(lease, now)
+            ):
+                text = (
+                    f"{record.instance_id} is marked {record.status} but no kernel runs it "
+                    "(it died); rerun its cell to resume"
+                )
+                if fix and record.status == "running":
+                    record.status = "interrupted"
+                    store.put_instance(record)
+                    text += "; marked interrupted"
+                report.add("warn", text)
+        if size > 5e9:
+            report.add(
+                "warn",
+                "the store is larger than 5 GB: `durable-nb purge --status completed "
+                "--older-than 30d` removes old finished instances",
+            )
+    finally:
+        store.close()
+    return report

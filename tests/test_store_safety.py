@@ -1,0 +1,129 @@
+"""Store safety: private folders, refusing folders others can write, JSON without pickle,
+damaged databases, and durable-nb doctor."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+import durable_nb as dn
+from durable_nb.cli import main
+from durable_nb.runtime import Runtime
+from durable_nb.store import DiskCacheStore, InstanceRecord
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    store = DiskCacheStore(tmp_path / "s")
+    store.append("i", [])
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "s" / "cache.db").stat().st_mode) == 0o600
+    store.close()
+
+
+def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(dn.StoreError) as info:
+        DiskCacheStore(folder)
+    message = str(info.value)
+    assert "written by other users" in message and "chmod 700" in message
+    assert "run their code" in message
+
+
+def test_a_folder_others_can_read_is_made_private(tmp_path: Path) -> None:
+    folder = tmp_path / "readable"
+    folder.mkdir()
+    folder.chmod(0o755)
+    DiskCacheStore(folder).close()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_json_serializer_never_pickles_and_refuses_what_json_cannot_hold(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "json"
+    dn.runtime._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(folder, serializer="json"), progress="none")
+    )
+
+    @dn.activity
+    def row(i: int) -> dict[str, int]:
+        return {"i": i}
+
+    @dn.activity
+    def a_set() -> set[int]:
+        return {1}
+
+    @dn.orchestrator
+    def orch(ctx, n):  # type: ignore[no-untyped-def]
+        rows = yield ctx.task_all([ctx.call_activity(row, i) for i in range(n)])
+        return [r["i"] for r in rows]
+
+    @dn.orchestrator
+    def bad(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_activity(a_set))
+
+    assert orch.run(3) == [0, 1, 2]
+    assert orch.run(3) == [0, 1, 2]
+    with pytest.raises(dn.ResultNotStorableError, match="not JSON data"):
+        bad.run()
+    raw = (folder / "cache.db").read_bytes()
+    assert b"\x80\x05" not in raw  # no pickle protocol-5 header anywhere in the database
+    dn.get_runtime().close()
+    with pytest.raises(dn.StoreError, match="json serializer"):
+        DiskCacheStore(folder)
+    dn.runtime._reset_for_tests()
+
+
+def test_a_damaged_database_is_a_clear_error_naming_doctor(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    store = DiskCacheStore(folder)
+    for _ in range(300):
+        store.append("x", [])
+    store.close()
+    for extra in ("cache.db-wal", "cache.db-shm"):
+        (folder / extra).unlink(missing_ok=True)
+    data = bytearray((folder / "cache.db").read_bytes())
+    for i in range(4096, min(len(data), 60000), 7):
+        data[i] = 0xAB
+    (folder / "cache.db").write_bytes(bytes(data))
+    with pytest.raises(dn.StoreError) as info:
+        DiskCacheStore(folder).read_history("x")
+    assert str(folder) in str(info.value) and "doctor" in str(info.value)
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder)], out=out) == 1
+    assert "damaged" in out.getvalue() and ".damaged" in out.getvalue()
+    assert len(out.getvalue().splitlines()) == 1
+
+
+def test_doctor_finds_and_fixes_dead_runners(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    store = DiskCacheStore(folder)
+    store.put_instance(InstanceRecord("lost", "orch", status="running"))
+    dead = {
+        "owner": "x",
+        "pid": 2**22 + 12345,  # no such process
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "heartbeat": time.time(),
+    }
+    assert store.swap_lease("lost", None, dead)
+    store.close()
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder)], out=out) == 0
+    assert "runner is gone" in out.getvalue() and "doctor --fix" in out.getvalue()
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder), "--fix"], out=out) == 0
+    assert "lease released" in out.getvalue() and "marked interrupted" in out.getvalue()
+    store = DiskCacheStore(folder)
+    assert store.get_lease("lost") is None
+    assert store.get_instance("lost").status == "interrupted"  # type: ignore[union-attr]
+    store.close()
+    assert os.path.isdir(folder)
