@@ -252,6 +252,7 @@ class Dispatcher:
 
     def _release(self, attempt: _Attempt) -> None:
         attempt.finished = True
+        attempt.handle = None  # the future's callback refers back: break the cycle
         self._live.discard(attempt)
         if attempt.timer is not None:
             attempt.timer.cancel()

@@ -44,6 +44,10 @@ def _call_pickled(payload: bytes) -> bytes:
     return bytes(cloudpickle.dumps(fn(*args, **kwargs)))
 
 
+def _nothing_to_cancel() -> bool:
+    return False
+
+
 class _RelayFuture(concurrent.futures.Future[Any]):
     """The kernel-side future of work running elsewhere. ``cancel()`` succeeds only if
     the work had not started, so a run that ends keeps (and checkpoints) what runs."""
@@ -58,6 +62,10 @@ class _RelayFuture(concurrent.futures.Future[Any]):
         if not self._cancel_remote():
             return False
         return super().cancel()
+
+    def settle(self) -> None:
+        """Forget the remote work once done: it refers back to this future."""
+        self._cancel_remote = _nothing_to_cancel
 
 
 class ProcessExecutor:
@@ -83,6 +91,7 @@ class ProcessExecutor:
         outer = _RelayFuture(inner.cancel)
 
         def relay(done: concurrent.futures.Future[bytes]) -> None:
+            outer.settle()
             if done.cancelled() or outer.done():
                 return
             error = done.exception()
@@ -131,6 +140,7 @@ class DaskExecutor:
         outer = _RelayFuture(lambda: self._cancel_if_queued(remote))
 
         def relay(done: Any) -> None:
+            outer.settle()
             if outer.done():
                 return
             try:
