@@ -56,10 +56,14 @@ class _RelayFuture(concurrent.futures.Future[Any]):
         super().__init__()
         self._cancel_remote = cancel_remote
 
+    cancelling = False  # set while we cancel it ourselves
+
     def cancel(self) -> bool:
         if self.done():
             return False
+        self.cancelling = True
         if not self._cancel_remote():
+            self.cancelling = False
             return False
         return super().cancel()
 
@@ -126,10 +130,15 @@ class DaskExecutor:
         self._running_at = float("-inf")
 
     def _protect_workers(self) -> None:
+        """Workers ignore SIGINT now, and (through a worker plugin) whenever they are
+        started again: client.restart(), a memory limit, a crash."""
         try:
-            self.client.run(ignore_sigint, on_error="ignore")
-            self.client.run(ignore_sigint, nanny=True, on_error="ignore")
-        except Exception as exc:  # an old distributed without nanny=True, or no workers yet
+            register = getattr(self.client, "register_plugin", None)
+            if register is not None:
+                register(_IgnoreSigint(), name="durable_nb-ignore-sigint")
+            else:  # distributed before 2023.9
+                self.client.register_worker_plugin(_IgnoreSigint(), name="durable_nb-ignore-sigint")
+        except Exception as exc:
             raise DurableNbError(
                 f"could not make the Dask workers ignore the kernel's interrupt ({exc}); "
                 "start the cluster with durable_nb.executors.local_cluster() instead"
@@ -141,10 +150,18 @@ class DaskExecutor:
 
         def relay(done: Any) -> None:
             outer.settle()
-            if outer.done():
+            if outer.done() or outer.cancelling:
                 return
             try:
                 if done.status == "cancelled":
+                    # Not our doing: client.restart() or a lost worker. Fail the attempt,
+                    # so the retry policy decides, instead of waiting forever.
+                    outer.set_exception(
+                        DurableNbError(
+                            "the Dask task was cancelled by the cluster (client.restart(), "
+                            "or its worker was lost); give the activity --retries to rerun it"
+                        )
+                    )
                     return
                 error = done.exception()
                 if error is not None:
@@ -177,6 +194,25 @@ class DaskExecutor:
         return f"<DaskExecutor {self.client.scheduler_info().get('address', '?')}>"
 
 
+def _worker_plugin_base() -> type:
+    try:
+        from distributed.diagnostics.plugin import WorkerPlugin
+
+        return WorkerPlugin  # type: ignore[no-any-return, unused-ignore]
+    except ImportError:  # no distributed: the plugin is never used
+        return object
+
+
+class _IgnoreSigint(_worker_plugin_base()):  # type: ignore[misc]
+    """Runs in every Dask worker process when it starts."""
+
+    def setup(self, worker: Any) -> None:
+        try:
+            ignore_sigint()
+        except ValueError:  # not the main thread: a worker inside the kernel (processes=False)
+            pass
+
+
 def local_cluster(**kwargs: Any) -> Any:
     """A Dask ``Client`` on a new ``LocalCluster`` whose workers ignore SIGINT.
 
@@ -187,8 +223,10 @@ def local_cluster(**kwargs: Any) -> Any:
     from distributed import Client, LocalCluster
 
     kwargs.setdefault("processes", True)
-    kwargs.setdefault("dashboard_address", None)
-    kwargs.setdefault("silence_logs", 40)  # errors only: keep notebook output clean
+    kwargs.setdefault("dashboard_address", ":0")  # a free port: never a port-clash warning
+    # Activity failures are reported by durable_nb; the workers' own error logs would
+    # print into notebook cells.
+    kwargs.setdefault("silence_logs", 50)
     cluster = LocalCluster(**kwargs)  # type: ignore[no-untyped-call, unused-ignore]
     return Client(cluster)  # type: ignore[no-untyped-call, unused-ignore]
 

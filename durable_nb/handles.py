@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,12 +105,23 @@ def unwrap(outcome: Outcome) -> Any:
     return outcome.output
 
 
+def _hidden_dirs() -> tuple[str, ...]:
+    """Our frames, asyncio's, and those of executors' libraries already imported."""
+    hidden = list(_HIDDEN_DIRS)
+    for name in ("distributed", "dask", "cloudpickle"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            hidden.append(str(Path(module.__file__).resolve().parent))  # type: ignore[arg-type]
+    return tuple(hidden)
+
+
 def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """The traceback without durable_nb's and asyncio's own frames."""
+    """The traceback without durable_nb's, asyncio's and executor libraries' frames."""
+    hidden = _hidden_dirs()
     kept: list[types.TracebackType] = []
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith(_HIDDEN_DIRS):
+        if not filename.startswith(hidden):
             kept.append(tb)
         tb = tb.tb_next
     rebuilt: types.TracebackType | None = None
