@@ -34,6 +34,7 @@ from durable_nb.errors import (
     ResultNotStorableError,
     StoreError,
 )
+from durable_nb.execution import SlowOrchestratorWarning
 from durable_nb.handles import InstanceHandle
 from durable_nb.runtime import Runtime, configure, get_runtime
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
@@ -65,6 +66,7 @@ __all__ = [
     "OrchestratorError",
     "ResultNotStorableError",
     "Runtime",
+    "SlowOrchestratorWarning",
     "StoreError",
     "Task",
     "__version__",

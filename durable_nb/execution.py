@@ -17,6 +17,7 @@ import asyncio
 import logging
 import pickle
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,13 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
 POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
 COMPACT_AFTER_CHUNKS = 32
+SLOW_STEP_SECONDS = 1.0
+
+
+class SlowOrchestratorWarning(UserWarning):
+    """An orchestrator step blocked the event loop (time.sleep, I/O in the orchestrator)."""
+
+
 _WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet)
 
 
@@ -107,7 +115,7 @@ class Execution:
     async def run(self) -> Outcome:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._lease.acquire()
+        await self._lease.acquire_waiting(self.runtime.busy_timeout)
         try:
             return await self._run_leased()
         finally:
@@ -136,7 +144,10 @@ class Execution:
             self._set_status("suspended")
         ticker = asyncio.ensure_future(self._tick())
         try:
-            self._apply(self.engine.start(started))
+            began = time.monotonic()
+            step = self.engine.start(started)
+            self._timed("its start", began)
+            self._apply(step)
             while not self.engine.done:
                 if not self._inbox and not self._arrived:
                     self._flush_before_waiting()
@@ -149,7 +160,10 @@ class Execution:
                 self._flush_record()
                 for event in arrived + foreign:
                     self._control(event)
-                self._apply(self.engine.apply(arrived + foreign + seen))
+                began = time.monotonic()
+                step = self.engine.apply(arrived + foreign + seen)
+                self._timed("after a result", began)
+                self._apply(step)
         except (asyncio.CancelledError, KeyboardInterrupt) as exc:  # the kernel's interrupt
             self._end("interrupted", f"{type(exc).__name__}: run stopped before it finished")
             raise
@@ -207,6 +221,19 @@ class Execution:
             self._wake.set()
 
     # ------------------------------------------------------------------ steps
+
+    def _timed(self, what: str, started: float) -> None:
+        """Warn when one step of the orchestrator held the event loop for long: that is
+        time.sleep or real work in the orchestrator, which belongs in an activity."""
+        spent = time.monotonic() - started
+        if spent > SLOW_STEP_SECONDS:
+            warnings.warn(
+                f"orchestrator {self.orchestrator.name!r} (instance {self.instance_id}) held "
+                f"the event loop for {spent:.1f} s in one step ({what}); never time.sleep or "
+                "do I/O in an orchestrator: use ctx.create_timer and activities",
+                SlowOrchestratorWarning,
+                stacklevel=2,
+            )
 
     def _apply(self, step: Step) -> None:
         progress = self.progress

@@ -8,6 +8,7 @@ silent (no heartbeat for ``TTL`` seconds, on any host) is taken over.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 import os
@@ -32,7 +33,11 @@ def _process_exists(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         return True
-    return True
+    try:  # a zombie has exited; only its parent has not collected it yet (Linux)
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def holder_alive(lease: dict[str, Any], now: float, ttl: float = TTL) -> bool:
@@ -73,6 +78,18 @@ class LeaseKeeper:
             "since": self._since,
             "heartbeat": now,
         }
+
+    async def acquire_waiting(self, patience: float) -> None:
+        """Take the lease, waiting up to ``patience`` seconds for a live holder to finish."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.acquire()
+                return
+            except InstanceBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def acquire(self) -> None:
         """Take the lease, or raise InstanceBusyError naming the live holder."""

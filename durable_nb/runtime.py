@@ -48,6 +48,7 @@ class Runtime:
         if executor is not None:
             self.resources.set_executor(executor)
         self.progress_mode = "auto"
+        self.busy_timeout = 0.0  # seconds to wait for another kernel's run of an instance
         self._active: dict[str, asyncio.Task[Outcome]] = {}
         # Threads still running for runs that ended, by (instance, call key).
         self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
@@ -65,8 +66,13 @@ class Runtime:
         progress: str | None = None,
         max_workers: int | None = None,
         max_in_flight: int | None = None,
+        busy_timeout: float | None = None,
     ) -> None:
         """Change where checkpoints live, how activities run and how progress shows."""
+        if busy_timeout is not None:
+            if busy_timeout < 0:
+                raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout}")
+            self.busy_timeout = float(busy_timeout)
         if progress is not None:
             if progress not in PROGRESS_MODES:
                 raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}")
@@ -387,12 +393,14 @@ def configure(
     progress: str | None = None,
     max_workers: int | None = None,
     max_in_flight: int | None = None,
+    busy_timeout: float | None = None,
 ) -> Runtime:
     """Set where checkpoints live (a folder or a store); the default executor for
     synchronous activities ("threads", "processes", any concurrent.futures.Executor or a
     distributed.Client) and named ones for ``%%activity --executor NAME``; the progress
-    display (auto, widget, text, none); the thread count; and the most activity calls
-    in flight at once across the kernel."""
+    display (auto, widget, text, none); the thread count; the most activity calls in
+    flight at once across the kernel; and how long to wait when another kernel is
+    running the same instance (``busy_timeout``, default 0: refuse at once)."""
     runtime = get_runtime()
     runtime.configure(
         store=store,
@@ -401,6 +409,7 @@ def configure(
         progress=progress,
         max_workers=max_workers,
         max_in_flight=max_in_flight,
+        busy_timeout=busy_timeout,
     )
     return runtime
 

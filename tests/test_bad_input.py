@@ -1,0 +1,206 @@
+"""Every mistake a user can make meets a clear message: what happened, where, what to do.
+
+Each case runs through the public API, on a real store, and asserts the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durable_nb as dn
+from durable_nb.runtime import Runtime
+
+
+def run_one(body: Any, *args: Any) -> Any:
+    """Run an orchestrator that calls ``body(ctx)`` once."""
+
+    @dn.orchestrator
+    def orch(ctx):  # type: ignore[no-untyped-def]
+        return (yield from body(ctx))
+
+    return orch.run(*args)
+
+
+def test_unpicklable_result_names_activity_instance_type_and_remedy(rt: Runtime) -> None:
+    @dn.activity
+    def opens_a_lock() -> Any:
+        return threading.Lock()
+
+    with pytest.raises(dn.ResultNotStorableError) as info:
+        run_one(lambda ctx: (yield ctx.call_activity(opens_a_lock)))
+    message = str(info.value)
+    for part in ("'opens_a_lock'", "instance orch-", "lock", "return plain data"):
+        assert part in message, message
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(threading.Lock(), "lock"), ((x for x in ()), "generator"), (lambda: 1, "function")],
+)
+def test_argument_that_cannot_be_fingerprinted(rt: Runtime, value: Any, kind: str) -> None:
+    @dn.activity
+    def takes(x: Any, *, flag: Any = None) -> None:
+        return None
+
+    with pytest.raises(dn.FingerprintError) as info:
+        run_one(lambda ctx: (yield ctx.call_activity(takes, 1, flag=value)))
+    message = str(info.value)
+    assert "'takes'" in message and "keyword argument 'flag'" in message
+    assert kind in message and "Pass plain data" in message
+
+
+def test_plain_function_as_orchestrator() -> None:
+    with pytest.raises(dn.DefinitionError, match=r"generator function .* or an async def"):
+
+        @dn.orchestrator
+        def plain(ctx):  # type: ignore[no-untyped-def]
+            return 1
+
+
+def test_orchestrator_without_ctx() -> None:
+    with pytest.raises(dn.DefinitionError, match=r"def nothing\(ctx, \.\.\.\)"):
+
+        @dn.orchestrator
+        def nothing():  # type: ignore[no-untyped-def]
+            yield
+
+
+def test_yielding_something_that_is_not_a_task(rt: Runtime) -> None:
+    def body(ctx):  # type: ignore[no-untyped-def]
+        yield 42
+
+    with pytest.raises(dn.OrchestratorError, match="waited on 42, which is not a durable task"):
+        run_one(body)
+
+
+def test_asyncio_sleep_and_foreign_awaitables_are_refused(rt: Runtime) -> None:
+    @dn.orchestrator
+    async def sleeper(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.01)
+
+    @dn.orchestrator
+    async def foreign(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.get_running_loop().create_future()
+
+    for orch in (sleeper, foreign):
+        with pytest.raises(dn.OrchestratorError, match=r"not a durable task"):
+            orch.run()
+
+
+def test_time_sleep_in_an_orchestrator_warns_and_does_not_hang(rt: Runtime) -> None:
+    def body(ctx):  # type: ignore[no-untyped-def]
+        time.sleep(1.2)
+        yield ctx.create_timer(0)
+        return "done"
+
+    with pytest.warns(dn.SlowOrchestratorWarning, match="held the event loop for 1.2 s"):
+        assert run_one(body) == "done"
+
+
+@pytest.mark.parametrize("signal_type", [KeyboardInterrupt, SystemExit])
+def test_activity_raising_a_control_exception_is_a_failure(
+    rt: Runtime, signal_type: type[BaseException]
+) -> None:
+    @dn.activity(retries=3, backoff=0.01)
+    def rude() -> None:
+        raise signal_type
+
+    with pytest.raises(dn.DurableNbError, match=f"raised {signal_type.__name__}") as info:
+        run_one(lambda ctx: (yield ctx.call_activity(rude)))
+    assert info.value.durable_attempts == 1  # type: ignore[attr-defined]  # never retried
+
+
+def test_unknown_activity_name(rt: Runtime) -> None:
+    with pytest.raises(dn.ActivityNotFoundError, match="no activity is registered under"):
+        run_one(lambda ctx: (yield ctx.call_activity("not_defined_anywhere")))
+
+
+def test_store_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    dn.runtime._reset_for_tests(lambda: Runtime(store=blocker / "store", progress="none"))
+
+    @dn.orchestrator
+    def orch(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+
+    with pytest.raises(dn.StoreError) as info:
+        orch.run()
+    assert str(blocker) in str(info.value) and "DURABLE_NB_STORE" in str(info.value)
+    dn.runtime._reset_for_tests()
+
+
+def test_strict_mode_non_determinism_through_the_runtime(rt: Runtime) -> None:
+    @dn.activity
+    def a() -> int:
+        return 1
+
+    @dn.activity
+    def b() -> int:
+        return 2
+
+    @dn.orchestrator(strict=True)
+    def first(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.call_activity(a)
+        yield ctx.call_activity(a)
+
+    first.run(instance_id="strict-1")
+
+    @dn.orchestrator(strict=True)
+    def first(ctx):  # type: ignore[no-redef, no-untyped-def]  # edited: a then b
+        yield ctx.call_activity(a)
+        yield ctx.call_activity(b)
+
+    with pytest.raises(dn.NonDeterminismError) as info:
+        first.run(instance_id="strict-1")
+    message = str(info.value)
+    assert "position 1" in message and "'b'" in message and "'a'" in message
+
+
+def test_bad_runtime_settings(rt: Runtime) -> None:
+    with pytest.raises(ValueError, match="progress must be one of"):
+        dn.configure(progress="loud")
+    with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
+        dn.configure(max_in_flight=0)
+    with pytest.raises(dn.DurableNbError, match="unknown executor 'gpu'"):
+        dn.configure(executor="gpu")
+
+    @dn.orchestrator
+    def any_orch(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+
+    with pytest.raises(ValueError, match="instance_id must be a non-empty string"):
+        any_orch.run(instance_id="")
+
+
+def test_busy_instance_waits_when_asked(rt: Runtime) -> None:
+    @dn.orchestrator
+    def single(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+        return "ran"
+
+    iid = single.instance_id_for()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    now = time.time()
+    host = socket.gethostname()
+    lease = {"owner": "other", "pid": holder.pid, "host": host, "since": now, "heartbeat": now}
+    assert rt.store.swap_lease(iid, None, lease)
+    try:
+        with pytest.raises(dn.InstanceBusyError, match=f"pid {holder.pid}"):
+            single.run()
+        dn.configure(busy_timeout=10)
+        started = time.monotonic()
+        assert single.run() == "ran"  # waited for the holder's process to end
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
