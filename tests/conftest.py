@@ -24,3 +24,11 @@ def rt(store_dir: Path) -> Iterator[Runtime]:
     yield runtime
     runtime.close()
     runtime_module._reset_for_tests()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "crash_matrix: SIGKILL-and-resume seeds of tests/test_crash_matrix.py; "
+        "`-m crash_matrix` runs all 20 (3 run by default)",
+    )
