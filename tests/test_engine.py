@@ -6,7 +6,19 @@ import asyncio
 import datetime as dt
 
 import pytest
-from builders import T0, completed, engine, failed, finished, keys, run_to_end, started
+from builders import (
+    T0,
+    LiveRun,
+    completed,
+    engine,
+    failed,
+    finished,
+    keys,
+    raised,
+    run_to_end,
+    started,
+    timer_fired,
+)
 
 from durable_nb import Activity, FingerprintError, NonDeterminismError, OrchestratorError
 from durable_nb.errors import ActivityNotFoundError
@@ -251,6 +263,40 @@ def test_task_any_returns_the_first_finished_task() -> None:
     step = eng.start(started())
     eng.apply([completed(keys(step)[1], 2)])
     assert eng.output == ("fast", 2)
+
+
+def test_task_any_replays_the_winner_history_recorded_first_not_the_first_listed() -> None:
+    def race(ctx):  # type: ignore[no-untyped-def]
+        listed_first = ctx.call_activity(double, 1)
+        approval = ctx.wait_for_external_event("approve")
+        winner = yield ctx.task_any([listed_first, approval])
+        return "activity" if winner is listed_first else "event"
+
+    live = LiveRun(race)
+    (activity_key,) = keys(live.step)
+    # the event came first; the activity finished later and is in history too
+    live.apply(raised("approve", True, T0 + 1))
+    live.apply(completed(activity_key, 2, T0 + 2))
+    assert live.engine.output == "event"
+    replayed, _ = live.replay()
+    assert replayed.output == "event"
+
+
+def test_task_any_built_after_both_children_finished_picks_the_earlier_in_history() -> None:
+    def late_race(ctx):  # type: ignore[no-untyped-def]
+        a = ctx.call_activity(double, 1)
+        b = ctx.call_activity(inc, 1)
+        yield ctx.create_timer(10)  # both finish while the orchestrator waits here
+        winner = yield ctx.task_any([a, b])
+        return "a" if winner is a else "b"
+
+    live = LiveRun(late_race)
+    key_a, key_b = keys(live.step)
+    live.apply(completed(key_b, 2, T0 + 1), completed(key_a, 2, T0 + 2))
+    live.apply(timer_fired("timer#0", T0 + 10))
+    assert live.engine.output == "b"
+    replayed, _ = live.replay()
+    assert replayed.output == "b"
 
 
 # ----------------------------------------------------------------- misuse

@@ -100,7 +100,7 @@ class OrchestrationEngine:
         self._events = EventBook()
         self._position_in_history = 0
         self._run_started = 0.0
-        self._results: dict[str, tuple[Any, float]] = {}
+        self._results: dict[str, tuple[Any, float, int]] = {}  # key -> value, time, position
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._occurrences: dict[str, int] = {}
         self._position = 0
@@ -207,7 +207,7 @@ class OrchestrationEngine:
             value = hit[0]
             if isinstance(value, history.LazyValue):
                 value = value.load()  # a large result, read now that it is needed
-            task._complete(value, hit[1], True)
+            task._complete(value, hit[1], True, hit[2])
             self._step.cached.append(name)
             return False
         self._pending[key] = task
@@ -241,8 +241,9 @@ class OrchestrationEngine:
         key = self._timers.next_key()
         timer = TimerCall(key, *self._fire_time(key, when))
         task = TimerTask(timer)
-        if key in self._timers.fired:
-            task._complete(None, timer.fire_at, True)
+        fired_position = self._timers.fired.get(key)
+        if fired_position is not None:
+            task._complete(None, timer.fire_at, True, fired_position)
         else:
             self._timers.waiting[key] = task
             self._step.timers.append(timer)
@@ -265,9 +266,9 @@ class OrchestrationEngine:
         event = self._events.next_for(name, before=fired_at)
         if event is not None:
             self._events.consume(name)
-            task._complete(event.value, event.timestamp, event.from_history)
+            task._complete(event.value, event.timestamp, event.from_history, event.position)
         elif timer is not None and fired_at is not None:
-            task._fail(self._event_timeout(name, timeout), timer.fire_at)
+            task._fail(self._event_timeout(name, timeout), timer.fire_at, fired_at)
             task.from_history = True
         else:
             self._events.wait(task)
@@ -338,11 +339,11 @@ class OrchestrationEngine:
 
     def _on_completed(self, event: history.TaskCompleted) -> None:
         if self._loading:
-            self._results[event.key] = (event.result, event.timestamp)
+            self._results[event.key] = (event.result, event.timestamp, self._position_in_history)
             return
         task = self._pending.pop(event.key, None)
         if task is not None:
-            task._complete(event.result, event.timestamp, False)
+            task._complete(event.result, event.timestamp, False, self._position_in_history)
 
     def _on_failed(self, event: history.TaskFailed) -> None:
         if self._loading:
@@ -350,7 +351,7 @@ class OrchestrationEngine:
         task = self._pending.pop(event.key, None)
         if task is not None:
             error = event.error or RuntimeError(f"{event.error_type}: {event.message}")
-            task._fail(error, event.timestamp)
+            task._fail(error, event.timestamp, self._position_in_history)
 
     def _on_finished(self, event: history.ExecutionFinished) -> None:
         if event.calls is not None:
@@ -369,9 +370,10 @@ class OrchestrationEngine:
         # it, so the orchestrator sees the same time live and on replay.
         if isinstance(task, EventTask):
             if not task.is_done:
-                task._fail(self._event_timeout(task.name, task.timeout), task.fire_at)
+                error = self._event_timeout(task.name, task.timeout)
+                task._fail(error, task.fire_at, self._position_in_history)
         elif isinstance(task, TimerTask):
-            task._complete(None, task.timer.fire_at, False)
+            task._complete(None, task.timer.fire_at, False, self._position_in_history)
 
     def _on_event_raised(self, event: history.EventRaised) -> None:
         raised = RaisedEvent(event.value, event.timestamp, self._position_in_history, self._loading)
@@ -381,7 +383,7 @@ class OrchestrationEngine:
         waiting = self._events.first_waiting(event.name)
         if waiting is not None:
             self._events.consume(event.name)
-            waiting._complete(event.value, event.timestamp, False)
+            waiting._complete(event.value, event.timestamp, False, self._position_in_history)
 
     def _on_control(self, event: history.ControlRequested) -> None:
         if not self._loading and event.action == "terminate" and not self.done:

@@ -20,7 +20,15 @@ _PENDING, _DONE, _FAILED = 0, 1, 2
 class Task:
     """A value the orchestrator waits for; ``yield task`` or ``await task``."""
 
-    __slots__ = ("_error", "_listeners", "_state", "_value", "finished_at", "from_history")
+    __slots__ = (
+        "_error",
+        "_listeners",
+        "_state",
+        "_value",
+        "finished_at",
+        "from_history",
+        "order",
+    )
 
     def __init__(self) -> None:
         self._state = _PENDING
@@ -30,6 +38,10 @@ class Task:
         # True when the outcome came from a previous run's history (replay).
         self.from_history = False
         self.finished_at = 0.0
+        # Position in the instance's history of the event that finished the task. A race
+        # (task_any) is decided by it, so replay picks the winner that history recorded
+        # first rather than whichever child comes first in the list.
+        self.order = 0
 
     def __await__(self) -> Generator[Task, Any, Any]:
         return (yield self)
@@ -62,17 +74,18 @@ class Task:
             self._listeners = []
         self._listeners.append(parent)
 
-    def _complete(self, value: Any, at: float, from_history: bool) -> None:
+    def _complete(self, value: Any, at: float, from_history: bool, order: int) -> None:
         if self._state != _PENDING:
             return
         self._state, self._value = _DONE, value
-        self.finished_at, self.from_history = at, from_history
+        self.finished_at, self.from_history, self.order = at, from_history, order
         self._notify()
 
-    def _fail(self, error: BaseException, at: float) -> None:
+    def _fail(self, error: BaseException, at: float, order: int) -> None:
         if self._state != _PENDING:
             return
-        self._state, self._error, self.finished_at = _FAILED, error, at
+        self._state, self._error = _FAILED, error
+        self.finished_at, self.order = at, order
         self._notify()
 
     def _notify(self) -> None:
@@ -186,7 +199,7 @@ class WhenAll(Task):
                 child._listen(self)
             elif child.is_failed:
                 assert child._error is not None
-                self._fail(child._error, child.finished_at)
+                self._fail(child._error, child.finished_at, child.order)
                 return
         if self._remaining == 0:
             self._finish()
@@ -194,7 +207,7 @@ class WhenAll(Task):
     def _child_finished(self, child: Task) -> None:
         if child.is_failed:
             assert child._error is not None
-            self._fail(child._error, child.finished_at)
+            self._fail(child._error, child.finished_at, child.order)
             return
         self._remaining -= 1
         if self._remaining == 0:
@@ -203,11 +216,17 @@ class WhenAll(Task):
     def _finish(self) -> None:
         children = self.children
         at = max((c.finished_at for c in children), default=0.0)
-        self._complete([c._value for c in children], at, all(c.from_history for c in children))
+        order = max((c.order for c in children), default=0)
+        from_history = all(c.from_history for c in children)
+        self._complete([c._value for c in children], at, from_history, order)
 
 
 class WhenAny(Task):
-    """Completes with the first child to finish (successfully or not)."""
+    """Completes with the first child to finish (successfully or not).
+
+    "First" means first in history, so a replay hands back the same winner as the
+    live run even when several children are already done when the race is built.
+    """
 
     __slots__ = ("children",)
 
@@ -216,12 +235,16 @@ class WhenAny(Task):
         self.children = list(children)
         if not self.children:
             raise ValueError("ctx.task_any needs at least one task")
-        for child in self.children:
-            if child.is_done:
-                self._child_finished(child)
-                return
+        done = [child for child in self.children if child.is_done]
+        if done:
+            self._child_finished(min(done, key=_history_order))
+            return
         for child in self.children:
             child._listen(self)
 
     def _child_finished(self, child: Task) -> None:
-        self._complete(child, child.finished_at, child.from_history)
+        self._complete(child, child.finished_at, child.from_history, child.order)
+
+
+def _history_order(task: Task) -> int:
+    return task.order
