@@ -11,7 +11,8 @@ from pathlib import Path
 
 from durable_nb.errors import StoreError
 from durable_nb.leases import describe, holder_alive
-from durable_nb.store import FORMAT_VERSION, DiskCacheStore
+from durable_nb.store import FORMAT_VERSION, DiskCacheStore, InstanceRecord
+from durable_nb.store_values import writes_in_progress
 
 
 @dataclass
@@ -41,6 +42,27 @@ def _size(folder: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def _check_files(
+    store: DiskCacheStore, records: list[InstanceRecord], now: float, fix: bool, report: Report
+) -> None:
+    """diskcache's check of rows against files. Its fix deletes files no row names, which
+    would destroy a write in progress, so it only runs while no kernel uses the store."""
+    live = [
+        record.instance_id
+        for record in records
+        if (lease := store.get_lease(record.instance_id)) is not None and holder_alive(lease, now)
+    ]
+    busy = bool(live) or writes_in_progress(store._cache)
+    for warning in store._cache.check(fix=fix and not busy):
+        text = f"diskcache: {warning.message}"
+        if fix and busy:
+            text += (
+                f"; not fixed while a kernel uses the store ({', '.join(live) or 'a write'}): "
+                "stop it, then run `doctor --fix` again"
+            )
+        report.add("warn", text)
 
 
 def diagnose(folder: Path, fix: bool = False) -> Report:
@@ -75,13 +97,11 @@ def diagnose(folder: Path, fix: bool = False) -> Report:
         return report
     try:
         report.add("ok", f"format {FORMAT_VERSION}, {store.serializer} serializer, mode {mode:o}")
-        warnings = store._cache.check(fix=fix)
-        for warning in warnings:
-            report.add("warn", f"diskcache: {warning.message}")
         records = store.list_instances()
+        now = time.time()
+        _check_files(store, records, now, fix, report)
         size = _size(folder)
         report.add("ok", f"{len(records)} instance(s), {size / 1e6:.1f} MB on disk")
-        now = time.time()
         for record in records:
             lease = store.get_lease(record.instance_id)
             if lease is not None and not holder_alive(lease, now):

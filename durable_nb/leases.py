@@ -15,10 +15,12 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from durable_nb.errors import InstanceBusyError
-from durable_nb.store import CheckpointStore
+
+if TYPE_CHECKING:
+    from durable_nb.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,8 @@ HEARTBEAT = 2.0
 TTL = 15.0
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` on this host is running (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +48,7 @@ def holder_alive(lease: dict[str, Any], now: float, ttl: float = TTL) -> bool:
     if now - float(lease.get("heartbeat", 0.0)) > ttl:
         return False  # silent
     if lease.get("host") == socket.gethostname():
-        return _process_exists(int(lease.get("pid", -1)))
+        return process_exists(int(lease.get("pid", -1)))
     return True
 
 

@@ -12,6 +12,9 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
   ``Cache.push``, which allocates keys atomically even across processes. Each
   chunk is a list of encoded events written in one SQLite transaction, so a chunk
   is either wholly there or not at all.
+* ``"h:<digest>:v:<call key>:<random>"``: a large result, in a file of its own.
+* ``"l:<instance id>"``: the lease of the run in progress.
+* ``"w"``: large writes in progress, so a kill mid-write leaves nothing stray.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import logging
 import os
 import pickle
 import stat
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,17 @@ from typing import Any, Protocol
 from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
+from durable_nb.store_values import (
+    CHUNK_FILE_BYTES,
+    LARGE_RESULT_BYTES,
+    JsonValueDisk,
+    LargeRef,
+    StoredValue,
+    ValueDisk,
+    size_of,
+    sweep_intents,
+    write_large,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,58 +55,7 @@ DEFAULT_FOLDER = ".durable_nb"
 
 # diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
 _FIRST_PUSHED = 500_000_000_000_000
-# Results at least this big are stored on their own, streamed to a file, so that
-# checkpointing them holds no second copy in memory and replay reads them only when used.
-LARGE_RESULT_BYTES = 1 << 20
 _RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
-
-
-def _size_of(value: Any) -> int:
-    """A cheap estimate of a value's size for the kinds that get big (arrays, frames, bytes)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value)
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    usage = getattr(value, "memory_usage", None)
-    if callable(usage) and hasattr(value, "columns"):
-        try:
-            return int(usage(index=True, deep=False).sum())
-        except Exception:
-            return 0
-    return 0
-
-
-class _LargeRef:
-    """What a history chunk holds in place of a large result: the key of its value."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_LargeRef, (self.key,))
-
-
-class StoredValue(history.LazyValue):
-    """A large result in a DiskCacheStore, loaded on first use."""
-
-    __slots__ = ("_cache", "_key", "_loaded", "_value")
-
-    def __init__(self, cache: Any, key: str) -> None:
-        self._cache, self._key = cache, key
-        self._loaded, self._value = False, None
-
-    def load(self) -> Any:
-        if not self._loaded:
-            handle = self._cache.get(self._key, read=True, retry=True)
-            if handle is None:
-                raise StoreError(f"the stored result {self._key} is missing from the store")
-            with handle:
-                self._value = pickle.load(handle)
-            self._loaded = True
-        return self._value
 
 
 @dataclass
@@ -180,26 +142,6 @@ class CheckpointStore(Protocol):
 SERIALIZERS = ("pickle", "json")
 
 
-def _json_disk() -> type:
-    """A diskcache Disk that writes values as JSON (keys stay plain strings), for stores
-    that must never unpickle anything."""
-    import diskcache
-
-    class JsonValueDisk(diskcache.Disk):  # type: ignore[misc, unused-ignore]
-        def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-            if not read and not isinstance(value, (str, int, float)):
-                value = json.dumps(value).encode()
-            return super().store(value, read, key=key)
-
-        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-            found = super().fetch(mode, filename, value, read)
-            if not read and isinstance(found, (bytes, bytearray)):
-                return json.loads(found)  # every bytes value here is JSON written above
-            return found
-
-    return JsonValueDisk
-
-
 def _check_private(path: Path) -> None:
     """Refuse a folder others can write to: loading a pickle from it would run their code."""
     info = path.stat()
@@ -240,10 +182,15 @@ class DiskCacheStore:
             # checkpoints once the cache passes its 1 GB size limit.
             # tag_index: an instance's chunks share a tag, so purge and compaction
             # delete them with a few indexed statements.
-            options: dict[str, Any] = {"eviction_policy": "none", "tag_index": True}
-            if serializer == "json":
-                options["disk"] = _json_disk()
-            self._cache = diskcache.Cache(str(path), **options)
+            # disk_min_file_size: history chunks stay in SQLite, all or nothing, so a
+            # kill mid-write leaves no stray file (see store_values).
+            self._cache = diskcache.Cache(
+                str(path),
+                eviction_policy="none",
+                tag_index=True,
+                disk=JsonValueDisk if serializer == "json" else ValueDisk,
+                disk_min_file_size=CHUNK_FILE_BYTES,
+            )
             for name in os.listdir(path):
                 if name.startswith("cache.db"):
                     os.chmod(path / name, 0o600)
@@ -261,6 +208,9 @@ class DiskCacheStore:
                 "aside starts afresh (checkpointed work then runs again)."
             ) from exc
         self._check_format()
+        swept = sweep_intents(self._cache)
+        if swept:
+            logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
 
     def _check_format(self) -> None:
         found = self._cache.get("format")
@@ -307,10 +257,10 @@ class DiskCacheStore:
             json.dumps(row)  # fail here, on this event, with a TypeError naming the type
             return row
         if isinstance(event, (history.TaskCompleted, history.SubOrchestrationCompleted)):
-            if _size_of(event.result) >= LARGE_RESULT_BYTES:
+            if size_of(event.result) >= LARGE_RESULT_BYTES:
                 key = f"{prefix}:v:{event.key}:{uuid.uuid4().hex[:12]}"
-                self._write_large(key, event.result, tag=prefix + ":v")
-                row = (*row[:_RESULT_FIELD], _LargeRef(key), *row[_RESULT_FIELD + 1 :])
+                write_large(self._cache, key, event.result, tag=prefix + ":v")
+                row = (*row[:_RESULT_FIELD], LargeRef(key), *row[_RESULT_FIELD + 1 :])
         return row
 
     def storable(self, value: Any) -> bool:
@@ -323,19 +273,8 @@ class DiskCacheStore:
             return False
         return True
 
-    def _write_large(self, key: str, value: Any, tag: str) -> None:
-        """Stream the pickle to a file, then into the cache: no second copy in memory."""
-        fd, temporary = tempfile.mkstemp(dir=self.location, prefix="large-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
-            with open(temporary, "rb") as source:
-                self._cache.set(key, source, read=True, tag=tag, retry=True)
-        finally:
-            os.unlink(temporary)
-
     def _decode(self, row: tuple[Any, ...]) -> history.Event:
-        if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], _LargeRef):
+        if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], LargeRef):
             stored = StoredValue(self._cache, row[_RESULT_FIELD].key)
             row = (*row[:_RESULT_FIELD], stored, *row[_RESULT_FIELD + 1 :])
         return history.decode(row)

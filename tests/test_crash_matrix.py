@@ -175,31 +175,19 @@ def durable_nb_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# What a SIGKILL in the middle of a file-backed diskcache write leaves behind: the value
-# file is written before its row is committed (see the xfail test at the end).
-CRASH_LEFTOVERS = ("unknown file: ", "empty directory: ")
-
-
-def assert_store_clean(store: Path, crashed: bool = False) -> None:
+def assert_store_clean(store: Path) -> None:
     """diskcache's own consistency check and ``durable-nb doctor``, from other processes
-    than the (closed) kernels. After a crash, stray files of an interrupted diskcache
-    write are tolerated (a known product bug, below); nothing else is."""
+    than the (closed) kernels: no warning of any kind, even after a kill."""
     cache = diskcache.Cache(str(store))
     try:
         warnings = [str(w.message) for w in cache.check()]
     finally:
         cache.close()
-    if crashed:
-        warnings = [w for w in warnings if not w.startswith(CRASH_LEFTOVERS)]
     assert warnings == []
     doctor = durable_nb_cli("doctor", "--store", str(store))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     problems = [
-        line
-        for line in doctor.stdout.splitlines()
-        if line.startswith(("[WARN]", "[FAIL]"))
-        and not (crashed and line.startswith("[WARN] diskcache: ") and "unknown file" in line)
-        and not (crashed and line.startswith("[WARN] diskcache: ") and "empty directory" in line)
+        line for line in doctor.stdout.splitlines() if line.startswith(("[WARN]", "[FAIL]"))
     ]
     assert problems == [], doctor.stdout
 
@@ -339,8 +327,8 @@ def test_sigkill_at_a_seeded_moment_then_resume(tmp_path: Path, seed: int) -> No
     assert records[parent_id]["output"] == EXPECTED
     assert records[children[0]]["status"] == "completed", records[children[0]]
 
-    # d. the store is clean (but for the stray file of a write the kill interrupted)
-    assert_store_clean(store, crashed=True)
+    # d. the store is clean, with no stray file of a write the kill interrupted
+    assert_store_clean(store)
 
 
 # ================================================================ 2. two kernels, one store
@@ -408,14 +396,14 @@ def test_two_kernels_run_different_instances_on_one_store_at_once(tmp_path: Path
     assert_store_clean(store)
 
 
-# ================================================================ 3. known bug
+# ================================================================ 3. kills mid-write
 
-ORPHAN_WRITER = """
+CHUNK_WRITER = """
 import sys, time
 from durable_nb import DiskCacheStore, history
 store = DiskCacheStore(sys.argv[1])
 # The first chunk of a 600-call fan-out: ExecutionStarted and 600 TaskScheduled, about
-# 45 KB pickled, above diskcache's 32 KiB threshold, so diskcache stores it in a file.
+# 45 KB pickled: above diskcache's default 32 KiB file threshold.
 events = [history.TaskScheduled(time.time(), f"work:{'ab' * 20}:{i}", "work") for i in range(600)]
 print("opened", flush=True)
 sys.stdin.readline()
@@ -423,22 +411,15 @@ store.append("instance", events)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a SIGKILL during a file-backed history chunk write leaves an "
-    "orphan .val file in the store (diskcache check: 'unknown file'; doctor WARNs)",
-)
 def test_a_kill_during_a_large_chunk_write_leaves_no_stray_file(tmp_path: Path) -> None:
-    """Deterministic, kernel-free form of what the crash matrix sees now and then.
-
-    The writer appends a large chunk while another process holds the database's write
-    lock for a moment (as a second kernel or the CLI does); diskcache has already
-    written the chunk's value file when it waits for the lock; the writer is killed.
-    """
+    """The writer appends a large chunk while another process holds the database's
+    write lock for a moment (as a second kernel or the CLI does), and is killed while
+    it waits. With diskcache's defaults the chunk's value file was already written by
+    then; chunks are kept inside SQLite, so there is nothing to leave behind."""
     store = tmp_path / "store"
     DiskCacheStore(store).close()
     writer = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_WRITER, str(store)],
+        [sys.executable, "-c", CHUNK_WRITER, str(store)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -450,10 +431,8 @@ def test_a_kill_during_a_large_chunk_write_leaves_no_stray_file(tmp_path: Path) 
         lock.execute("BEGIN IMMEDIATE")  # another writer, for a moment
         writer.stdin.write("go\n")
         writer.stdin.flush()
-        deadline = time.monotonic() + 30
-        while not list(store.glob("*/*/*.val")) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
+        time.sleep(1.0)  # the chunk is encoded and waits for the lock
+        assert writer.poll() is None
         writer.kill()  # the crash, while the chunk waits for the lock
         writer.wait(timeout=10)
     finally:
@@ -463,5 +442,71 @@ def test_a_kill_during_a_large_chunk_write_leaves_no_stray_file(tmp_path: Path) 
         if lock.in_transaction:
             lock.execute("ROLLBACK")
         lock.close()
+    assert [p for p in store.rglob("*") if p.is_file() and not p.name.startswith("cache.db")] == []
     assert history_of(store, "instance") == []  # the chunk itself is rightly lost
+    assert_store_clean(store)
+
+
+# A large result (>= 1 MiB, so it gets a file of its own) whose pickling stops the
+# writer half-way: after 2 MiB of it are in the file, the process kills itself (when
+# STOP is "kill") or sleeps (when STOP is "hang", a live writer mid-write).
+LARGE_WRITER = """
+import os, signal, sys, time
+from durable_nb import DiskCacheStore, history
+
+class Stop:
+    def __reduce__(self):
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        print("writing", flush=True)
+        time.sleep(120)
+        return (Stop, ())
+
+class Big:
+    nbytes = 3 << 20
+    def __reduce__(self):
+        return (tuple, ((b"x" * (2 << 20), Stop()),))
+
+store = DiskCacheStore(sys.argv[1])
+store.append("instance", [history.TaskCompleted(time.time(), "small", "work", 1, 1)])
+store.append("instance", [history.TaskCompleted(time.time(), "big", "work", Big(), 1)])
+"""
+
+
+def stray_files(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*.val") if p.is_file()]
+
+
+def test_a_kill_during_a_large_result_write_is_swept_on_next_open(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    writer = subprocess.run(
+        [sys.executable, "-c", LARGE_WRITER, str(store), "kill"], timeout=60, check=False
+    )
+    assert writer.returncode == -9  # it died mid-pickle
+    assert [p.stat().st_size >= 2 << 20 for p in stray_files(store)] == [True]
+    # Opening the store (here through reading the history) sweeps the dead write.
+    events = history_of(store, "instance")
+    assert [e.key for e in events if isinstance(e, history.TaskCompleted)] == ["small"]
+    assert stray_files(store) == []
+    assert_store_clean(store)
+
+
+def test_a_live_writers_file_is_never_swept(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LARGE_WRITER, str(store), "hang"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "writing"
+        (half_written,) = stray_files(store)
+        DiskCacheStore(store).close()  # another process opens the store meanwhile
+        assert half_written.exists()  # its writer is alive: the file is not stray yet
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    DiskCacheStore(store).close()
+    assert not half_written.exists()
     assert_store_clean(store)

@@ -127,3 +127,35 @@ def test_doctor_finds_and_fixes_dead_runners(tmp_path: Path) -> None:
     assert store.get_instance("lost").status == "interrupted"  # type: ignore[union-attr]
     store.close()
     assert os.path.isdir(folder)
+
+
+def test_doctor_fix_leaves_unknown_files_alone_while_a_kernel_uses_the_store(
+    tmp_path: Path,
+) -> None:
+    """diskcache's fix deletes files no row names; during a live run such a file may be a
+    large result being written, so doctor only fixes once no runner holds a lease."""
+    folder = tmp_path / "s"
+    store = DiskCacheStore(folder)
+    store.put_instance(InstanceRecord("busy", "orch", status="running"))
+    live = {
+        "owner": "me",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "heartbeat": time.time(),
+    }
+    assert store.swap_lease("busy", None, live)
+    store.close()
+    unknown = folder / "ab" / "cd" / "0123456789abcdef.val"
+    unknown.parent.mkdir(parents=True)
+    unknown.write_bytes(b"half a result")
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder), "--fix"], out=out) == 0
+    assert "unknown file" in out.getvalue() and "not fixed while a kernel uses" in out.getvalue()
+    assert unknown.exists()
+    store = DiskCacheStore(folder)
+    assert store.swap_lease("busy", "me", None)
+    store.close()
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder), "--fix"], out=out) == 0
+    assert not unknown.exists(), out.getvalue()

@@ -1,0 +1,209 @@
+"""How a :class:`~durable_nb.store.DiskCacheStore` puts values on disk.
+
+Two concerns live here, below the store's keys and chunks:
+
+* **Nothing stray after a kill.** diskcache writes a file-backed value's file
+  first and commits its row after, so a SIGKILL in between leaves a file no row
+  names ("unknown file" in ``Cache.check``). History chunks therefore stay inside
+  SQLite (see ``CHUNK_FILE_BYTES``) where a transaction makes them all or nothing.
+  Large results must be files, so each one is written under an *intent*: before
+  the file, the writer records the result's key, its file and its own pid in one
+  small SQLite row; after the row of the result is in, the intent is dropped.
+  :func:`sweep_intents` deletes the files of intents whose writer died before
+  finishing. An intent of a live process is never touched, so a sweep cannot race
+  a write in progress.
+* **Large results streamed.** A result of ``LARGE_RESULT_BYTES`` or more is
+  pickled straight into its own file (no second copy in memory) and loaded only
+  when the orchestrator uses it (:class:`StoredValue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import socket
+import time
+import uuid
+from typing import Any
+
+import diskcache
+
+from durable_nb import history
+from durable_nb.errors import StoreError
+from durable_nb.fingerprint import digest_bytes
+from durable_nb.leases import process_exists
+
+# Results at least this big are stored on their own, streamed to a file, so that
+# checkpointing them holds no second copy in memory and replay reads them only when used.
+LARGE_RESULT_BYTES = 1 << 20
+# Chunks up to this size stay in SQLite, written in one transaction. Only a chunk of
+# hundreds of megabytes (a huge batch of results just under LARGE_RESULT_BYTES each)
+# becomes a file, with the stray-file risk above; `durable-nb doctor --fix` clears it.
+CHUNK_FILE_BYTES = 256 << 20
+_INTENTS = "w"  # the key of the table of large writes in progress
+# An intent from another host cannot be checked by pid; after this long it is stale.
+_FOREIGN_INTENT_SECONDS = 24 * 3600
+
+
+def size_of(value: Any) -> int:
+    """A cheap estimate of a value's size for the kinds that get big (arrays, frames, bytes)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)
+    if callable(usage) and hasattr(value, "columns"):
+        try:
+            return int(usage(index=True, deep=False).sum())
+        except Exception:
+            return 0
+    return 0
+
+
+class LargeRef:
+    """What a history chunk holds in place of a large result: the key of its value."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LargeRef, (self.key,))
+
+
+class StoredValue(history.LazyValue):
+    """A large result in a DiskCacheStore, loaded on first use."""
+
+    __slots__ = ("_cache", "_key", "_loaded", "_value")
+
+    def __init__(self, cache: Any, key: str) -> None:
+        self._cache, self._key = cache, key
+        self._loaded, self._value = False, None
+
+    def load(self) -> Any:
+        if not self._loaded:
+            handle = self._cache.get(self._key, read=True, retry=True)
+            if handle is None:
+                raise StoreError(f"the stored result {self._key} is missing from the store")
+            with handle:
+                self._value = pickle.load(handle)
+            self._loaded = True
+        return self._value
+
+
+class _Streamed:
+    """A value for :class:`ValueDisk` to pickle straight into its own file."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def large_filename(key: str) -> str:
+    """The file of a large result: fixed by its key, so an intent can name it up front."""
+    name = digest_bytes(key.encode())[:32]
+    return os.path.join(name[:2], name[2:4], name[4:] + ".val")
+
+
+class ValueDisk(diskcache.Disk):  # type: ignore[misc, unused-ignore]
+    """diskcache's Disk, plus large results pickled into a file named by their key."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not isinstance(value, _Streamed):
+            return super().store(value, read, key=key)
+        filename = large_filename(key)
+        full_path = os.path.join(self._directory, filename)
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(full_path))
+        with open(full_path, "wb") as out:
+            pickle.dump(value.value, out, protocol=pickle.HIGHEST_PROTOCOL)
+        return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
+
+
+class JsonValueDisk(ValueDisk):
+    """Values as JSON (keys stay plain strings), for stores that must never unpickle."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not read and not isinstance(value, (str, int, float, _Streamed)):
+            value = json.dumps(value).encode()
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        found = super().fetch(mode, filename, value, read)
+        if not read and isinstance(found, (bytes, bytearray)):
+            return json.loads(found)  # every bytes value here is JSON written above
+        return found
+
+
+def write_large(cache: Any, key: str, value: Any, tag: str) -> None:
+    """Store ``value`` in its own file under ``key``, leaving nothing stray if killed."""
+    intent = uuid.uuid4().hex
+    _edit_intents(cache, lambda table: table.__setitem__(intent, _intent(key)))
+    try:
+        cache.set(key, _Streamed(value), tag=tag, retry=True)
+    except BaseException:
+        # diskcache removes the file when its own transaction fails; when pickling
+        # failed, the half-written file is ours to remove.
+        if key not in cache:
+            cache.disk.remove(large_filename(key))
+        raise
+    finally:
+        _edit_intents(cache, lambda table: table.pop(intent, None))
+
+
+def _intent(key: str) -> dict[str, Any]:
+    return {"key": key, "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
+
+
+def _edit_intents(cache: Any, edit: Any) -> None:
+    with cache.transact(retry=True):
+        table = cache.get(_INTENTS, default={})
+        edit(table)
+        if table:
+            cache.set(_INTENTS, table)
+        else:
+            cache.delete(_INTENTS)
+
+
+def _writer_gone(intent: dict[str, Any], now: float) -> bool:
+    if intent.get("host") == socket.gethostname():
+        return not process_exists(int(intent.get("pid", 0)))
+    return now - float(intent.get("at", now)) > _FOREIGN_INTENT_SECONDS
+
+
+def writes_in_progress(cache: Any) -> bool:
+    """Whether some process is writing a large result right now."""
+    return bool(cache.get(_INTENTS, default=None, retry=True))
+
+
+def sweep_intents(cache: Any) -> list[str]:
+    """Remove the files of large writes whose writer died mid-write; returns their keys.
+
+    Cheap when there is nothing to do (one read of a small row), so every store open
+    calls it.
+    """
+    table = cache.get(_INTENTS, default=None, retry=True)
+    if not table:
+        return []
+    now = time.time()
+    swept: list[str] = []
+    with cache.transact(retry=True):
+        table = cache.get(_INTENTS, default={})
+        for intent_id, intent in list(table.items()):
+            if not _writer_gone(intent, now):
+                continue
+            key = intent["key"]
+            if key not in cache:  # the row never made it: the file, if any, is stray
+                cache.disk.remove(large_filename(key))  # and its emptied folders
+                swept.append(key)
+            del table[intent_id]
+        if table:
+            cache.set(_INTENTS, table)
+        else:
+            cache.delete(_INTENTS)
+    return swept
