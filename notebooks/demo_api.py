@@ -13,15 +13,15 @@ requests served, which shows what a cached rerun did not have to ask for.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from local_server import LocalJsonServer
 
-class DemoApi:
+
+class DemoApi(LocalJsonServer):
     def __init__(
         self,
         org: str = "octo-org",
@@ -30,6 +30,7 @@ class DemoApi:
         flaky_every: int = 13,
         seed: int = 7,
     ) -> None:
+        super().__init__()
         self.org = org
         self.latency = latency
         self.names = [f"repo-{i:02d}" for i in range(repos)]
@@ -40,42 +41,8 @@ class DemoApi:
         self.failures_served = 0
         self._seen: set[str] = set()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the API first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> DemoApi:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = api._answer(self.path)
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep the notebook's output clean
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _answer(self, path: str) -> tuple[int, Any]:
+    def answer(self, path: str) -> tuple[int, Any]:
         time.sleep(self.latency)
         with self._lock:
             self.requests += 1
