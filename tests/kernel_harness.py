@@ -12,6 +12,10 @@ The kernel is ipykernel's own ``python3`` spec, whose ``python`` argv entry
 jupyter_client replaces with ``sys.executable``; the first cell of every session
 checks that the kernel really runs this interpreter. Kernels are always shut down
 on leaving the ``with`` block, even when the test fails.
+
+The end of the file holds the helpers the real-kernel test files share: defining
+cells, reading side-effect files, waiting, the store and the ``durable-nb`` CLI as
+another process sees them.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import os
 import queue
 import re
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_client import KernelManager
+from jupyter_client.manager import KernelManager
+
+from durable_nb import history
+from durable_nb.store import DiskCacheStore
 
 STORE_ENV = "DURABLE_NB_STORE"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -342,3 +352,108 @@ def send_comm_msg(k: KernelSession, comm_id: str, data: dict[str, Any]) -> None:
 def click_button(k: KernelSession, comm_id: str) -> None:
     """What the frontend sends when an ipywidgets Button is clicked."""
     send_comm_msg(k, comm_id, {"method": "custom", "content": {"event": "click"}})
+
+
+# ---------------------------------------------------------------- shared test helpers
+# (what the real-kernel test files have in common)
+
+CELL_TIMEOUT = 60.0  # generous for a loaded 2-core machine; cells normally take < 1 s
+
+
+def define(k: KernelSession, *cells: str, timeout: float = CELL_TIMEOUT) -> None:
+    """Run a test's definition cells in order, so a broken one fails the test at once."""
+    for cell in cells:
+        k.run(cell, timeout=timeout)
+
+
+def fan_cell(activity: str, name: str = "fan") -> str:
+    """The fan-out orchestrator ``name(ctx, n)`` most tests run: ``n`` calls, summed."""
+    return f"""
+%%orchestrator
+def {name}(ctx, n):
+    results = yield ctx.task_all([ctx.call_activity({activity}, i) for i in range(n)])
+    return sum(results)
+"""
+
+
+def record_of(k: KernelSession, instance_id: str, timeout: float = CELL_TIMEOUT) -> dict[str, Any]:
+    """The InstanceRecord of ``instance_id`` as the kernel's own store sees it."""
+    record = k.eval(
+        f"durable_nb.get_runtime().store.get_instance({instance_id!r}).to_dict()",
+        timeout=timeout,
+    )
+    assert isinstance(record, dict)
+    return record
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a side-effect file but a last one still being written (not a call yet)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
+def read_indices(path: Path) -> list[int]:
+    """The integers written to a side-effect file, in file order (complete lines only)."""
+    return [int(line) for line in complete_lines(path)]
+
+
+def wait_for_lines(
+    k: KernelSession,
+    msg_id: str,
+    path: Path,
+    count: int,
+    timeout: float = CELL_TIMEOUT,
+    pause: float = 0.005,
+) -> None:
+    """Poll ``path`` until it has ``count`` lines; fail at once if the cell ends first."""
+    deadline = time.monotonic() + timeout
+    while len(complete_lines(path)) < count:
+        cell = k.peek(msg_id)
+        if cell.done:
+            raise AssertionError(
+                f"the cell ended before {path.name} had {count} lines "
+                f"({len(complete_lines(path))})\n{cell.describe()}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{path.name} had {len(complete_lines(path))} lines after {timeout:g} s, "
+                f"not {count}\n{cell.describe()}"
+            )
+        time.sleep(pause)
+
+
+def poll(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.01) -> None:
+    """Wait for what another process brings about, failing with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(pause)
+
+
+@contextmanager
+def opened(store: Path) -> Iterator[DiskCacheStore]:
+    """The store as another process (this one) sees it, closed afterwards."""
+    opened_store = DiskCacheStore(store)
+    try:
+        yield opened_store
+    finally:
+        opened_store.close()
+
+
+def history_of(store: Path, instance_id: str) -> list[history.Event]:
+    """The instance's history read by this process, not by the kernel that wrote it."""
+    with opened(store) as s:
+        return s.read_history(instance_id)
+
+
+def durable_nb_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``durable-nb`` command line, in another process, as a user would run it."""
+    script = Path(sys.executable).with_name("durable-nb")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "durable_nb.cli"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, check=False
+    )

@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 try:
-    from kernel_harness import CellResult, KernelSession
+    from kernel_harness import (
+        CELL_TIMEOUT,
+        CellResult,
+        KernelSession,
+        define,
+        fan_cell,
+        read_indices,
+        record_of,
+        wait_for_lines,
+    )
 except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.kernel_harness import CellResult, KernelSession
+    from tests.kernel_harness import (
+        CELL_TIMEOUT,
+        CellResult,
+        KernelSession,
+        define,
+        fan_cell,
+        read_indices,
+        record_of,
+        wait_for_lines,
+    )
 
 pytestmark = pytest.mark.kernel
-
-CELL_TIMEOUT = 60.0  # generous for a loaded 2-core machine; cells normally take < 1 s
 
 # ---------------------------------------------------------------------- cells
 
@@ -48,69 +63,14 @@ def append_line(path, value):
 """
 
 
-def fan_cell(activity: str, name: str = "fan") -> str:
+def recording_activity(name: str, path: str, factor: int = 2, options: str = "") -> str:
+    """The plain activity most tests edit or rerun: it records its input, returns a multiple."""
     return f"""
-%%orchestrator
-def {name}(ctx, n):
-    results = yield ctx.task_all([ctx.call_activity({activity}, i) for i in range(n)])
-    return sum(results)
+{f"%%activity {options}".rstrip()}
+def {name}(i):
+    append_line("{path}", i)
+    return i * {factor}
 """
-
-
-def define(k: KernelSession, *cells: str) -> None:
-    for cell in cells:
-        k.run(cell, timeout=CELL_TIMEOUT)
-
-
-def record_of(k: KernelSession, instance_id: str) -> dict:
-    """The InstanceRecord of ``instance_id`` as the kernel's store sees it."""
-    record = k.eval(
-        f"durable_nb.get_runtime().store.get_instance({instance_id!r}).to_dict()",
-        timeout=CELL_TIMEOUT,
-    )
-    assert isinstance(record, dict)
-    return record
-
-
-# --------------------------------------------------------------- side effects
-
-
-def read_indices(path: Path) -> list[int]:
-    """The integers written to a side-effect file, in file order (complete lines only)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    complete = text[: text.rfind("\n") + 1]
-    return [int(line) for line in complete.splitlines()]
-
-
-def wait_for_lines(
-    k: KernelSession, msg_id: str, path: Path, count: int, timeout: float = CELL_TIMEOUT
-) -> None:
-    """Poll ``path`` until it has ``count`` lines; fail at once if the cell ends first."""
-    deadline = time.monotonic() + timeout
-    while len(read_indices(path)) < count:
-        cell = k.peek(msg_id)
-        if cell.done:
-            raise AssertionError(
-                f"the cell ended before {path.name} had {count} lines "
-                f"({len(read_indices(path))})\n{cell.describe()}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{path.name} had {len(read_indices(path))} lines after {timeout:g} s, "
-                f"not {count}\n{cell.describe()}"
-            )
-        time.sleep(0.002)
-
-
-def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 # ================================================================ a. kill
