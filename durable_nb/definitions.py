@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from durable_nb.errors import ActivityNotFoundError, DefinitionError
+from durable_nb.errors import ActivityNotFoundError, DefinitionError, ResultNotStorableError
 from durable_nb.fingerprint import arguments_digest, function_digest
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ class ActivityOptions:
         """Whether a failed ``attempt`` gets another, under this policy."""
         if attempt >= self.max_attempts or not isinstance(error, Exception):
             return False
+        if isinstance(error, ResultNotStorableError):
+            return False  # the same result would be refused again
         if self.no_retry_on and isinstance(error, self.no_retry_on):
             return False
         if not isinstance(error, self.retry_on):

@@ -16,11 +16,12 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import re
 import signal
 import time
 from typing import Any, Protocol
 
-from durable_nb.errors import DurableNbError
+from durable_nb.errors import DurableNbError, ResultNotStorableError
 
 
 class ActivityExecutor(Protocol):
@@ -36,12 +37,27 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def unsendable_result(fn: Any, type_name: str, why: object) -> ResultNotStorableError:
+    """The error for a result that cannot travel back from a worker process."""
+    name = getattr(fn, "__name__", repr(fn))
+    return ResultNotStorableError(
+        f"activity {name!r} returned a {type_name}, which cannot be sent back from its "
+        f"worker process ({why}); return plain data (numbers, strings, lists, dicts, "
+        "arrays, DataFrames), or run this activity on threads (configure(executors=...) "
+        "and %%activity --executor NAME)"
+    )
+
+
 def _call_pickled(payload: bytes) -> bytes:
     """In a worker process: run a cloudpickled call and cloudpickle its result."""
     import cloudpickle
 
     fn, args, kwargs = cloudpickle.loads(payload)
-    return bytes(cloudpickle.dumps(fn(*args, **kwargs)))
+    result = fn(*args, **kwargs)
+    try:
+        return bytes(cloudpickle.dumps(result))
+    except Exception as exc:
+        raise unsendable_result(fn, type(result).__qualname__, exc) from None
 
 
 def _nothing_to_cancel() -> bool:
@@ -165,12 +181,12 @@ class DaskExecutor:
                     return
                 error = done.exception()
                 if error is not None:
-                    outer.set_exception(error)
+                    outer.set_exception(_unsendable_on_dask(fn, error) or error)
                 else:
                     outer.set_result(done.result())
-            except Exception as exc:  # the scheduler went away, a result that won't load
+            except Exception as exc:  # the scheduler went away, a result that won't travel
                 if not outer.done():
-                    outer.set_exception(exc)
+                    outer.set_exception(_unsendable_on_dask(fn, exc) or exc)
 
         remote.add_done_callback(relay)
         return outer
@@ -192,6 +208,18 @@ class DaskExecutor:
 
     def __repr__(self) -> str:
         return f"<DaskExecutor {self.client.scheduler_info().get('address', '?')}>"
+
+
+_DASK_UNSERIALIZABLE = re.compile(r"Could not serialize object of type (\S+)")
+
+
+def _unsendable_on_dask(fn: Any, error: BaseException) -> ResultNotStorableError | None:
+    """Dask's own error for a result it cannot serialize, in durable_nb's words."""
+    found = _DASK_UNSERIALIZABLE.match(str(error)) if isinstance(error, TypeError) else None
+    if found is None:
+        return None
+    cause = str(error).splitlines()[-1] if "\n" in str(error) else str(error)
+    return unsendable_result(fn, found.group(1), cause)
 
 
 def _worker_plugin_base() -> type:

@@ -98,6 +98,41 @@ def test_results_failures_and_retries_are_the_same_on_every_executor(
     runtime.close()
 
 
+@pytest.mark.parametrize("kind", ["processes", "dask"])
+def test_a_result_that_cannot_travel_back_is_a_clear_failure_without_retries(
+    kind: str, tmp_path: Path, store_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    executor: Any = kind
+    if kind == "dask":
+        executor = request.getfixturevalue("dask_client")
+    runtime = dn.runtime._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
+    )
+    attempts = tmp_path / "attempts.txt"
+
+    def opens_a_lock() -> Any:
+        import threading
+
+        with open(attempts, "a") as f:
+            f.write("attempt\n")
+        return threading.Lock()
+
+    work = dn.activity(retries=3, backoff=0.01)(opens_a_lock)
+
+    @dn.orchestrator
+    def orch(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_activity(work))
+
+    with pytest.raises(dn.ResultNotStorableError) as info:
+        orch.run()
+    message = str(info.value)
+    for part in ("'opens_a_lock'", "a lock", "cannot be sent back", "return plain data"):
+        assert part in message, message
+    assert info.value.durable_instance.startswith("orch-")  # type: ignore[attr-defined]
+    assert attempts.read_text().splitlines() == ["attempt"]  # retrying cannot help
+    runtime.close()
+
+
 def test_process_executor_runs_cell_defined_functions_and_returns_arrays(
     rt: Runtime, tmp_path: Path
 ) -> None:
