@@ -377,7 +377,7 @@ def {name}(ctx, n):
 
 
 def record_of(k: KernelSession, instance_id: str, timeout: float = CELL_TIMEOUT) -> dict[str, Any]:
-    """The InstanceRecord of ``instance_id`` as the kernel's own store sees it."""
+    """The InstanceRecord of ``instance_id`` as the kernel's own store sees it (its counts)."""
     record = k.eval(
         f"durable_nb.get_runtime().store.get_instance({instance_id!r}).to_dict()",
         timeout=timeout,
@@ -396,7 +396,7 @@ def complete_lines(path: Path) -> list[str]:
 
 
 def read_indices(path: Path) -> list[int]:
-    """The integers written to a side-effect file, in file order (complete lines only)."""
+    """The integers in a side-effect file, in file order: which calls ran, and how often."""
     return [int(line) for line in complete_lines(path)]
 
 
@@ -408,7 +408,7 @@ def wait_for_lines(
     timeout: float = CELL_TIMEOUT,
     pause: float = 0.005,
 ) -> None:
-    """Poll ``path`` until it has ``count`` lines; fail at once if the cell ends first."""
+    """Wait for ``count`` lines in ``path``, to act mid-run; fail at once if the cell ends."""
     deadline = time.monotonic() + timeout
     while len(complete_lines(path)) < count:
         cell = k.peek(msg_id)

@@ -42,14 +42,10 @@ from typing import Any
 
 import diskcache
 import pytest
+from kernel_harness import KernelSession, define, durable_nb_cli, history_of, read_indices
 
 from durable_nb import history
 from durable_nb.store import DiskCacheStore
-
-try:
-    from kernel_harness import KernelSession
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.kernel_harness import KernelSession
 
 pytestmark = pytest.mark.kernel
 
@@ -112,34 +108,11 @@ EXPECTED = [
 # ---------------------------------------------------------------------- helpers
 
 
-def define(k: KernelSession, *cells: str) -> None:
-    for cell in cells:
-        k.run(cell, timeout=CELL_TIMEOUT)
-
-
-def read_indices(path: Path) -> list[int]:
-    """The integers written to a side-effect file, in file order (complete lines only)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    complete = text[: text.rfind("\n") + 1]
-    return [int(line) for line in complete.splitlines()]
-
-
 def count_lines(path: Path) -> int:
     try:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
-
-
-def history_of(store: Path, instance_id: str) -> list[history.Event]:
-    opened = DiskCacheStore(store)
-    try:
-        return opened.read_history(instance_id)
-    finally:
-        opened.close()
 
 
 def records_in(store: Path) -> dict[str, dict[str, Any]]:
@@ -164,15 +137,6 @@ def wait_until(k: KernelSession, msg_id: str, predicate: Any, what: str, pause: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{cell.describe()}")
         time.sleep(pause)
-
-
-def durable_nb_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``durable-nb`` command line, in another process."""
-    script = Path(sys.executable).with_name("durable-nb")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "durable_nb.cli"]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def assert_store_clean(store: Path) -> None:
@@ -252,7 +216,7 @@ def test_sigkill_at_a_seeded_moment_then_resume(tmp_path: Path, seed: int) -> No
 
     # ---- kernel 1: run, and SIGKILL it at the planned moment
     with KernelSession(cwd=tmp_path, store=store) as k1:
-        define(k1, *cells)
+        define(k1, *cells, timeout=CELL_TIMEOUT)
         parent_id = k1.eval("pipeline.instance_id_for()")
         running = k1.run_async("result = await pipeline()")
         if plan == TIMER:
@@ -287,7 +251,7 @@ def test_sigkill_at_a_seeded_moment_then_resume(tmp_path: Path, seed: int) -> No
 
     # ---- kernel 2: same store, rerun to completion
     with KernelSession(cwd=tmp_path, store=store) as k2:
-        define(k2, *cells)
+        define(k2, *cells, timeout=CELL_TIMEOUT)
         k2.run("result = await pipeline()", timeout=CELL_TIMEOUT)
         result = k2.eval("result")
 
@@ -355,7 +319,7 @@ def test_two_kernels_run_different_instances_on_one_store_at_once(tmp_path: Path
     ):
         kernels = (k1, k2)
         for k in kernels:
-            define(k, SETUP, WORK, FAN)
+            define(k, SETUP, WORK, FAN, timeout=CELL_TIMEOUT)
         ids = [
             k.eval(f"fan.instance_id_for({base}, {N_FAN})")
             for k, base in zip(kernels, BASES, strict=True)

@@ -20,25 +20,29 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from kernel_harness import (
+    CELL_TIMEOUT,
+    CellResult,
+    KernelSession,
+    complete_lines,
+    define,
+    fan_cell,
+    history_of,
+    poll,
+    record_of,
+    wait_for_lines,
+)
 
 from durable_nb import history
-from durable_nb.store import DiskCacheStore
-
-try:
-    from kernel_harness import CellResult, KernelSession
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.kernel_harness import CellResult, KernelSession
 
 pytestmark = pytest.mark.kernel
 
-CELL_TIMEOUT = 60.0  # generous for a loaded 2-core machine; cells normally take < 1 s
 WORKERS = 2
 
 SETUP = f"""
@@ -72,82 +76,21 @@ def {name}(i):
 """
 
 
-def fan_cell(activity: str, name: str) -> str:
-    return f"""
-%%orchestrator
-def {name}(ctx, n):
-    results = yield ctx.task_all([ctx.call_activity({activity}, i) for i in range(n)])
-    return sum(results)
-"""
-
-
-def define(k: KernelSession, *cells: str) -> None:
-    for cell in cells:
-        k.run(cell, timeout=CELL_TIMEOUT)
-
-
 # ------------------------------------------------------------------ side effects
 
 
 def read_calls(path: Path) -> list[tuple[int, int]]:
     """``(input, pid)`` per line of a side-effect file, in order (complete lines only)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    complete = text[: text.rfind("\n") + 1]
-    return [(int(i), int(pid)) for i, pid in (line.split() for line in complete.splitlines())]
+    return [(int(i), int(pid)) for i, pid in (line.split() for line in complete_lines(path))]
 
 
 def read_indices(path: Path) -> list[int]:
     return [i for i, _ in read_calls(path)]
 
 
-def wait_for_lines(
-    k: KernelSession, msg_id: str, path: Path, count: int, timeout: float = CELL_TIMEOUT
-) -> None:
-    """Poll ``path`` until it has ``count`` lines; fail at once if the cell ends first."""
-    deadline = time.monotonic() + timeout
-    while len(read_calls(path)) < count:
-        cell = k.peek(msg_id)
-        if cell.done:
-            raise AssertionError(
-                f"the cell ended before {path.name} had {count} lines "
-                f"({len(read_calls(path))})\n{cell.describe()}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{path.name} had {len(read_calls(path))} lines after {timeout:g} s, "
-                f"not {count}\n{cell.describe()}"
-            )
-        time.sleep(0.005)
-
-
-def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def completed_in_store(store: Path, instance_id: str) -> int:
     """How many activity results the instance's history holds (read by this process)."""
-    opened = DiskCacheStore(store)
-    try:
-        events = opened.read_history(instance_id)
-    finally:
-        opened.close()
-    return sum(isinstance(e, history.TaskCompleted) for e in events)
-
-
-def record_of(k: KernelSession, instance_id: str) -> dict[str, Any]:
-    record = k.eval(
-        f"durable_nb.get_runtime().store.get_instance({instance_id!r}).to_dict()",
-        timeout=CELL_TIMEOUT,
-    )
-    assert isinstance(record, dict)
-    return record
+    return sum(isinstance(e, history.TaskCompleted) for e in history_of(store, instance_id))
 
 
 def worker_pids(k: KernelSession) -> list[int]:
@@ -352,11 +295,13 @@ def slow(i):
             lambda: k.eval("sum(len(keys) for keys in client.processing().values())") == 0,
             CELL_TIMEOUT,
             "the cluster to finish the calls it was running",
+            pause=0.02,
         )
         poll(
             lambda: completed_in_store(store, instance_id) == len(read_calls(done)),
             10.0,
             "every finished call to be checkpointed",
+            pause=0.02,
         )
         finished = read_indices(done)
         assert running_then <= set(finished), (running_then, finished)
@@ -404,7 +349,7 @@ def step(i):
         # The workers die with their nannies' process (the kernel), or are orphaned:
         # either way none may write once `before` is read.
         end_left_over(dk1.group, set(dk1.workers), grace=10.0)
-        poll(lambda: not left_over(dk1.group, set(dk1.workers)), 5.0, "no process left")
+        poll(lambda: not left_over(dk1.group, set(dk1.workers)), 5.0, "no process left", pause=0.02)
         first_workers = set(dk1.workers)
 
     before = read_indices(effects)
@@ -508,6 +453,7 @@ def test_an_interrupt_starts_at_most_what_the_workers_had_queued(tmp_path: Path)
             lambda: k.eval("sum(len(keys) for keys in client.processing().values())") == 0,
             CELL_TIMEOUT,
             "the cluster to finish the calls it was running",
+            pause=0.02,
         )
         # Calls already handed to a worker's queue count as running on the scheduler, so
         # at most one more per worker starts; every other waiting call was dropped.

@@ -13,29 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-try:
-    from kernel_harness import (
-        CELL_TIMEOUT,
-        CellResult,
-        KernelSession,
-        define,
-        fan_cell,
-        read_indices,
-        record_of,
-        wait_for_lines,
-    )
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.kernel_harness import (
-        CELL_TIMEOUT,
-        CellResult,
-        KernelSession,
-        define,
-        fan_cell,
-        read_indices,
-        record_of,
-        wait_for_lines,
-    )
+from kernel_harness import (
+    CELL_TIMEOUT,
+    CellResult,
+    KernelSession,
+    define,
+    fan_cell,
+    read_indices,
+    record_of,
+    wait_for_lines,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -63,11 +50,15 @@ def append_line(path, value):
 """
 
 
-def recording_activity(name: str, path: str, factor: int = 2, options: str = "") -> str:
-    """The plain activity most tests edit or rerun: it records its input, returns a multiple."""
+def recording_activity(
+    name: str, path: str, factor: int = 2, options: str = "", sleep: float = 0.0
+) -> str:
+    """One template for the plain activities, so an edit shows as the one value it changes."""
+    magic = f"%%activity {options}".rstrip()
+    nap = f"\n    time.sleep({sleep})" if sleep else ""
     return f"""
-{f"%%activity {options}".rstrip()}
-def {name}(i):
+{magic}
+def {name}(i):{nap}
     append_line("{path}", i)
     return i * {factor}
 """
@@ -78,13 +69,9 @@ def {name}(i):
 CONCURRENCY = 8
 N_WORK = 200
 
-WORK = f"""
-%%activity --retries 2 --concurrency {CONCURRENCY}
-def work(i):
-    time.sleep(0.02)
-    append_line("work.txt", i)
-    return i * 2
-"""
+WORK = recording_activity(
+    "work", "work.txt", options=f"--retries 2 --concurrency {CONCURRENCY}", sleep=0.02
+)
 
 
 def test_sigkill_mid_fan_out_resumes_in_a_new_kernel(tmp_path: Path) -> None:
@@ -99,7 +86,7 @@ def test_sigkill_mid_fan_out_resumes_in_a_new_kernel(tmp_path: Path) -> None:
         assert k1.eval("durable_nb.get_runtime().store.location") == str(store.resolve())
         instance_id = k1.eval(f"fan.instance_id_for({N_WORK})")
         running = k1.run_async(f"total = await fan({N_WORK})")
-        wait_for_lines(k1, running, effects, 60)
+        wait_for_lines(k1, running, effects, 60, pause=0.002)
         k1.kill()
         assert not k1.is_alive()
         assert not k1.peek(running).done, "the run finished before the kill"
@@ -145,29 +132,12 @@ def test_sigkill_mid_fan_out_resumes_in_a_new_kernel(tmp_path: Path) -> None:
 
 # ================================================================ b. edit
 
-ACT_A = """
-%%activity
-def act_a(i):
-    append_line("a.txt", i)
-    return i * 2
-"""
+ACT_A = recording_activity("act_a", "a.txt")
+ACT_B = recording_activity("act_b", "b.txt")
+ACT_B_EDITED = recording_activity("act_b", "b.txt", factor=3)
 
-ACT_B = """
-%%activity
-def act_b(i):
-    append_line("b.txt", i)
-    return i * 2
-"""
-
-ACT_B_EDITED = """
-%%activity
-def act_b(i):
-    append_line("b.txt", i)
-    return i * 3
-"""
-
-# Same logic as ACT_A: comments, blank lines, spacing, quotes, redundant
-# parentheses and a docstring only.
+# Same logic as ACT_A (recording_activity's template): comments, blank lines,
+# spacing, quotes, redundant parentheses and a docstring only.
 ACT_A_COSMETIC = """
 %%activity
 def act_a( i ):
@@ -221,12 +191,7 @@ def test_editing_one_activity_reruns_only_that_activity(tmp_path: Path) -> None:
 
 # ================================================================ c. same kernel
 
-WORK_C = """
-%%activity
-def work_c(i):
-    append_line("c.txt", i)
-    return i * 2
-"""
+WORK_C = recording_activity("work_c", "c.txt")
 
 
 def _widget_texts(cell: CellResult) -> list[str]:
@@ -278,13 +243,7 @@ def test_rerun_in_the_same_kernel_is_fully_cached(tmp_path: Path) -> None:
 
 # ================================================================ d. interrupt
 
-SLOW = """
-%%activity --concurrency 4
-def slow(i):
-    time.sleep(0.5)
-    append_line("slow.txt", i)
-    return i * 2
-"""
+SLOW = recording_activity("slow", "slow.txt", options="--concurrency 4", sleep=0.5)
 
 
 def test_interrupt_stops_the_run_and_a_rerun_resumes(tmp_path: Path) -> None:
@@ -297,7 +256,7 @@ def test_interrupt_stops_the_run_and_a_rerun_resumes(tmp_path: Path) -> None:
 
         running = k.run_async("total = await fan(40)")
         # Three waves of 4 take ~1.5 s; interrupt in the middle of the fourth.
-        wait_for_lines(k, running, effects, 12)
+        wait_for_lines(k, running, effects, 12, pause=0.002)
         time.sleep(0.2)
         interrupted_at = time.monotonic()
         k.interrupt()
@@ -425,7 +384,7 @@ def test_concurrency_limit_holds_across_interrupt_and_rerun(tmp_path: Path) -> N
     with KernelSession(cwd=tmp_path) as k:
         define(k, setup_cell(), HOLD, fan_cell("hold"))
         running = k.run_async("await fan(1)")
-        wait_for_lines(k, running, tmp_path / "hold.txt", 1)
+        wait_for_lines(k, running, tmp_path / "hold.txt", 1, pause=0.002)
         k.interrupt()
         assert k.wait(running, timeout=CELL_TIMEOUT).status == "error"
         # Rerun at once, while the interrupted run's call is still in its thread.

@@ -12,27 +12,29 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_harness import (
+    CELL_TIMEOUT,
+    CellResult,
+    KernelSession,
+    click_button,
+    complete_lines,
+    define,
+    durable_nb_cli,
+    history_of,
+    opened,
+    poll,
+    wait_for_lines,
+    widget_models,
+)
 
 from durable_nb import history
-from durable_nb.store import DiskCacheStore
-
-try:
-    from kernel_harness import CellResult, KernelSession, click_button, widget_models
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.kernel_harness import CellResult, KernelSession, click_button, widget_models
 
 pytestmark = pytest.mark.kernel
-
-CELL_TIMEOUT = 60.0  # generous for a loaded 2-core machine; cells normally take < 1 s
 
 # ---------------------------------------------------------------------- helpers
 
@@ -54,61 +56,9 @@ def append_line(path, value):
 """
 
 
-def define(k: KernelSession, *cells: str) -> None:
-    for cell in cells:
-        k.run(cell, timeout=CELL_TIMEOUT)
-
-
 def read_lines(path: Path) -> list[Any]:
     """The JSON values written to a side-effect file, in order (complete lines only)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines()]
-
-
-def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def wait_for_lines(
-    k: KernelSession, msg_id: str, path: Path, count: int, timeout: float = CELL_TIMEOUT
-) -> None:
-    """Poll ``path`` until it has ``count`` lines; fail at once if the cell ends first."""
-    deadline = time.monotonic() + timeout
-    while len(read_lines(path)) < count:
-        cell = k.peek(msg_id)
-        if cell.done:
-            raise AssertionError(
-                f"the cell ended before {path.name} had {count} lines\n{cell.describe()}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{path.name} had {len(read_lines(path))} lines after {timeout:g} s, "
-                f"not {count}\n{cell.describe()}"
-            )
-        time.sleep(0.005)
-
-
-@contextmanager
-def opened(store: Path) -> Iterator[DiskCacheStore]:
-    """The store as another process (this one) sees it, closed afterwards."""
-    opened_store = DiskCacheStore(store)
-    try:
-        yield opened_store
-    finally:
-        opened_store.close()
-
-
-def history_of(store: Path, instance_id: str) -> list[history.Event]:
-    with opened(store) as s:
-        return s.read_history(instance_id)
+    return [json.loads(line) for line in complete_lines(path)]
 
 
 def record_in(store: Path, instance_id: str) -> dict[str, Any]:
@@ -122,15 +72,6 @@ def completed_activities(store: Path, instance_id: str) -> list[str]:
     return [
         e.activity for e in history_of(store, instance_id) if isinstance(e, history.TaskCompleted)
     ]
-
-
-def durable_nb_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``durable-nb`` command line, in another process."""
-    script = Path(sys.executable).with_name("durable-nb")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "durable_nb.cli"]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def wait_until_checkpointed(
