@@ -6,15 +6,16 @@ kernel deaths; :class:`MemoryStore` is for tests and throwaway runs.
 
 Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
 
-* ``"format"``: the store format version (an int).
-* ``"i:<instance id>"``: the instance record (a plain dict).
-* ``"h:<digest of id>-<15 digits>"``: history chunks, appended with
-  ``Cache.push``, which allocates keys atomically even across processes. Each
-  chunk is a list of encoded events written in one SQLite transaction, so a chunk
-  is either wholly there or not at all.
-* ``"h:<digest>:v:<call key>:<random>"``: a large result, in a file of its own.
-* ``"l:<instance id>"``: the lease of the run in progress.
-* ``"w"``: large writes in progress, so a kill mid-write leaves nothing stray.
+* Tables of its own in diskcache's ``cache.db`` (:mod:`durable_nb.tables`):
+  instance records, leases, and history chunks, one stream ``"h:<digest of id>"``
+  per instance. A chunk is a list of encoded events written in one SQLite
+  transaction, so it is either wholly there or not at all.
+* diskcache keys: ``"format"`` (the store format version), ``"serializer"``,
+  ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own) and
+  ``"w"`` (large writes in progress, so a kill mid-write leaves nothing stray).
+
+Format 1 kept records, leases and chunks as diskcache keys; opening such a store
+moves them into the tables.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pickle
 import stat
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +37,6 @@ from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
 from durable_nb.store_values import (
-    CHUNK_FILE_BYTES,
     LARGE_RESULT_BYTES,
     JsonValueDisk,
     LargeRef,
@@ -46,10 +46,11 @@ from durable_nb.store_values import (
     sweep_intents,
     write_large,
 )
+from durable_nb.tables import StoreTables
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORE_ENV = "DURABLE_NB_STORE"
 DEFAULT_FOLDER = ".durable_nb"
 
@@ -173,6 +174,8 @@ class DiskCacheStore:
         if serializer not in SERIALIZERS:
             raise StoreError(f"serializer must be one of {SERIALIZERS}, got {serializer!r}")
         self.serializer = serializer
+        self._dumps: Callable[[Any], bytes] = _json_dumps if serializer == "json" else _pickle_dumps
+        self._loads: Callable[[bytes], Any] = json.loads if serializer == "json" else pickle.loads
         path = Path(directory) if directory is not None else default_location()
         self.location = str(path.resolve())
         try:
@@ -180,17 +183,15 @@ class DiskCacheStore:
             _check_private(path)
             # eviction_policy='none': the default policy would silently evict
             # checkpoints once the cache passes its 1 GB size limit.
-            # tag_index: an instance's chunks share a tag, so purge and compaction
-            # delete them with a few indexed statements.
-            # disk_min_file_size: history chunks stay in SQLite, all or nothing, so a
-            # kill mid-write leaves no stray file (see store_values).
+            # tag_index: an instance's large results share a tag, so purge deletes them
+            # with a few indexed statements.
             self._cache = diskcache.Cache(
                 str(path),
                 eviction_policy="none",
                 tag_index=True,
                 disk=JsonValueDisk if serializer == "json" else ValueDisk,
-                disk_min_file_size=CHUNK_FILE_BYTES,
             )
+            self._tables = StoreTables(os.path.join(self.location, "cache.db"))
             for name in os.listdir(path):
                 if name.startswith("cache.db"):
                     os.chmod(path / name, 0o600)
@@ -228,28 +229,46 @@ class DiskCacheStore:
                 f"the checkpoint store at {self.location} was written with the {stored} "
                 f"serializer; open it with serializer={stored!r}, or use another folder"
             )
+        if found == 1:
+            self._upgrade_from_format_1()
+
+    def _upgrade_from_format_1(self) -> None:
+        """Format 1 kept everything as diskcache keys: records ``i:<id>``, leases
+        ``l:<id>`` and history chunks ``h:<digest>-<15 digits>`` numbered from 500
+        trillion (Cache.push). Copy each into its table, then delete the key: repeating
+        after a crash copies nothing twice."""
+        streams: dict[str, list[tuple[int, str]]] = {}
+        for key in list(self._cache.iterkeys()):
+            if not isinstance(key, str):
+                continue
+            if key.startswith("h:") and ":" not in key[2:]:
+                stream, _, number = key.rpartition("-")
+                streams.setdefault(stream, []).append((int(number) - _FIRST_PUSHED, key))
+            elif key.startswith("i:") and (data := self._cache.get(key)) is not None:
+                self._tables.put_instance(key[2:], self._dumps(data))
+                self._cache.delete(key, retry=True)
+            elif key.startswith("l:"):
+                self._cache.delete(key, retry=True)  # a lease of a run of an older version
+        for stream, keys in streams.items():
+            chunks = [(n, self._dumps(self._cache.get(key) or [])) for n, key in keys]
+            self._tables.insert_chunks(stream, chunks)
+            for _, key in keys:
+                self._cache.delete(key, retry=True)
+        self._cache.set("format", FORMAT_VERSION, retry=True)
+        logger.info("upgraded the store at %s to format %s", self.location, FORMAT_VERSION)
 
     @staticmethod
     def _prefix(instance_id: str) -> str:
-        # A fixed-length hex digest: push() finds its last key by a key range, and
-        # raw ids could be prefixes of each other ("a" and "a-1").
+        # A fixed-length digest: raw ids can hold any character, and the large
+        # results of an instance are tagged "<prefix>:v".
         return "h:" + digest_bytes(instance_id.encode())
 
-    def _chunk_keys(self, instance_id: str) -> Iterator[str]:
-        prefix = self._prefix(instance_id)
-        number = _FIRST_PUSHED
-        while True:
-            key = f"{prefix}-{number:015d}"
-            if key not in self._cache:
-                return
-            yield key
-            number += 1
+    # ------------------------------------------------------------ history
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         prefix = self._prefix(instance_id)
         chunk = [self._encode(prefix, event) for event in events]
-        key = self._cache.push(chunk, prefix=prefix, tag=prefix, retry=True)
-        return int(key.rsplit("-", 1)[1]) - _FIRST_PUSHED
+        return self._tables.append(prefix, self._dumps(chunk))
 
     def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)
@@ -265,111 +284,89 @@ class DiskCacheStore:
 
     def storable(self, value: Any) -> bool:
         try:
-            if self.serializer == "json":
-                json.dumps(value)
-            else:
-                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            self._dumps(value)
         except Exception:
             return False
         return True
 
-    def _decode(self, row: tuple[Any, ...]) -> history.Event:
-        if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], LargeRef):
-            stored = StoredValue(self._cache, row[_RESULT_FIELD].key)
-            row = (*row[:_RESULT_FIELD], stored, *row[_RESULT_FIELD + 1 :])
-        return history.decode(row)
+    def _decode_chunk(self, data: bytes) -> list[history.Event]:
+        events = []
+        for row in self._loads(data):
+            if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], LargeRef):
+                stored = StoredValue(self._cache, row[_RESULT_FIELD].key)
+                row = (*row[:_RESULT_FIELD], stored, *row[_RESULT_FIELD + 1 :])
+            events.append(history.decode(row))
+        return events
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
-        prefix = self._prefix(instance_id)
-        found: list[tuple[int, list[history.Event]]] = []
-        number = start
-        while True:
-            chunk = self._cache.get(f"{prefix}-{number + _FIRST_PUSHED:015d}", retry=True)
-            if chunk is None:
-                return found
-            found.append((number, [self._decode(row) for row in chunk]))
-            number += 1
+        rows = self._tables.read(self._prefix(instance_id), start)
+        return [(number, self._decode_chunk(data)) for number, data in rows]
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
 
     def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
         events: list[history.Event] = []
-        decode = self._decode
-        prefix = self._prefix(instance_id)
-        number = _FIRST_PUSHED
-        while True:
-            chunk = self._cache.get(f"{prefix}-{number:015d}", retry=True)
-            if chunk is None:
-                return events, number - _FIRST_PUSHED
-            events.extend(decode(row) for row in chunk)
-            number += 1
+        rows = self._tables.read(self._prefix(instance_id))
+        for _, data in rows:
+            events.extend(self._decode_chunk(data))
+        return events, (rows[-1][0] + 1 if rows else 0)
 
     def history_chunks(self, instance_id: str) -> int:
-        return sum(1 for _ in self._chunk_keys(instance_id))
+        return self._tables.count(self._prefix(instance_id))
 
     def compact(self, instance_id: str) -> None:
-        prefix = self._prefix(instance_id)
-        with self._cache.transact(retry=True):
-            keys = list(self._chunk_keys(instance_id))
-            if len(keys) <= 1:
-                return
-            merged: list[Any] = []
-            for key in keys:
-                merged.extend(self._cache.get(key) or ())
-            self._cache.evict(prefix)
-            self._cache.push(merged, prefix=prefix, tag=prefix)
+        def merge(chunks: list[bytes]) -> bytes:
+            return self._dumps([row for data in chunks for row in self._loads(data)])
+
+        self._tables.compact(self._prefix(instance_id), merge)
 
     def reset_history(self, record: InstanceRecord) -> None:
-        with self._cache.transact(retry=True):
-            self._cache.evict(self._prefix(record.instance_id))
-            self._cache.evict(self._prefix(record.instance_id) + ":v")
-            self._cache.set("i:" + record.instance_id, record.to_dict())
+        prefix = self._prefix(record.instance_id)
+        self._tables.reset(prefix, record.instance_id, self._dumps(record.to_dict()))
+        self._cache.evict(prefix + ":v", retry=True)  # no history refers to them now
+
+    # ------------------------------------------------------------ instances and leases
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        data = self._tables.get_instance(instance_id)
+        return InstanceRecord.from_dict(self._loads(data)) if data is not None else None
+
+    def put_instance(self, record: InstanceRecord) -> None:
+        self._tables.put_instance(record.instance_id, self._dumps(record.to_dict()))
+
+    def list_instances(self) -> list[InstanceRecord]:
+        records = [InstanceRecord.from_dict(self._loads(data)) for data in self._tables.instances()]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def purge(self, instance_id: str) -> bool:
+        prefix = self._prefix(instance_id)
+        removed = self._tables.purge(prefix, instance_id)
+        self._cache.evict(prefix + ":v", retry=True)
+        return removed
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None:
-        found = self._cache.get("l:" + instance_id, retry=True)
-        return dict(found) if found is not None else None
+        found = self._tables.get_lease(instance_id)
+        return dict(json.loads(found)) if found is not None else None
 
     def swap_lease(
         self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
     ) -> bool:
-        key = "l:" + instance_id
-        with self._cache.transact(retry=True):
-            current = self._cache.get(key)
-            if (current["owner"] if current else None) != expected:
-                return False
-            if lease is None:
-                self._cache.delete(key)
-            else:
-                self._cache.set(key, lease)
-        return True
-
-    def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        data = self._cache.get("i:" + instance_id, retry=True)
-        return InstanceRecord.from_dict(data) if data is not None else None
-
-    def put_instance(self, record: InstanceRecord) -> None:
-        self._cache.set("i:" + record.instance_id, record.to_dict(), retry=True)
-
-    def list_instances(self) -> list[InstanceRecord]:
-        records = []
-        for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith("i:"):
-                data = self._cache.get(key)
-                if data is not None:
-                    records.append(InstanceRecord.from_dict(data))
-        return sorted(records, key=lambda r: r.created_at)
-
-    def purge(self, instance_id: str) -> bool:
-        with self._cache.transact(retry=True):
-            existed = self._cache.delete("i:" + instance_id)
-            removed = self._cache.evict(self._prefix(instance_id))
-            self._cache.evict(self._prefix(instance_id) + ":v")
-            self._cache.delete("l:" + instance_id)
-        return bool(existed or removed)
+        owner = lease["owner"] if lease is not None else None
+        data = json.dumps(lease) if lease is not None else None
+        return self._tables.swap_lease(instance_id, expected, owner, data)
 
     def close(self) -> None:
+        self._tables.close()
         self._cache.close()
+
+
+def _pickle_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
 
 
 class MemoryStore:

@@ -4,11 +4,11 @@ Two concerns live here, below the store's keys and chunks:
 
 * **Nothing stray after a kill.** diskcache writes a file-backed value's file
   first and commits its row after, so a SIGKILL in between leaves a file no row
-  names ("unknown file" in ``Cache.check``). History chunks therefore stay inside
-  SQLite (see ``CHUNK_FILE_BYTES``) where a transaction makes them all or nothing.
-  Large results must be files, so each one is written under an *intent*: before
-  the file, the writer records the result's key, its file and its own pid in one
-  small SQLite row; after the row of the result is in, the intent is dropped.
+  names ("unknown file" in ``Cache.check``). History chunks are rows of the store's
+  own table (:mod:`durable_nb.tables`), all or nothing. Large results must be
+  files, so each one is written under an *intent*: before the file, the writer
+  records the result's key and its own pid in one small SQLite row; once the
+  result's row is in, the intent is dropped.
   :func:`sweep_intents` deletes the files of intents whose writer died before
   finishing. An intent of a live process is never touched, so a sweep cannot race
   a write in progress.
@@ -38,10 +38,6 @@ from durable_nb.leases import process_exists
 # Results at least this big are stored on their own, streamed to a file, so that
 # checkpointing them holds no second copy in memory and replay reads them only when used.
 LARGE_RESULT_BYTES = 1 << 20
-# Chunks up to this size stay in SQLite, written in one transaction. Only a chunk of
-# hundreds of megabytes (a huge batch of results just under LARGE_RESULT_BYTES each)
-# becomes a file, with the stray-file risk above; `durable-nb doctor --fix` clears it.
-CHUNK_FILE_BYTES = 256 << 20
 _INTENTS = "w"  # the key of the table of large writes in progress
 # An intent from another host cannot be checked by pid; after this long it is stale.
 _FOREIGN_INTENT_SECONDS = 24 * 3600

@@ -126,3 +126,59 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     assert again.read_history("i")[0].result == 42  # type: ignore[attr-defined]
     assert again.get_instance("i") is not None
     assert os.listdir(tmp_path / "s")
+
+
+def test_chunk_numbers_from_two_processes_are_distinct_and_dense(tmp_path: Path) -> None:
+    folder = str(tmp_path / "s")
+    DiskCacheStore(folder).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(folder, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = DiskCacheStore(folder)
+    numbers = [number for number, _ in s.read_chunks("shared", 0)]
+    assert numbers == list(range(200))
+    assert s.load_history("shared")[1] == s.history_chunks("shared") == 200
+    s.close()
+
+
+def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Format 1 kept records, leases and history chunks as diskcache keys."""
+    import diskcache
+
+    folder = tmp_path / "s"
+    folder.mkdir(mode=0o700)
+    prefix = DiskCacheStore._prefix("old")
+    with diskcache.Cache(str(folder), eviction_policy="none", tag_index=True) as cache:
+        cache.set("format", 1)
+        cache.set("serializer", "pickle")
+        cache.set("i:old", InstanceRecord("old", "orch", status="completed", output=7).to_dict())
+        cache.set("l:old", {"owner": "gone", "pid": 1, "host": "h", "heartbeat": 0.0})
+        for n in range(3):
+            chunk = [history.encode(completed(f"a/b/c#{n}", n))]
+            cache.push(chunk, prefix=prefix, tag=prefix)
+    s = DiskCacheStore(folder)
+    assert [e.result for e in s.read_history("old")] == [0, 1, 2]  # type: ignore[attr-defined]
+    record = s.get_instance("old")
+    assert record is not None and record.status == "completed" and record.output == 7
+    assert s.get_lease("old") is None
+    assert s.append("old", [completed("a/b/c#3", 3)]) == 3  # numbering goes on
+    assert s._cache.get("format") == 2 and list(s._cache.iterkeys()) == ["format", "serializer"]
+    s.close()
+    reopened = DiskCacheStore(folder)  # nothing left to move: opening again changes nothing
+    assert len(reopened.read_history("old")) == 4
+    reopened.close()
+
+
+def test_a_new_generation_replaces_history_and_record_together(tmp_path: Path) -> None:
+    s = DiskCacheStore(tmp_path / "s")
+    s.append("i", [completed("a/b/c#0", 1)])
+    s.put_instance(InstanceRecord("i", "orch", generation=0, input={"n": 1}))
+    s.reset_history(InstanceRecord("i", "orch", generation=1, input={"n": 2}))
+    assert s.read_history("i") == []
+    record = s.get_instance("i")
+    assert record is not None and record.generation == 1 and record.input == {"n": 2}
+    s.close()

@@ -1,0 +1,203 @@
+"""The store's own SQLite tables: history chunks, instance records and leases.
+
+A sequential orchestration writes once per activity, and every write must be
+durable before the orchestrator sees the result, so the cost of one write is the
+floor of a step. diskcache spends ~70 µs on one (several statements, triggers, its
+own bookkeeping); a plain table takes a chunk in one short transaction (~20 µs),
+reads a whole history back with one indexed query, and lets the writes that must go
+together (a new generation's record with its emptied history; a purge) share one
+transaction.
+
+The tables live in diskcache's ``cache.db``: diskcache leaves tables it does not
+know alone, so the store stays one folder and one database, and diskcache's own
+``check()`` still vouches for it. diskcache keeps what it is good at: large results
+in files, and small settings. Values here are bytes or text; the store chooses the
+serializer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS durable_history (
+        stream TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (stream, n)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS durable_instances (
+        instance_id TEXT PRIMARY KEY, data BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS durable_leases (
+        instance_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data TEXT NOT NULL)""",
+)
+
+
+class StoreTables:
+    """Atomic operations on the three tables, safe across threads and processes."""
+
+    def __init__(self, database: str, timeout: float = 60.0) -> None:
+        self._database = database
+        self._timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        with self._transaction() as connection:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread: a late result is written from a worker thread.
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self._database,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,  # used by its thread only; close() runs anywhere
+            )
+            # WAL is already on (diskcache sets it on the file); NORMAL keeps every
+            # commit through a process crash, like diskcache's own connections.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _query(self, sql: str, *parameters: object) -> list[Any]:
+        return self._connection().execute(sql, parameters).fetchall()
+
+    # ------------------------------------------------------------ history
+
+    def append(self, stream: str, data: bytes) -> int:
+        """Add a chunk after the stream's last one; returns its number (0, 1, ...)."""
+        with self._transaction() as connection:
+            (number,) = connection.execute(
+                "SELECT COALESCE(MAX(n) + 1, 0) FROM durable_history WHERE stream = ?",
+                (stream,),
+            ).fetchone()
+            connection.execute(
+                "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)",
+                (stream, number, data),
+            )
+        return int(number)
+
+    def insert_chunks(self, stream: str, chunks: list[tuple[int, bytes]]) -> None:
+        """Put chunks at given numbers, keeping any already there (for migrations)."""
+        with self._transaction() as connection:
+            connection.executemany(
+                "INSERT OR IGNORE INTO durable_history (stream, n, data) VALUES (?, ?, ?)",
+                [(stream, number, data) for number, data in chunks],
+            )
+
+    def read(self, stream: str, start: int = 0) -> list[tuple[int, bytes]]:
+        """The chunks numbered ``start`` and up, in order."""
+        rows = self._query(
+            "SELECT n, data FROM durable_history WHERE stream = ? AND n >= ? ORDER BY n",
+            stream,
+            start,
+        )
+        return [(int(number), bytes(data)) for number, data in rows]
+
+    def count(self, stream: str) -> int:
+        (row,) = self._query("SELECT COUNT(*) FROM durable_history WHERE stream = ?", stream)
+        return int(row[0])
+
+    def compact(self, stream: str, merge: Callable[[list[bytes]], bytes]) -> None:
+        """Replace the stream's chunks by one, ``merge`` of them all, atomically."""
+        with self._transaction() as connection:
+            rows = connection.execute(
+                "SELECT data FROM durable_history WHERE stream = ? ORDER BY n", (stream,)
+            ).fetchall()
+            if len(rows) <= 1:
+                return
+            merged = merge([bytes(data) for (data,) in rows])
+            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+            connection.execute(
+                "INSERT INTO durable_history (stream, n, data) VALUES (?, 0, ?)", (stream, merged)
+            )
+
+    # ------------------------------------------------------------ instances
+
+    def get_instance(self, instance_id: str) -> bytes | None:
+        rows = self._query("SELECT data FROM durable_instances WHERE instance_id = ?", instance_id)
+        return bytes(rows[0][0]) if rows else None
+
+    def put_instance(self, instance_id: str, data: bytes) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO durable_instances (instance_id, data) VALUES (?, ?)",
+                (instance_id, data),
+            )
+
+    def instances(self) -> list[bytes]:
+        return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
+
+    def reset(self, stream: str, instance_id: str, data: bytes) -> None:
+        """Empty the history and write the record, in one transaction."""
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+            connection.execute(
+                "INSERT OR REPLACE INTO durable_instances (instance_id, data) VALUES (?, ?)",
+                (instance_id, data),
+            )
+
+    def purge(self, stream: str, instance_id: str) -> bool:
+        """Delete the record, history and lease, in one transaction; False if none was there."""
+        removed = 0
+        with self._transaction() as connection:
+            for sql, key in (
+                ("DELETE FROM durable_history WHERE stream = ?", stream),
+                ("DELETE FROM durable_instances WHERE instance_id = ?", instance_id),
+                ("DELETE FROM durable_leases WHERE instance_id = ?", instance_id),
+            ):
+                removed += connection.execute(sql, (key,)).rowcount
+        return removed > 0
+
+    # ------------------------------------------------------------ leases
+
+    def get_lease(self, instance_id: str) -> str | None:
+        rows = self._query("SELECT data FROM durable_leases WHERE instance_id = ?", instance_id)
+        return str(rows[0][0]) if rows else None
+
+    def swap_lease(
+        self, instance_id: str, expected: str | None, owner: str | None, data: str | None
+    ) -> bool:
+        """Compare-and-swap on the lease's owner; ``owner=None`` releases it."""
+        with self._transaction() as connection:
+            rows = connection.execute(
+                "SELECT owner FROM durable_leases WHERE instance_id = ?", (instance_id,)
+            ).fetchall()
+            if (rows[0][0] if rows else None) != expected:
+                return False
+            if owner is None:
+                connection.execute(
+                    "DELETE FROM durable_leases WHERE instance_id = ?", (instance_id,)
+                )
+            else:
+                connection.execute(
+                    "INSERT OR REPLACE INTO durable_leases (instance_id, owner, data) "
+                    "VALUES (?, ?, ?)",
+                    (instance_id, owner, data),
+                )
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+        self._local = threading.local()
