@@ -12,7 +12,6 @@ from pathlib import Path
 from durable_nb.errors import StoreError
 from durable_nb.leases import describe, holder_alive
 from durable_nb.store import FORMAT_VERSION, DiskCacheStore, InstanceRecord
-from durable_nb.store_values import writes_in_progress
 
 
 @dataclass
@@ -54,9 +53,9 @@ def _check_files(
         for record in records
         if (lease := store.get_lease(record.instance_id)) is not None and holder_alive(lease, now)
     ]
-    busy = bool(live) or writes_in_progress(store._cache)
-    for warning in store._cache.check(fix=fix and not busy):
-        text = f"diskcache: {warning.message}"
+    busy = bool(live) or store.writes_in_progress()
+    for warning in store.check_files(fix=fix and not busy):
+        text = f"diskcache: {warning}"
         if fix and busy:
             text += (
                 f"; not fixed while a kernel uses the store ({', '.join(live) or 'a write'}): "

@@ -45,6 +45,7 @@ from durable_nb.store_values import (
     size_of,
     sweep_intents,
     write_large,
+    writes_in_progress,
 )
 from durable_nb.tables import StoreTables
 
@@ -355,6 +356,16 @@ class DiskCacheStore:
         owner = lease["owner"] if lease is not None else None
         data = json.dumps(lease) if lease is not None else None
         return self._tables.swap_lease(instance_id, expected, owner, data)
+
+    def check_files(self, fix: bool) -> list[str]:
+        """diskcache's check of its rows against its files (``fix``: delete files no row
+        names, which would destroy a large write in progress: see
+        :meth:`writes_in_progress`)."""
+        return [str(warning.message) for warning in self._cache.check(fix=fix)]
+
+    def writes_in_progress(self) -> bool:
+        """Whether some live process is writing a large result into this store now."""
+        return writes_in_progress(self._cache)
 
     def close(self) -> None:
         self._tables.close()
