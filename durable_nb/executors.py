@@ -14,11 +14,14 @@ what they run, and the results are kept.
 from __future__ import annotations
 
 import concurrent.futures
+import linecache
 import multiprocessing
 import os
 import re
 import signal
 import time
+import types
+import uuid
 from typing import Any, Protocol
 
 from durable_nb.errors import DurableNbError, ResultNotStorableError
@@ -48,12 +51,51 @@ def unsendable_result(fn: Any, type_name: str, why: object) -> ResultNotStorable
     )
 
 
+_DYNAMIC_CODE = "<dynamic-code>"  # what cloudpickle names the file of code sent by value
+
+
+def source_file(fn: Any) -> str | None:
+    """The file a function's code comes from (a notebook cell's, for cell functions)."""
+    code = getattr(fn, "__code__", None)
+    return code.co_filename if isinstance(code, types.CodeType) else None
+
+
+def cell_source(filename: str | None) -> list[str] | None:
+    """The source lines of a file that exists only in this process's line cache (a
+    notebook cell's), for a worker to format tracebacks with; None for real files."""
+    if not filename or os.path.exists(filename):
+        return None
+    return linecache.getlines(filename) or None
+
+
+def call_from_source(
+    fn: Any, filename: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """In a worker: call ``fn`` after giving its code back the file name that
+    cloudpickle replaced, so a traceback names the cell and the kernel, which has the
+    cell's source, shows the failing line. Arguments travel as one tuple and one dict
+    so that no keyword of the activity is taken for one of the executor's."""
+    code = getattr(fn, "__code__", None)
+    if filename and isinstance(code, types.CodeType) and code.co_filename == _DYNAMIC_CODE:
+        fn.__code__ = _renamed(code, filename)
+    return fn(*args, **kwargs)
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
 def _call_pickled(payload: bytes) -> bytes:
     """In a worker process: run a cloudpickled call and cloudpickle its result."""
     import cloudpickle
 
-    fn, args, kwargs = cloudpickle.loads(payload)
-    result = fn(*args, **kwargs)
+    fn, filename, lines, args, kwargs = cloudpickle.loads(payload)
+    if filename and lines:  # the traceback text is written here, from these lines
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    result = call_from_source(fn, filename, args, kwargs)
     try:
         return bytes(cloudpickle.dumps(result))
     except Exception as exc:
@@ -107,7 +149,9 @@ class ProcessExecutor:
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         import cloudpickle
 
-        inner = self._pool.submit(_call_pickled, cloudpickle.dumps((fn, args, kwargs)))
+        filename = source_file(fn)
+        payload = cloudpickle.dumps((fn, filename, cell_source(filename), args, kwargs))
+        inner = self._pool.submit(_call_pickled, payload)
         outer = _RelayFuture(inner.cancel)
 
         def relay(done: concurrent.futures.Future[bytes]) -> None:
@@ -161,7 +205,11 @@ class DaskExecutor:
             ) from exc
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        remote = self.client.submit(fn, *args, pure=False, **kwargs)
+        # The key names the activity on Dask's dashboard (its prefix before the dash).
+        key = f"{getattr(fn, '__name__', 'activity')}-{uuid.uuid4().hex}"
+        remote = self.client.submit(
+            call_from_source, fn, source_file(fn), args, kwargs, key=key, pure=False
+        )
         outer = _RelayFuture(lambda: self._cancel_if_queued(remote))
 
         def relay(done: Any) -> None:

@@ -133,6 +133,31 @@ def test_a_result_that_cannot_travel_back_is_a_clear_failure_without_retries(
     runtime.close()
 
 
+@pytest.mark.parametrize("kind", ["threads", "processes", "dask"])
+def test_activity_keywords_never_clash_with_the_executors_own(
+    kind: str, store_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    """Dask's submit takes key=, pure=, priority=...; an activity may use those names."""
+    executor: Any = kind
+    if kind == "dask":
+        executor = request.getfixturevalue("dask_client")
+    runtime = dn.runtime._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
+    )
+
+    def label(fn: str, *, key: str, pure: bool, priority: int) -> str:
+        return f"{fn}:{key}:{pure}:{priority}"
+
+    work = dn.activity(label)
+
+    @dn.orchestrator
+    def orch(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_activity(work, "f", key="k", pure=True, priority=7))
+
+    assert orch.run() == "f:k:True:7"
+    runtime.close()
+
+
 def test_process_executor_runs_cell_defined_functions_and_returns_arrays(
     rt: Runtime, tmp_path: Path
 ) -> None:

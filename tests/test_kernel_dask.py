@@ -471,12 +471,6 @@ def failing(i):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: on Dask the activity's frame is 'File <dynamic-code>:N' "
-    "without its source line (cloudpickle sends cell functions by value and renames "
-    "their code's file), so the traceback cannot show the activity's own line",
-)
 def test_failure_traceback_on_dask_points_at_the_activity_line(tmp_path: Path) -> None:
     with dask_kernel(tmp_path) as dk:
         k = dk.k
@@ -488,6 +482,26 @@ def test_failure_traceback_on_dask_points_at_the_activity_line(tmp_path: Path) -
         assert "results = yield ctx.task_all" in traceback, traceback
         assert 'raise ValueError(f"bad input {i}")' in traceback, traceback
         assert "distributed/" not in traceback and "dask/" not in traceback, traceback
+
+
+def test_failure_traceback_on_processes_points_at_the_activity_line(tmp_path: Path) -> None:
+    """The process pool formats the traceback in the worker, which has no file for a
+    notebook cell: the cell's lines travel with the call."""
+    k = KernelSession(cwd=tmp_path, store=tmp_path / "store")
+    with k:
+        define(
+            k,
+            "%load_ext durable_nb\nimport durable_nb\n"
+            "durable_nb.configure(executor='processes', progress='none')",
+            FAILING,
+            fan_cell("failing", "fan"),
+        )
+        cell = k.execute("await fan(5)", timeout=CELL_TIMEOUT, allow_error=True)
+        assert cell.error is not None and cell.error["ename"] == "ValueError", cell.describe()
+        traceback = cell.traceback_text
+        assert "results = yield ctx.task_all" in traceback, traceback
+        assert 'raise ValueError(f"bad input {i}")' in traceback, traceback
+        assert "<dynamic-code>" not in traceback, traceback
 
 
 @contextmanager
