@@ -419,14 +419,7 @@ class Execution:
         if record is not None:
             record.status, record.finished_at, record.updated_at = status, now, now
             record.error = message or None
-            totals = self.progress.totals()
-            record.counts = {
-                "calls": totals.total,
-                "cached": totals.cached,
-                "ran": totals.ran,
-                "failed": totals.failed,
-                "retried": totals.retried,
-            }
+            record.counts = self.progress.totals().counts(live=False)
             record.output = self.engine.output if status == "completed" else None
             self._put_record(record)
         if self.journal.chunks > COMPACT_AFTER_CHUNKS and status != "continued_as_new":

@@ -29,6 +29,14 @@ class ActivityRow:
     def done(self) -> int:
         return self.cached + self.ran + self.failed
 
+    def counts(self, live: bool) -> dict[str, int]:
+        """The counts an instance record keeps; ``live`` adds the calls running now."""
+        counts = {"calls": self.total, "cached": self.cached, "ran": self.ran}
+        if live:
+            counts["running"] = self.running
+        counts.update(failed=self.failed, retried=self.retried)
+        return counts
+
 
 Listener = Callable[["Progress"], None]
 

@@ -336,15 +336,7 @@ class Runtime:
         record = self.store.get_instance(instance_id)
         execution = self._executions.get(instance_id)
         if record is not None and execution is not None:
-            totals = execution.progress.totals()
-            record.counts = {
-                "calls": totals.total,
-                "cached": totals.cached,
-                "ran": totals.ran,
-                "running": totals.running,
-                "failed": totals.failed,
-                "retried": totals.retried,
-            }
+            record.counts = execution.progress.totals().counts(live=True)
         return record
 
 
