@@ -6,6 +6,7 @@ One orchestration of 1,000 activity calls covers every kind of durable step:
     timer     a durable timer of 0.3 s
     stage B   a sub-orchestration fanning out 300 ``work(600+i)``  i in [600, 900)
     stage C   a sequential chain of 100 ``work(900+i)``            i in [900, 1000)
+              (every tenth returns a 1 MiB array: a large result, in a file of its own)
 
 Every ``work(i)`` sleeps 2-5 ms, then appends ``i`` to a side-effect file (one short
 O_APPEND write), then returns ``i * i``; ``--concurrency 16`` bounds the calls in
@@ -73,11 +74,18 @@ def append_line(path, value):
         os.close(fd)
 """
 
+# Every LARGE_EVERY-th call of the chain returns a 1 MiB array instead of an int, so
+# kills also land in the middle of a large result's write (its own file, under intent).
+LARGE_EVERY = 10
+
 WORK = f"""
 %%activity --concurrency {CONCURRENCY}
 def work(i):
     time.sleep(0.002 + (i % 4) * 0.001)
     append_line({EFFECTS!r}, i)
+    if {N_A + N_B} <= i < {N_TOTAL} and i % {LARGE_EVERY} == 0:
+        import numpy
+        return numpy.full(1 << 17, i * i, dtype=numpy.int64)  # 1 MiB
     return i * i
 """
 
@@ -93,7 +101,8 @@ def pipeline(ctx):
     b = yield ctx.call_sub_orchestrator(stage_b, {N_A}, {N_B})
     chain = []
     for i in range({N_A + N_B}, {N_TOTAL}):
-        chain.append((yield ctx.call_activity(work, i)))
+        value = yield ctx.call_activity(work, i)
+        chain.append(int(value[-1]) if hasattr(value, "nbytes") else value)
     return [sum(a), b, sum(chain), len(a), len(chain)]
 """
 
