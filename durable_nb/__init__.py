@@ -18,6 +18,7 @@ from durable_nb.definitions import (
 )
 from durable_nb.engine import OrchestrationContext, Task
 from durable_nb.errors import (
+    ActivityArgumentsError,
     ActivityNotFoundError,
     ActivityTimeoutError,
     ContinueAsNew,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activity",
+    "ActivityArgumentsError",
     "ActivityNotFoundError",
     "ActivityOptions",
     "ActivityTimeoutError",

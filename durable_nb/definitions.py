@@ -11,7 +11,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from durable_nb.errors import ActivityNotFoundError, DefinitionError, ResultNotStorableError
+from durable_nb.errors import (
+    ActivityArgumentsError,
+    ActivityNotFoundError,
+    DefinitionError,
+    ResultNotStorableError,
+)
 from durable_nb.fingerprint import arguments_digest, function_digest
 
 if TYPE_CHECKING:
@@ -98,8 +103,8 @@ class ActivityOptions:
         """Whether a failed ``attempt`` gets another, under this policy."""
         if attempt >= self.max_attempts or not isinstance(error, Exception):
             return False
-        if isinstance(error, ResultNotStorableError):
-            return False  # the same result would be refused again
+        if isinstance(error, (ResultNotStorableError, ActivityArgumentsError)):
+            return False  # the same call would fail the same way
         if self.no_retry_on and isinstance(error, self.no_retry_on):
             return False
         if not isinstance(error, self.retry_on):
@@ -142,6 +147,18 @@ class Activity:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def arguments_mismatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """Why the signature cannot take these arguments, or None if it can (or has none
+        to check). Asked only after a call failed with TypeError: the happy path pays
+        nothing."""
+        try:
+            inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as why:
+            return str(why)
+        except ValueError:  # no signature to check (some builtins)
+            return None
+        return None
 
     def __repr__(self) -> str:
         opts = self.options

@@ -21,7 +21,7 @@ from typing import Any
 
 from durable_nb import history
 from durable_nb.engine import ActivityCall
-from durable_nb.errors import ActivityTimeoutError, DurableNbError
+from durable_nb.errors import ActivityArgumentsError, ActivityTimeoutError, DurableNbError
 from durable_nb.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,7 @@ class Dispatcher:
         options = call.activity.options
         now = time.time()
         first_started = self._first_started.get(call.key, now)
+        error = self._explain_bad_arguments(call, error)
         retry = options.should_retry(error, attempt.number, first_started, now)
         error = _as_activity_error(error, name)
         if retry:
@@ -293,6 +294,23 @@ class Dispatcher:
         self._post(
             history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
         )
+
+    def _explain_bad_arguments(self, call: ActivityCall, error: BaseException) -> BaseException:
+        """A TypeError because the call does not fit the activity's signature becomes an
+        ActivityArgumentsError saying which call, and is not retried (nor is it the
+        activity's fault)."""
+        if not isinstance(error, TypeError) or isinstance(error, DurableNbError):
+            return error
+        why = call.activity.arguments_mismatch(call.args, call.kwargs)
+        if why is None:
+            return error
+        explained = ActivityArgumentsError(
+            f"activity {call.activity.name!r} (instance {self._instance_id}, call "
+            f"{call.key}) cannot take the arguments it was called with: {why}. Fix the "
+            "ctx.call_activity(...) call in the orchestrator, or the activity's signature."
+        )
+        explained.__cause__ = error
+        return explained
 
     def _retry_later(self, delay: float, call: ActivityCall, number: int) -> None:
         timer: asyncio.TimerHandle

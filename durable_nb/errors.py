@@ -44,6 +44,10 @@ class ActivityNotFoundError(DurableNbError, LookupError):
     """``ctx.call_activity`` was given a name that no activity is registered under."""
 
 
+class ActivityArgumentsError(DurableNbError, TypeError):
+    """``ctx.call_activity`` passed arguments that the activity's signature cannot take."""
+
+
 class FingerprintError(DurableNbError, TypeError):
     """An activity argument cannot be turned into a stable digest."""
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,58 @@ def test_yielding_something_that_is_not_a_task(rt: Runtime) -> None:
 
     with pytest.raises(dn.OrchestratorError, match="waited on 42, which is not a durable task"):
         run_one(body)
+
+
+def test_calling_an_orchestrator_inside_another_points_at_call_sub_orchestrator(
+    rt: Runtime,
+) -> None:
+    @dn.orchestrator
+    def child(ctx, x):  # type: ignore[no-untyped-def]
+        return x
+        yield  # a generator: an orchestrator
+
+    def body(ctx):  # type: ignore[no-untyped-def]
+        return (yield child(1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" on top
+        with pytest.raises(dn.OrchestratorError) as info:
+            run_one(body)
+    assert "ctx.call_sub_orchestrator(child, ...)" in str(info.value), info.value
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "why"),
+    [
+        ((1, 2), {}, "too many positional arguments"),
+        ((), {}, "missing a required argument: 'x'"),
+        ((1,), {"y": 2}, "unexpected keyword argument 'y'"),
+    ],
+)
+def test_arguments_the_activity_cannot_take(
+    rt: Runtime, tmp_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], why: str
+) -> None:
+    @dn.activity(retries=3, backoff=0.01)
+    def one(x: int) -> int:
+        return x
+
+    with pytest.raises(dn.ActivityArgumentsError) as info:
+        run_one(lambda ctx: (yield ctx.call_activity(one, *args, **kwargs)))
+    message = str(info.value)
+    for part in ("'one'", "instance orch-", "call one/", why, "ctx.call_activity(...)"):
+        assert part in message, message
+    assert info.value.durable_attempts == 1  # type: ignore[attr-defined]  # never retried
+
+
+def test_a_type_error_inside_the_activity_stays_the_activitys_own(rt: Runtime) -> None:
+    @dn.activity(retries=1, backoff=0.01)
+    def broken(x: int) -> int:
+        return len(x)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="has no len") as info:
+        run_one(lambda ctx: (yield ctx.call_activity(broken, 1)))
+    assert not isinstance(info.value, dn.ActivityArgumentsError)
+    assert info.value.durable_attempts == 2  # type: ignore[attr-defined]  # retried as usual
 
 
 def test_asyncio_sleep_and_foreign_awaitables_are_refused(rt: Runtime) -> None:

@@ -17,6 +17,7 @@ one resume per completion rather than a replay from the start.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
@@ -457,6 +458,13 @@ class OrchestrationEngine:
         hint = "wait on ctx tasks only; do real waiting and I/O inside activities"
         if isinstance(yielded, (list, tuple)):
             hint = "to wait for several tasks, yield ctx.task_all([...])"
+        elif inspect.iscoroutine(yielded):
+            if getattr(yielded, "__qualname__", "") == "Runtime.run":
+                hint = (
+                    "to run one orchestrator from another, yield "
+                    "ctx.call_sub_orchestrator(child, ...); calling it starts a separate run"
+                )
+            yielded.close()  # it will never run: no "never awaited" warning on top
         return OrchestratorError(
             f"orchestrator {self.name!r} (instance {self.instance_id}) waited on {yielded!r}, "
             f"which is not a durable task; {hint}"
