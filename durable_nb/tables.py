@@ -18,10 +18,13 @@ serializer.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from durable_nb.errors import StoreError
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS durable_history (
@@ -67,17 +70,44 @@ class StoreTables:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        with self._errors_explained():
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def _query(self, sql: str, *parameters: object) -> list[Any]:
-        return self._connection().execute(sql, parameters).fetchall()
+        with self._errors_explained():
+            return self._connection().execute(sql, parameters).fetchall()
+
+    @contextlib.contextmanager
+    def _errors_explained(self) -> Iterator[None]:
+        """SQLite's errors, with where and what to do (a full disk, a lock held by
+        another process for longer than the timeout, a damaged file)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            locked = "locked" in str(exc)
+            advice = (
+                f"another process held it for over {self._timeout:g} s; stop the other "
+                "kernel or command using this store, then rerun"
+                if locked
+                else "free disk space or fix the folder's permissions, then rerun"
+            )
+            raise StoreError(
+                f"the checkpoint store database {self._database} could not be used ({exc}): "
+                f"{advice}. Results checkpointed before are kept."
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"the checkpoint store database {self._database} is damaged ({exc}); "
+                f"`durable-nb doctor --store {os.path.dirname(self._database)}` tells what to do"
+            ) from exc
 
     # ------------------------------------------------------------ history
 

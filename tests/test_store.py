@@ -182,3 +182,24 @@ def test_a_new_generation_replaces_history_and_record_together(tmp_path: Path) -
     record = s.get_instance("i")
     assert record is not None and record.generation == 1 and record.input == {"n": 2}
     s.close()
+
+
+def test_a_database_locked_too_long_is_a_store_error_saying_what_to_do(tmp_path: Path) -> None:
+    import sqlite3
+
+    from durable_nb.tables import StoreTables
+
+    database = str(tmp_path / "cache.db")
+    tables = StoreTables(database, timeout=0.2)
+    other = sqlite3.connect(database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing, and not letting go
+    try:
+        with pytest.raises(StoreError) as info:
+            tables.append("stream", b"chunk")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    message = str(info.value)
+    assert database in message and "another process held it" in message, message
+    assert tables.append("stream", b"chunk") == 0  # nothing half-done is left behind
+    tables.close()
