@@ -43,9 +43,24 @@ def _size(folder: Path) -> int:
     return total
 
 
+def _check_orphans(store: DiskCacheStore, fix: bool, report: Report) -> None:
+    streams, values = store.orphans()
+    if not streams and not values:
+        return
+    text = (
+        f"{len(streams)} history(ies) and {len(values)} large result(s) belong to no "
+        "instance (a result that arrived after its instance was purged)"
+    )
+    if fix:
+        store.remove_orphans(streams, values)
+        report.add("warn", text + "; removed")
+    else:
+        report.add("warn", text + "; `doctor --fix` removes them while no kernel uses the store")
+
+
 def _check_files(
     store: DiskCacheStore, records: list[InstanceRecord], now: float, fix: bool, report: Report
-) -> None:
+) -> bool:
     """diskcache's check of rows against files. Its fix deletes files no row names, which
     would destroy a write in progress, so it only runs while no kernel uses the store."""
     live = [
@@ -62,6 +77,7 @@ def _check_files(
                 "stop it, then run `doctor --fix` again"
             )
         report.add("warn", text)
+    return busy
 
 
 def diagnose(folder: Path, fix: bool = False) -> Report:
@@ -98,7 +114,8 @@ def diagnose(folder: Path, fix: bool = False) -> Report:
         report.add("ok", f"format {FORMAT_VERSION}, {store.serializer} serializer, mode {mode:o}")
         records = store.list_instances()
         now = time.time()
-        _check_files(store, records, now, fix, report)
+        busy = _check_files(store, records, now, fix, report)
+        _check_orphans(store, fix and not busy, report)
         size = _size(folder)
         report.add("ok", f"{len(records)} instance(s), {size / 1e6:.1f} MB on disk")
         for record in records:

@@ -357,6 +357,25 @@ class DiskCacheStore:
         data = json.dumps(lease) if lease is not None else None
         return self._tables.swap_lease(instance_id, expected, owner, data)
 
+    def orphans(self) -> tuple[list[str], list[str]]:
+        """Histories and large results of no instance: left by a result that arrived
+        after its instance was purged, or by a crash between a purge's two steps. Returns
+        (history streams, large result keys)."""
+        known = {self._prefix(record.instance_id) for record in self.list_instances()}
+        streams = [stream for stream in self._tables.streams() if stream not in known]
+        values = [
+            key
+            for key in self._cache.iterkeys()
+            if isinstance(key, str) and ":v:" in key and key.split(":v:", 1)[0] not in known
+        ]
+        return streams, values
+
+    def remove_orphans(self, streams: list[str], values: list[str]) -> None:
+        for stream in streams:
+            self._tables.delete_stream(stream)
+        for key in values:
+            self._cache.delete(key, retry=True)
+
     def check_files(self, fix: bool) -> list[str]:
         """diskcache's check of its rows against its files (``fix``: delete files no row
         names, which would destroy a large write in progress: see

@@ -159,6 +159,14 @@ class StoreTables:
                 "INSERT INTO durable_history (stream, n, data) VALUES (?, 0, ?)", (stream, merged)
             )
 
+    def streams(self) -> list[str]:
+        rows = self._query("SELECT DISTINCT stream FROM durable_history")
+        return [str(stream) for (stream,) in rows]
+
+    def delete_stream(self, stream: str) -> None:
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+
     # ------------------------------------------------------------ instances
 
     def get_instance(self, instance_id: str) -> bytes | None:

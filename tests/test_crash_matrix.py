@@ -425,7 +425,7 @@ def test_a_kill_during_a_large_chunk_write_leaves_no_stray_file(tmp_path: Path) 
 # STOP is "kill") or sleeps (when STOP is "hang", a live writer mid-write).
 LARGE_WRITER = """
 import os, signal, sys, time
-from durable_nb import DiskCacheStore, history
+from durable_nb import DiskCacheStore, InstanceRecord, history
 
 class Stop:
     def __reduce__(self):
@@ -441,6 +441,7 @@ class Big:
         return (tuple, ((b"x" * (2 << 20), Stop()),))
 
 store = DiskCacheStore(sys.argv[1])
+store.put_instance(InstanceRecord("instance", "work"))
 store.append("instance", [history.TaskCompleted(time.time(), "small", "work", 1, 1)])
 store.append("instance", [history.TaskCompleted(time.time(), "big", "work", Big(), 1)])
 """

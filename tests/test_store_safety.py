@@ -159,3 +159,27 @@ def test_doctor_fix_leaves_unknown_files_alone_while_a_kernel_uses_the_store(
     out = io.StringIO()
     assert main(["doctor", "--store", str(folder), "--fix"], out=out) == 0
     assert not unknown.exists(), out.getvalue()
+
+
+def test_doctor_finds_and_removes_what_belongs_to_no_instance(tmp_path: Path) -> None:
+    """A thread's result that arrives after its instance was purged is appended to a
+    history of no instance; doctor reports it and --fix removes it."""
+    from builders import completed
+
+    folder = tmp_path / "s"
+    store = DiskCacheStore(folder)
+    store.put_instance(InstanceRecord("kept", "orch"))
+    store.append("kept", [completed("a/b/c#0", 1)])
+    store.append("purged", [completed("a/b/c#0", bytes(2 << 20))])  # a large result
+    store.close()
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder)], out=out) == 0
+    assert "1 history(ies) and 1 large result(s) belong to no instance" in out.getvalue()
+    out = io.StringIO()
+    assert main(["doctor", "--store", str(folder), "--fix"], out=out) == 0
+    assert "; removed" in out.getvalue(), out.getvalue()
+    store = DiskCacheStore(folder)
+    assert store.read_history("purged") == [] and len(store.read_history("kept")) == 1
+    assert store.orphans() == ([], [])
+    assert store.check_files(fix=False) == []  # the large result's file went with it
+    store.close()
