@@ -37,8 +37,9 @@ from durable_nb.errors import (
 )
 from durable_nb.execution import SlowOrchestratorWarning
 from durable_nb.handles import InstanceHandle
+from durable_nb.memory_store import MemoryStore
 from durable_nb.runtime import Runtime, configure, get_runtime
-from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
+from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 __version__ = "0.1.0"
 

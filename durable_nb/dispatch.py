@@ -135,6 +135,7 @@ class Dispatcher:
         orphans: dict[tuple[str, str], concurrent.futures.Future[Any]],
         progress: Progress,
         instance_id: str,
+        epoch: str,
         post: Emit,
         note: Emit,
         keep_late: Emit,
@@ -145,6 +146,9 @@ class Dispatcher:
         self._orphans = orphans  # shared by the runs of this process
         self._progress = progress
         self._instance_id = instance_id
+        # Orphans are adopted only by a run on the same history: after continue_as_new a
+        # call with the same key is a new call.
+        self._orphan_owner = f"{instance_id}@{epoch}"
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended
@@ -159,7 +163,7 @@ class Dispatcher:
     def dispatch(self, call: ActivityCall, number: int = 1) -> None:
         if number == 1:
             self._first_started[call.key] = time.time()
-        orphan = self._orphans.pop((self._instance_id, call.key), None)
+        orphan = self._orphans.pop((self._orphan_owner, call.key), None)
         if orphan is not None and not orphan.done():
             # The same call is still running in a thread of an interrupted run of this
             # instance: wait for it instead of doing the work twice. It holds its slot.
@@ -370,7 +374,7 @@ class Dispatcher:
         limiter: SlotLimit | None,
     ) -> None:
         """A thread outlives its run: a next run may adopt it; its slot is held until it ends."""
-        key = (self._instance_id, call.key)
+        key = (self._orphan_owner, call.key)
         self._orphans[key] = future
         loop = self._loop
 

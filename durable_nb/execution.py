@@ -124,6 +124,7 @@ class Execution:
     async def _run_leased(self) -> Outcome:
         assert self._wake is not None
         record = self._open_record()
+        self.journal.epoch = record.epoch
         events = self.journal.load()
         self.engine.load(events)
         self._suspended = _suspended_in(events)
@@ -135,6 +136,7 @@ class Execution:
             orphans=self.runtime.orphans,
             progress=self.progress,
             instance_id=self.instance_id,
+            epoch=record.epoch,
             post=self._post,
             note=self.journal.unwritten.append,
             keep_late=self.journal.keep_late,

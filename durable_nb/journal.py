@@ -34,6 +34,7 @@ class Journal:
         self.unwritten: list[history.Event] = []  # bookkeeping that rides with the next chunk
         self.chunks = 0  # chunks of the instance: loaded and written by this run
         self._next = 0  # the number the next chunk gets if nobody else appends
+        self.epoch = ""  # the instance's epoch this run writes into (set once it is known)
 
     def load(self) -> list[history.Event]:
         events, count = self.store.load_history(self.instance_id)
@@ -78,10 +79,15 @@ class Journal:
         return self._live_events(chunks, None)
 
     def keep_late(self, event: history.Event) -> None:
-        """A result that arrived after the run ended: keep it for the next run.
-        May run in a worker thread; its chunk is foreign to any live run."""
+        """A result that arrived after the run ended: keep it for the next run, unless
+        the instance's history has started over since (continue_as_new, purge): a call
+        of the new history is a new call, even with the same arguments. May run in a
+        worker thread; its chunk is foreign to any live run."""
         try:
-            self.store.append(self.instance_id, [event])
+            if not self.store.append_late(self.instance_id, self.epoch, [event]):
+                logger.info(
+                    "dropped a late result of %s: its history started over", self.instance_id
+                )
         except Exception:
             logger.warning("could not keep a late result of %s", self.instance_id, exc_info=True)
 

@@ -2,7 +2,8 @@
 
 The runtime talks to a store only through :class:`CheckpointStore`, so tests can
 inject faults at this seam. :class:`DiskCacheStore` is the default and survives
-kernel deaths; :class:`MemoryStore` is for tests and throwaway runs.
+kernel deaths; :class:`~durable_nb.memory_store.MemoryStore` is for tests and
+throwaway runs.
 
 Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
 
@@ -26,7 +27,6 @@ import logging
 import os
 import pickle
 import stat
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +81,12 @@ class InstanceRecord:
     generation: int = 0  # how many times it continued as new
     parent: str | None = None  # the parent instance of a sub-orchestration
 
+    @property
+    def epoch(self) -> str:
+        """Which history the instance is on: it changes when the history starts over
+        (continue_as_new, or a purge and a new instance under the same id)."""
+        return f"{self.created_at!r}/{self.generation}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -97,6 +103,11 @@ class CheckpointStore(Protocol):
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         """Durably append ``events`` as one atomic chunk; returns the chunk's number."""
+
+    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
+        """Append as :meth:`append` does, but only while the instance's history is still
+        the one of ``epoch`` (see :attr:`InstanceRecord.epoch`), atomically; False when
+        it has moved on. For results that arrive after their run ended."""
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
         """The chunks numbered ``start`` and up, with their numbers (to see what other
@@ -246,7 +257,8 @@ class DiskCacheStore:
                 stream, _, number = key.rpartition("-")
                 streams.setdefault(stream, []).append((int(number) - _FIRST_PUSHED, key))
             elif key.startswith("i:") and (data := self._cache.get(key)) is not None:
-                self._tables.put_instance(key[2:], self._dumps(data))
+                epoch = InstanceRecord.from_dict(data).epoch
+                self._tables.put_instance(key[2:], self._dumps(data), epoch)
                 self._cache.delete(key, retry=True)
             elif key.startswith("l:"):
                 self._cache.delete(key, retry=True)  # a lease of a run of an older version
@@ -270,6 +282,11 @@ class DiskCacheStore:
         prefix = self._prefix(instance_id)
         chunk = [self._encode(prefix, event) for event in events]
         return self._tables.append(prefix, self._dumps(chunk))
+
+    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
+        prefix = self._prefix(instance_id)
+        chunk = [self._encode(prefix, event) for event in events]
+        return self._tables.append_if(prefix, self._dumps(chunk), instance_id, epoch)
 
     def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)
@@ -324,7 +341,8 @@ class DiskCacheStore:
 
     def reset_history(self, record: InstanceRecord) -> None:
         prefix = self._prefix(record.instance_id)
-        self._tables.reset(prefix, record.instance_id, self._dumps(record.to_dict()))
+        data = self._dumps(record.to_dict())
+        self._tables.reset(prefix, record.instance_id, data, record.epoch)
         self._cache.evict(prefix + ":v", retry=True)  # no history refers to them now
 
     # ------------------------------------------------------------ instances and leases
@@ -334,7 +352,8 @@ class DiskCacheStore:
         return InstanceRecord.from_dict(self._loads(data)) if data is not None else None
 
     def put_instance(self, record: InstanceRecord) -> None:
-        self._tables.put_instance(record.instance_id, self._dumps(record.to_dict()))
+        data = self._dumps(record.to_dict())
+        self._tables.put_instance(record.instance_id, data, record.epoch)
 
     def list_instances(self) -> list[InstanceRecord]:
         records = [InstanceRecord.from_dict(self._loads(data)) for data in self._tables.instances()]
@@ -397,96 +416,3 @@ def _pickle_dumps(value: Any) -> bytes:
 
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value).encode()
-
-
-class MemoryStore:
-    """A :class:`CheckpointStore` in memory, for tests and throwaway runs."""
-
-    def __init__(self) -> None:
-        self.location = ":memory:"
-        self._lock = threading.Lock()
-        self._chunks: dict[str, list[list[tuple[Any, ...]]]] = {}
-        self._records: dict[str, dict[str, Any]] = {}
-        self._leases: dict[str, dict[str, Any]] = {}
-
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
-        chunk = [history.encode(event) for event in events]
-        with self._lock:
-            chunks = self._chunks.setdefault(instance_id, [])
-            chunks.append(chunk)
-            return len(chunks) - 1
-
-    def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
-        with self._lock:
-            chunks = list(self._chunks.get(instance_id, ()))[start:]
-        return [
-            (start + i, [history.decode(row) for row in chunk]) for i, chunk in enumerate(chunks)
-        ]
-
-    def reset_history(self, record: InstanceRecord) -> None:
-        with self._lock:
-            self._chunks.pop(record.instance_id, None)
-            self._records[record.instance_id] = record.to_dict()
-
-    def storable(self, value: Any) -> bool:
-        return True
-
-    def get_lease(self, instance_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._leases.get(instance_id)
-        return dict(found) if found is not None else None
-
-    def swap_lease(
-        self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
-    ) -> bool:
-        with self._lock:
-            current = self._leases.get(instance_id)
-            if (current["owner"] if current else None) != expected:
-                return False
-            if lease is None:
-                self._leases.pop(instance_id, None)
-            else:
-                self._leases[instance_id] = dict(lease)
-        return True
-
-    def read_history(self, instance_id: str) -> list[history.Event]:
-        return self.load_history(instance_id)[0]
-
-    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
-        with self._lock:
-            chunks = list(self._chunks.get(instance_id, ()))
-        return [history.decode(row) for chunk in chunks for row in chunk], len(chunks)
-
-    def history_chunks(self, instance_id: str) -> int:
-        with self._lock:
-            return len(self._chunks.get(instance_id, ()))
-
-    def compact(self, instance_id: str) -> None:
-        with self._lock:
-            chunks = self._chunks.get(instance_id)
-            if chunks and len(chunks) > 1:
-                self._chunks[instance_id] = [[row for chunk in chunks for row in chunk]]
-
-    def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        with self._lock:
-            data = self._records.get(instance_id)
-        return InstanceRecord.from_dict(dict(data)) if data is not None else None
-
-    def put_instance(self, record: InstanceRecord) -> None:
-        with self._lock:
-            self._records[record.instance_id] = record.to_dict()
-
-    def list_instances(self) -> list[InstanceRecord]:
-        with self._lock:
-            records = [InstanceRecord.from_dict(dict(d)) for d in self._records.values()]
-        return sorted(records, key=lambda r: r.created_at)
-
-    def purge(self, instance_id: str) -> bool:
-        with self._lock:
-            had_record = self._records.pop(instance_id, None) is not None
-            had_chunks = self._chunks.pop(instance_id, None) is not None
-            self._leases.pop(instance_id, None)
-        return had_record or had_chunks
-
-    def close(self) -> None:
-        pass

@@ -31,7 +31,7 @@ _SCHEMA = (
         stream TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,
         PRIMARY KEY (stream, n)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS durable_instances (
-        instance_id TEXT PRIMARY KEY, data BLOB NOT NULL)""",
+        instance_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, data BLOB NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS durable_leases (
         instance_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data TEXT NOT NULL)""",
 )
@@ -124,6 +124,24 @@ class StoreTables:
             )
         return int(number)
 
+    def append_if(self, stream: str, data: bytes, instance_id: str, epoch: str) -> bool:
+        """Append only while the instance is at ``epoch``, in one transaction."""
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT epoch FROM durable_instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if row is None or row[0] != epoch:
+                return False
+            (number,) = connection.execute(
+                "SELECT COALESCE(MAX(n) + 1, 0) FROM durable_history WHERE stream = ?",
+                (stream,),
+            ).fetchone()
+            connection.execute(
+                "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)",
+                (stream, number, data),
+            )
+        return True
+
     def insert_chunks(self, stream: str, chunks: list[tuple[int, bytes]]) -> None:
         """Put chunks at given numbers, keeping any already there (for migrations)."""
         with self._transaction() as connection:
@@ -173,23 +191,25 @@ class StoreTables:
         rows = self._query("SELECT data FROM durable_instances WHERE instance_id = ?", instance_id)
         return bytes(rows[0][0]) if rows else None
 
-    def put_instance(self, instance_id: str, data: bytes) -> None:
+    def put_instance(self, instance_id: str, data: bytes, epoch: str) -> None:
         with self._transaction() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO durable_instances (instance_id, data) VALUES (?, ?)",
-                (instance_id, data),
+                "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) "
+                "VALUES (?, ?, ?)",
+                (instance_id, epoch, data),
             )
 
     def instances(self) -> list[bytes]:
         return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
 
-    def reset(self, stream: str, instance_id: str, data: bytes) -> None:
+    def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> None:
         """Empty the history and write the record, in one transaction."""
         with self._transaction() as connection:
             connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
             connection.execute(
-                "INSERT OR REPLACE INTO durable_instances (instance_id, data) VALUES (?, ?)",
-                (instance_id, data),
+                "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) "
+                "VALUES (?, ?, ?)",
+                (instance_id, epoch, data),
             )
 
     def purge(self, stream: str, instance_id: str) -> bool:

@@ -408,8 +408,14 @@ def test_approval_click_reaches_an_awaited_run(
         cell = k.peek(running)
         assert len(widget_models(cell, description="Approve")) == 1
         assert len(widget_models(cell, description="Reject")) == 1
-        labels = [s["value"] for _, s in widget_models(cell, _model_name="HTMLModel")]
-        assert any("approval" in str(v) and "event" in str(v) for v in labels), labels
+        labels: list[str] = []
+
+        def names_the_event() -> bool:  # the label's update may trail the buttons' models
+            models = widget_models(k.peek(running), _model_name="HTMLModel")
+            labels[:] = [str(state["value"]) for _, state in models]
+            return any("approval" in v and "event" in v for v in labels)
+
+        poll(names_the_event, CELL_TIMEOUT, "a label naming the awaited event")
 
         clicked = time.monotonic()
         click_button(k, comm_id)

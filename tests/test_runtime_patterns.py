@@ -241,6 +241,43 @@ def test_continue_as_new_keeps_only_the_last_generation(rt: Runtime) -> None:
     assert monitor.run(0) == 3  # a rerun resumes the latest generation
 
 
+def test_a_call_still_running_at_continue_as_new_is_not_taken_by_the_next_generation(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A race's loser still runs when its generation continues as new. The next
+    generation calls it again with the same arguments: that is a new call, so it runs
+    again, rather than adopting the old thread or its late result."""
+    calls = tmp_path / "calls.txt"
+
+    @dn.activity
+    def status(job: str) -> str:
+        with open(calls, "a") as f:
+            f.write(f"{job}\n")
+        time.sleep(0.3)
+        return f"status of {job} #{len(calls.read_text().splitlines())}"
+
+    @dn.activity
+    def quick() -> str:
+        deadline = time.monotonic() + 10
+        while not calls.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)  # win the race only once the loser has really started
+        return "quick"
+
+    @dn.orchestrator
+    def watch(ctx, generation):  # type: ignore[no-untyped-def]
+        if generation == 0:
+            yield ctx.task_any([ctx.call_activity(quick), ctx.call_activity(status, "job")])
+            ctx.continue_as_new(1)
+        return (yield ctx.call_activity(status, "job"))
+
+    assert watch.run(0) == "status of job #2"
+    time.sleep(0.5)  # the first generation's call has finished by now
+    assert calls.read_text().splitlines() == ["job", "job"]
+    iid = watch.instance_id_for(0)
+    completions = [e for e in rt.store.read_history(iid) if isinstance(e, history.TaskCompleted)]
+    assert [e.result for e in completions] == ["status of job #2"]  # no late result added
+
+
 # ------------------------------------------------------------------ leases
 
 

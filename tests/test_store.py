@@ -13,7 +13,8 @@ from builders import completed, started
 
 from durable_nb import history
 from durable_nb.errors import StoreError
-from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, MemoryStore
+from durable_nb.memory_store import MemoryStore
+from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 
 @pytest.fixture(params=["disk", "memory"])

@@ -1,0 +1,112 @@
+"""A :class:`~durable_nb.store.CheckpointStore` in memory, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from durable_nb import history
+from durable_nb.store import InstanceRecord
+
+
+class MemoryStore:
+    """A :class:`CheckpointStore` in memory, for tests and throwaway runs."""
+
+    def __init__(self) -> None:
+        self.location = ":memory:"
+        self._lock = threading.Lock()
+        self._chunks: dict[str, list[list[tuple[Any, ...]]]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._leases: dict[str, dict[str, Any]] = {}
+
+    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
+        chunk = [history.encode(event) for event in events]
+        with self._lock:
+            chunks = self._chunks.setdefault(instance_id, [])
+            chunks.append(chunk)
+            return len(chunks) - 1
+
+    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
+        chunk = [history.encode(event) for event in events]
+        with self._lock:
+            data = self._records.get(instance_id)
+            if data is None or InstanceRecord.from_dict(dict(data)).epoch != epoch:
+                return False
+            self._chunks.setdefault(instance_id, []).append(chunk)
+        return True
+
+    def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
+        with self._lock:
+            chunks = list(self._chunks.get(instance_id, ()))[start:]
+        return [
+            (start + i, [history.decode(row) for row in chunk]) for i, chunk in enumerate(chunks)
+        ]
+
+    def reset_history(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._chunks.pop(record.instance_id, None)
+            self._records[record.instance_id] = record.to_dict()
+
+    def storable(self, value: Any) -> bool:
+        return True
+
+    def get_lease(self, instance_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._leases.get(instance_id)
+        return dict(found) if found is not None else None
+
+    def swap_lease(
+        self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
+    ) -> bool:
+        with self._lock:
+            current = self._leases.get(instance_id)
+            if (current["owner"] if current else None) != expected:
+                return False
+            if lease is None:
+                self._leases.pop(instance_id, None)
+            else:
+                self._leases[instance_id] = dict(lease)
+        return True
+
+    def read_history(self, instance_id: str) -> list[history.Event]:
+        return self.load_history(instance_id)[0]
+
+    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
+        with self._lock:
+            chunks = list(self._chunks.get(instance_id, ()))
+        return [history.decode(row) for chunk in chunks for row in chunk], len(chunks)
+
+    def history_chunks(self, instance_id: str) -> int:
+        with self._lock:
+            return len(self._chunks.get(instance_id, ()))
+
+    def compact(self, instance_id: str) -> None:
+        with self._lock:
+            chunks = self._chunks.get(instance_id)
+            if chunks and len(chunks) > 1:
+                self._chunks[instance_id] = [[row for chunk in chunks for row in chunk]]
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        with self._lock:
+            data = self._records.get(instance_id)
+        return InstanceRecord.from_dict(dict(data)) if data is not None else None
+
+    def put_instance(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._records[record.instance_id] = record.to_dict()
+
+    def list_instances(self) -> list[InstanceRecord]:
+        with self._lock:
+            records = [InstanceRecord.from_dict(dict(d)) for d in self._records.values()]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def purge(self, instance_id: str) -> bool:
+        with self._lock:
+            had_record = self._records.pop(instance_id, None) is not None
+            had_chunks = self._chunks.pop(instance_id, None) is not None
+            self._leases.pop(instance_id, None)
+        return had_record or had_chunks
+
+    def close(self) -> None:
+        pass
