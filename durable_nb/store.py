@@ -58,6 +58,8 @@ DEFAULT_FOLDER = ".durable_nb"
 # diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
 _FIRST_PUSHED = 500_000_000_000_000
 _RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
+# SQLite refuses a value over 1e9 bytes; chunks are kept well below.
+MAX_CHUNK_BYTES = 256 << 20
 
 
 @dataclass
@@ -280,8 +282,20 @@ class DiskCacheStore:
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         prefix = self._prefix(instance_id)
-        chunk = [self._encode(prefix, event) for event in events]
-        return self._tables.append(prefix, self._dumps(chunk))
+        rows = [self._encode(prefix, event) for event in events]
+        return self._append_rows(prefix, rows)
+
+    def _append_rows(self, prefix: str, rows: list[tuple[Any, ...]]) -> int:
+        data = self._dumps(rows)
+        if len(data) > MAX_CHUNK_BYTES and len(rows) > 1:
+            # Too big for one SQLite row (a burst of results just under the size that
+            # gets a file of its own): written as several chunks, in order. Each event
+            # stands alone, so a crash between them keeps what was written.
+            del data
+            half = len(rows) // 2
+            self._append_rows(prefix, rows[:half])
+            return self._append_rows(prefix, rows[half:])
+        return self._tables.append(prefix, data)
 
     def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
         prefix = self._prefix(instance_id)

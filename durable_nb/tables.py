@@ -103,6 +103,12 @@ class StoreTables:
                 f"the checkpoint store database {self._database} could not be used ({exc}): "
                 f"{advice}. Results checkpointed before are kept."
             ) from exc
+        except sqlite3.DataError as exc:
+            raise StoreError(
+                f"the checkpoint store database {self._database} refused a value ({exc}); "
+                "return smaller results from each activity, or arrays and frames, which "
+                "are stored in files of their own"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"the checkpoint store database {self._database} is damaged ({exc}); "

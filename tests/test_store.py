@@ -204,3 +204,18 @@ def test_a_database_locked_too_long_is_a_store_error_saying_what_to_do(tmp_path:
     assert database in message and "another process held it" in message, message
     assert tables.append("stream", b"chunk") == 0  # nothing half-done is left behind
     tables.close()
+
+
+def test_a_batch_too_big_for_one_row_is_split_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durable_nb import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_CHUNK_BYTES", 4096)
+    s = DiskCacheStore(tmp_path / "s")
+    events = [completed(f"a/b/c#{i}", f"{i:03d}" * 170) for i in range(40)]  # ~21 KB
+    last = s.append("i", events)
+    assert last == s.history_chunks("i") - 1 > 3  # several chunks
+    assert [e.key for e in s.read_history("i")] == [e.key for e in events]  # type: ignore[attr-defined]
+    assert all(len(data) <= 4096 for _, data in s._tables.read(s._prefix("i")))
+    s.close()
