@@ -282,8 +282,7 @@ class DiskCacheStore:
 
     def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
         prefix = self._prefix(instance_id)
-        rows = [self._encode(prefix, event) for event in events]
-        return self._append_rows(prefix, rows)
+        return self._append_rows(prefix, self._encode_all(prefix, events))
 
     def _append_rows(self, prefix: str, rows: list[tuple[Any, ...]]) -> int:
         data = self._dumps(rows)
@@ -299,8 +298,11 @@ class DiskCacheStore:
 
     def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
         prefix = self._prefix(instance_id)
-        chunk = [self._encode(prefix, event) for event in events]
-        return self._tables.append_if(prefix, self._dumps(chunk), instance_id, epoch)
+        data = self._dumps(self._encode_all(prefix, events))
+        return self._tables.append_if(prefix, data, instance_id, epoch)
+
+    def _encode_all(self, prefix: str, events: Sequence[history.Event]) -> list[tuple[Any, ...]]:
+        return [self._encode(prefix, event) for event in events]
 
     def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)

@@ -120,15 +120,7 @@ class StoreTables:
     def append(self, stream: str, data: bytes) -> int:
         """Add a chunk after the stream's last one; returns its number (0, 1, ...)."""
         with self._transaction() as connection:
-            (number,) = connection.execute(
-                "SELECT COALESCE(MAX(n) + 1, 0) FROM durable_history WHERE stream = ?",
-                (stream,),
-            ).fetchone()
-            connection.execute(
-                "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)",
-                (stream, number, data),
-            )
-        return int(number)
+            return _append_in(connection, stream, data)
 
     def append_if(self, stream: str, data: bytes, instance_id: str, epoch: str) -> bool:
         """Append only while the instance is at ``epoch``, in one transaction."""
@@ -138,14 +130,7 @@ class StoreTables:
             ).fetchone()
             if row is None or row[0] != epoch:
                 return False
-            (number,) = connection.execute(
-                "SELECT COALESCE(MAX(n) + 1, 0) FROM durable_history WHERE stream = ?",
-                (stream,),
-            ).fetchone()
-            connection.execute(
-                "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)",
-                (stream, number, data),
-            )
+            _append_in(connection, stream, data)
         return True
 
     def insert_chunks(self, stream: str, chunks: list[tuple[int, bytes]]) -> None:
@@ -178,10 +163,8 @@ class StoreTables:
             if len(rows) <= 1:
                 return
             merged = merge([bytes(data) for (data,) in rows])
-            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
-            connection.execute(
-                "INSERT INTO durable_history (stream, n, data) VALUES (?, 0, ?)", (stream, merged)
-            )
+            _delete_stream_in(connection, stream)
+            _append_in(connection, stream, merged)  # number 0: the stream is empty
 
     def streams(self) -> list[str]:
         rows = self._query("SELECT DISTINCT stream FROM durable_history")
@@ -189,7 +172,7 @@ class StoreTables:
 
     def delete_stream(self, stream: str) -> None:
         with self._transaction() as connection:
-            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+            _delete_stream_in(connection, stream)
 
     # ------------------------------------------------------------ instances
 
@@ -199,11 +182,7 @@ class StoreTables:
 
     def put_instance(self, instance_id: str, data: bytes, epoch: str) -> None:
         with self._transaction() as connection:
-            connection.execute(
-                "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) "
-                "VALUES (?, ?, ?)",
-                (instance_id, epoch, data),
-            )
+            _put_instance_in(connection, instance_id, data, epoch)
 
     def instances(self) -> list[bytes]:
         return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
@@ -211,12 +190,8 @@ class StoreTables:
     def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> None:
         """Empty the history and write the record, in one transaction."""
         with self._transaction() as connection:
-            connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
-            connection.execute(
-                "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) "
-                "VALUES (?, ?, ?)",
-                (instance_id, epoch, data),
-            )
+            _delete_stream_in(connection, stream)
+            _put_instance_in(connection, instance_id, data, epoch)
 
     def purge(self, stream: str, instance_id: str) -> bool:
         """Delete the record, history and lease, in one transaction; False if none was there."""
@@ -265,3 +240,27 @@ class StoreTables:
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
         self._local = threading.local()
+
+
+def _append_in(connection: sqlite3.Connection, stream: str, data: bytes) -> int:
+    """Within a write transaction: add a chunk after the stream's last; its number."""
+    (number,) = connection.execute(
+        "SELECT COALESCE(MAX(n) + 1, 0) FROM durable_history WHERE stream = ?", (stream,)
+    ).fetchone()
+    connection.execute(
+        "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)", (stream, number, data)
+    )
+    return int(number)
+
+
+def _delete_stream_in(connection: sqlite3.Connection, stream: str) -> None:
+    connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+
+
+def _put_instance_in(
+    connection: sqlite3.Connection, instance_id: str, data: bytes, epoch: str
+) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) VALUES (?, ?, ?)",
+        (instance_id, epoch, data),
+    )

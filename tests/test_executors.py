@@ -58,16 +58,20 @@ def dask_client() -> Iterator[Any]:
         client.cluster.close()
 
 
+def runtime_on(kind: str, store_dir: Path, request: pytest.FixtureRequest) -> Runtime:
+    """A fresh process-wide runtime whose default executor is ``kind`` (Dask: the
+    module's LocalCluster)."""
+    executor: Any = request.getfixturevalue("dask_client") if kind == "dask" else kind
+    return dn.runtime._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
+    )
+
+
 @pytest.mark.parametrize("kind", ["threads", "processes", "dask"])
 def test_results_failures_and_retries_are_the_same_on_every_executor(
     kind: str, tmp_path: Path, store_dir: Path, request: pytest.FixtureRequest
 ) -> None:
-    executor: Any = kind
-    if kind == "dask":
-        executor = request.getfixturevalue("dask_client")
-    runtime = dn.runtime._reset_for_tests(
-        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
-    )
+    runtime = runtime_on(kind, store_dir, request)
     calls, broken = tmp_path / "calls.txt", tmp_path / "broken"
     broken.touch()
 
@@ -102,12 +106,7 @@ def test_results_failures_and_retries_are_the_same_on_every_executor(
 def test_a_result_that_cannot_travel_back_is_a_clear_failure_without_retries(
     kind: str, tmp_path: Path, store_dir: Path, request: pytest.FixtureRequest
 ) -> None:
-    executor: Any = kind
-    if kind == "dask":
-        executor = request.getfixturevalue("dask_client")
-    runtime = dn.runtime._reset_for_tests(
-        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
-    )
+    runtime = runtime_on(kind, store_dir, request)
     attempts = tmp_path / "attempts.txt"
 
     def opens_a_lock() -> Any:
@@ -138,12 +137,7 @@ def test_activity_keywords_never_clash_with_the_executors_own(
     kind: str, store_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     """Dask's submit takes key=, pure=, priority=...; an activity may use those names."""
-    executor: Any = kind
-    if kind == "dask":
-        executor = request.getfixturevalue("dask_client")
-    runtime = dn.runtime._reset_for_tests(
-        lambda: Runtime(store=DiskCacheStore(store_dir), progress="none", executor=executor)
-    )
+    runtime = runtime_on(kind, store_dir, request)
 
     def label(fn: str, *, key: str, pure: bool, priority: int) -> str:
         return f"{fn}:{key}:{pure}:{priority}"

@@ -104,7 +104,8 @@ def _append_many(folder: str, worker: int) -> None:
     s.close()
 
 
-def test_two_processes_appending_to_one_instance_lose_nothing(tmp_path: Path) -> None:
+def _two_processes_appended(tmp_path: Path) -> str:
+    """A store folder to which two processes appended 100 chunks each, at once."""
     folder = str(tmp_path / "s")
     DiskCacheStore(folder).close()
     ctx = multiprocessing.get_context("spawn")
@@ -114,6 +115,11 @@ def test_two_processes_appending_to_one_instance_lose_nothing(tmp_path: Path) ->
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
+    return folder
+
+
+def test_two_processes_appending_to_one_instance_lose_nothing(tmp_path: Path) -> None:
+    folder = _two_processes_appended(tmp_path)
     results = {e.result for e in DiskCacheStore(folder).read_history("shared")}  # type: ignore[attr-defined]
     assert results == {(w, n) for w in range(2) for n in range(100)}
 
@@ -130,15 +136,7 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
 
 
 def test_chunk_numbers_from_two_processes_are_distinct_and_dense(tmp_path: Path) -> None:
-    folder = str(tmp_path / "s")
-    DiskCacheStore(folder).close()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(folder, w)) for w in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    folder = _two_processes_appended(tmp_path)
     s = DiskCacheStore(folder)
     numbers = [number for number, _ in s.read_chunks("shared", 0)]
     assert numbers == list(range(200))
