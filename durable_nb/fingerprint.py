@@ -7,9 +7,18 @@ values, because they form the call key under which results are checkpointed.
   docstring and decorators (retry options, for instance) do not invalidate results;
   a change to the function's logic does.
 * Arguments made only of plain data (str, int, float, bool, None, bytes and
-  tuples, lists, dicts, sets and frozensets of them) take a fast canonical path;
-  anything else goes through :func:`joblib.hash`, which digests numpy arrays and
-  DataFrames by content and sorts dict and set items so order never matters.
+  tuples, lists, dicts, sets and frozensets of them) take a canonical path whose
+  bytes every scheme shares; see :mod:`durable_nb.fingerprint_values`.
+
+How both are computed is versioned as a *key scheme*, recorded with each run so a
+later release can still find the results an earlier one checkpointed:
+
+* Scheme 1 is release 0.1.0: the text of Python 3.11's ``ast.dump`` (reproduced on
+  any Python by :mod:`durable_nb.fingerprint_v1`), and ``joblib.hash`` for every
+  argument that is not plain data.
+* Scheme 2 (:data:`KEY_SCHEME`) owns its canonical form of the AST, which is the
+  same on Python 3.10 to 3.13, and digests numpy and pandas values by content
+  without pickle. Anything else still goes through ``joblib.hash``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from durable_nb.errors import FingerprintError
+from durable_nb.fingerprint_v1 import dump_311
+from durable_nb.fingerprint_values import NotPlain, encode
+
+KEY_SCHEME = 2
+"""The key scheme this release writes."""
+
+SCHEMES = (1, 2)
+"""The key schemes this release can compute, to look up results of older releases."""
 
 _DIGEST_SIZE = 16
 
@@ -31,6 +48,14 @@ _DIGEST_SIZE = 16
 def digest_bytes(data: bytes) -> str:
     """Hex digest (128 bits of BLAKE2b) of ``data``."""
     return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
+
+
+def _check(scheme: int) -> None:
+    if scheme not in SCHEMES:
+        raise FingerprintError(
+            f"unknown key scheme {scheme!r}: this release of durable_nb computes schemes "
+            f"{', '.join(map(str, SCHEMES))}; the store was written by a newer release"
+        )
 
 
 # --------------------------------------------------------------------------- code
@@ -47,18 +72,89 @@ def _strip_for_digest(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
         and len(body) > 1
     ):
         body = body[1:]
-    clone = copy.copy(node)
+    clone = copy.copy(node)  # shallow: the caller's tree is never modified
     clone.body = body
     clone.decorator_list = []
     return clone
 
 
-def node_digest(node: ast.FunctionDef | ast.AsyncFunctionDef, version: str | None = None) -> str:
+def node_digest(
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    version: str | None = None,
+    *,
+    scheme: int = KEY_SCHEME,
+) -> str:
     """Digest of a function's normalised source, given its AST node."""
-    dumped = ast.dump(_strip_for_digest(node), annotate_fields=False, include_attributes=False)
+    _check(scheme)
+    stripped = _strip_for_digest(node)
+    text = dump_311(stripped) if scheme == 1 else canonical_ast(stripped)
     if version:
-        dumped += f"\0version={version}"
-    return digest_bytes(dumped.encode())
+        text += f"\0version={version}"
+    return digest_bytes(text.encode())
+
+
+def canonical_ast(node: ast.AST) -> str:
+    """Scheme 2's text of a tree: the same for the same source on Python 3.10 to 3.13.
+
+    ``Name(field=value,...)`` for each field in ``_fields`` order, leaving out fields
+    that are None or an empty list, so that fields a newer Python adds with such
+    defaults (3.12's ``type_params``) change nothing; ``Constant.kind`` (a ``u``
+    prefix) and ``type_comment`` are ignored; scalars are tagged with their type and
+    written with ascii().
+    """
+    out: list[str] = []
+    _canonical(node, out)
+    return "".join(out)
+
+
+def _canonical(node: object, out: list[str]) -> None:
+    if isinstance(node, ast.AST):
+        out.append(type(node).__name__ + "(")
+        # The value of a Constant or MatchSingleton is data even when it is None.
+        keeps_none = isinstance(node, (ast.Constant, ast.MatchSingleton))
+        for name in node._fields:
+            if name == "type_comment" or (name == "kind" and isinstance(node, ast.Constant)):
+                continue
+            value = getattr(node, name, None)
+            if isinstance(node, ast.JoinedStr) and name == "values":
+                value = _fstring_parts(node.values)
+            if value is None and not (keeps_none and name == "value"):
+                continue
+            if isinstance(value, list) and not value:
+                continue
+            out.append(name + "=")
+            _canonical(value, out)
+            out.append(",")
+        out.append(")")
+    elif isinstance(node, list):
+        out.append("[")
+        for item in node:
+            _canonical(item, out)  # None items (Dict.keys for **d) keep their place
+            out.append(",")
+        out.append("]")
+    else:
+        # ascii() rather than repr(): repr leaves the characters its Unicode database
+        # calls printable unescaped, and that database changes with the Python version.
+        out.append(type(node).__name__ + ":" + ascii(node))
+
+
+def _fstring_parts(values: list[ast.expr]) -> list[ast.expr]:
+    """An f-string's parts in one shape on every Python.
+
+    Python 3.12.1 adds empty strings to format specs (``f"{x:{w}}"``); adjacent
+    literal parts are merged as well, in case a parser splits them.
+    """
+    parts: list[ast.expr] = []
+    for item in values:
+        if isinstance(item, ast.Constant) and type(item.value) is str:
+            if not item.value:
+                continue
+            previous = parts[-1] if parts else None
+            if isinstance(previous, ast.Constant) and type(previous.value) is str:
+                parts[-1] = ast.Constant(previous.value + item.value)
+                continue
+        parts.append(item)
+    return parts
 
 
 def _code_digest(code: types.CodeType) -> bytes:
@@ -72,8 +168,17 @@ def _code_digest(code: types.CodeType) -> bytes:
     return b"\0".join(parts)
 
 
-def function_digest(fn: Callable[..., Any], version: str | None = None) -> str:
-    """Digest of a function's normalised source; bytecode when the source is not available."""
+def function_digest(
+    fn: Callable[..., Any], version: str | None = None, *, scheme: int = KEY_SCHEME
+) -> str:
+    """Digest of a function's normalised source; bytecode when the source is not available.
+
+    The bytecode fallback (a function made by ``exec`` of a string, which has no
+    source file) is the same in every scheme and is NOT stable across Python
+    versions: bytecode changes with every minor release, so such a function's
+    results are recomputed after an upgrade of Python.
+    """
+    _check(scheme)
     try:
         source = textwrap.dedent(inspect.getsource(fn))
         tree = ast.parse(source)
@@ -84,7 +189,7 @@ def function_digest(fn: Callable[..., Any], version: str | None = None) -> str:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == getattr(
                 fn, "__name__", None
             ):
-                return node_digest(node, version)
+                return node_digest(node, version, scheme=scheme)
     code = getattr(fn, "__code__", None)
     if code is None:
         raise FingerprintError(
@@ -99,74 +204,18 @@ def function_digest(fn: Callable[..., Any], version: str | None = None) -> str:
 
 # ---------------------------------------------------------------------- arguments
 
-_PRIMITIVE_TAGS: dict[type, bytes] = {
-    str: b"s",
-    int: b"i",
-    float: b"f",
-    bool: b"b",
-    bytes: b"y",
-    type(None): b"n",
-}
 
+def value_digest(value: Any, *, scheme: int = KEY_SCHEME) -> str:
+    """Process-independent digest of one value; raises TypeError/PicklingError if impossible.
 
-class _NotPlain(Exception):
-    """Internal: the value needs the general-purpose hasher."""
-
-
-def _encode_plain(value: Any, out: list[bytes]) -> None:
-    """Canonical bytes for plain data; raises _NotPlain for anything else."""
-    kind = type(value)
-    tag = _PRIMITIVE_TAGS.get(kind)
-    if tag is not None:
-        if kind is str:
-            raw = value.encode("utf-8", "surrogatepass")
-        elif kind is bytes:
-            raw = value
-        else:
-            raw = repr(value).encode()
-        out.append(tag + str(len(raw)).encode() + b":" + raw)
-        return
-    if kind is tuple or kind is list:
-        out.append(b"(" if kind is tuple else b"[")
-        for item in value:
-            _encode_plain(item, out)
-        out.append(b")")
-        return
-    if kind is dict:
-        items: list[tuple[bytes, bytes]] = []
-        for key, item in value.items():
-            key_out: list[bytes] = []
-            item_out: list[bytes] = []
-            _encode_plain(key, key_out)
-            _encode_plain(item, item_out)
-            items.append((b"".join(key_out), b"".join(item_out)))
-        items.sort()
-        out.append(b"{")
-        for key_bytes, item_bytes in items:
-            out.append(key_bytes)
-            out.append(item_bytes)
-        out.append(b"}")
-        return
-    if kind is set or kind is frozenset:
-        members = []
-        for item in value:
-            item_out = []
-            _encode_plain(item, item_out)
-            members.append(b"".join(item_out))
-        members.sort()
-        out.append(b"<")
-        out.extend(members)
-        out.append(b">")
-        return
-    raise _NotPlain
-
-
-def value_digest(value: Any) -> str:
-    """Process-independent digest of one value; raises TypeError/PicklingError if impossible."""
+    Plain data has the same digest in every scheme. Values without a canonical
+    encoding in ``scheme`` are digested whole by ``joblib.hash``, prefixed ``j``.
+    """
+    _check(scheme)
     out: list[bytes] = []
     try:
-        _encode_plain(value, out)
-    except _NotPlain:
+        encode(value, out, scheme >= 2)
+    except NotPlain:
         import joblib  # imported lazily: only non-plain arguments need it
 
         return "j" + str(joblib.hash(value))
@@ -175,19 +224,22 @@ def value_digest(value: Any) -> str:
     return digest_bytes(b"".join(out))
 
 
-def arguments_digest(owner: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+def arguments_digest(
+    owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, scheme: int = KEY_SCHEME
+) -> str:
     """Digest of a call's arguments; names ``owner`` and the argument when one fails."""
+    _check(scheme)
     parts: list[str] = []
     for index, arg in enumerate(args):
-        parts.append(_one(owner, f"positional argument {index}", arg))
+        parts.append(_one(owner, f"positional argument {index}", arg, scheme))
     for name in sorted(kwargs):
-        parts.append(name + "=" + _one(owner, f"keyword argument {name!r}", kwargs[name]))
+        parts.append(name + "=" + _one(owner, f"keyword argument {name!r}", kwargs[name], scheme))
     return digest_bytes("|".join(parts).encode())
 
 
-def _one(owner: str, where: str, value: Any) -> str:
+def _one(owner: str, where: str, value: Any, scheme: int) -> str:
     try:
-        return value_digest(value)
+        return value_digest(value, scheme=scheme)
     except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
         raise FingerprintError(
             f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
