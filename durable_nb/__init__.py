@@ -11,7 +11,6 @@ from typing import Any
 
 from durable_nb.definitions import (
     Activity,
-    ActivityOptions,
     Orchestrator,
     activity,
     orchestrator,
@@ -38,6 +37,7 @@ from durable_nb.errors import (
 from durable_nb.execution import SlowOrchestratorWarning
 from durable_nb.handles import InstanceHandle
 from durable_nb.memory_store import MemoryStore
+from durable_nb.options import ActivityOptions
 from durable_nb.runtime import Runtime, configure, get_runtime
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 

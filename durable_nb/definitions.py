@@ -4,20 +4,20 @@
 
 from __future__ import annotations
 
+import ast
+import datetime as _dt
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from durable_nb.errors import (
-    ActivityArgumentsError,
     ActivityNotFoundError,
     DefinitionError,
-    ResultNotStorableError,
 )
-from durable_nb.fingerprint import arguments_digest, function_digest
+from durable_nb.fingerprint import KEY_SCHEME, arguments_digest, function_digest, node_digest
+from durable_nb.options import ActivityOptions
 
 if TYPE_CHECKING:
     from durable_nb.handles import InstanceHandle
@@ -25,95 +25,34 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class ActivityOptions:
-    """How an activity is run: retries with exponential backoff, timeout, concurrency."""
+class _CodeDigests:
+    """The digests of a function's code under each key scheme, computed when first asked.
 
-    retries: int = 0
-    backoff: float = 1.0
-    backoff_coefficient: float = 2.0
-    max_backoff: float = 300.0
-    retry_timeout: float | None = None
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    no_retry_on: tuple[type[BaseException], ...] = ()
-    timeout: float | None = None
-    concurrency: int | None = None
-    version: str | None = None
-    executor: str | None = None  # a name given to configure(executors=...); None: the default
+    The current scheme's digest keys new results; an older scheme's is asked for only
+    when a history written by an older release is replayed (see :mod:`fingerprint`).
+    """
 
-    def __post_init__(self) -> None:
-        # A single exception class is accepted where a tuple of them is expected.
-        for field_name in ("retry_on", "no_retry_on"):
-            value = getattr(self, field_name)
-            if isinstance(value, type):
-                object.__setattr__(self, field_name, (value,))
-            elif isinstance(value, (list, set, frozenset)):
-                object.__setattr__(self, field_name, tuple(value))
-        problems = []
-        numbers = ("backoff", "backoff_coefficient", "max_backoff", "retry_timeout", "timeout")
-        for field_name in numbers:
-            value = getattr(self, field_name)
-            if value is None and field_name in ("retry_timeout", "timeout"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                problems.append(f"{field_name} must be a number of seconds, got {value!r}")
-        if problems:
-            raise DefinitionError("; ".join(problems))
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            problems.append(f"retries must be a whole number >= 0, got {self.retries!r}")
-        if self.backoff < 0:
-            problems.append(f"backoff must be >= 0 seconds, got {self.backoff!r}")
-        if self.backoff_coefficient < 1:
-            problems.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}")
-        if self.max_backoff < 0:
-            problems.append(f"max_backoff must be >= 0 seconds, got {self.max_backoff!r}")
-        if self.retry_timeout is not None and self.retry_timeout <= 0:
-            problems.append(f"retry_timeout must be > 0 seconds, got {self.retry_timeout!r}")
-        for field_name in ("retry_on", "no_retry_on"):
-            kinds = getattr(self, field_name)
-            if not isinstance(kinds, tuple):
-                problems.append(f"{field_name} takes exception classes, got {kinds!r}")
-                continue
-            for kind in kinds:
-                if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-                    problems.append(f"{field_name} takes exception classes, got {kind!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            problems.append(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        if self.concurrency is not None and (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or self.concurrency < 1
-        ):
-            problems.append(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if problems:
-            raise DefinitionError("; ".join(problems))
+    __slots__ = ("_digests", "_fn", "_node", "_version")
 
-    @property
-    def max_attempts(self) -> int:
-        return self.retries + 1
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        node: ast.FunctionDef | ast.AsyncFunctionDef | None,
+        version: str | None,
+        current: str | None,
+    ) -> None:
+        self._fn, self._node, self._version = fn, node, version
+        self._digests: dict[int, str] = {KEY_SCHEME: current} if current else {}
 
-    def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before ``attempt`` (2 is the first retry)."""
-        delay = self.backoff * self.backoff_coefficient ** max(attempt - 2, 0)
-        return float(min(delay, self.max_backoff))
-
-    def should_retry(
-        self, error: BaseException, attempt: int, first_started: float, now: float
-    ) -> bool:
-        """Whether a failed ``attempt`` gets another, under this policy."""
-        if attempt >= self.max_attempts or not isinstance(error, Exception):
-            return False
-        if isinstance(error, (ResultNotStorableError, ActivityArgumentsError)):
-            return False  # the same call would fail the same way
-        if self.no_retry_on and isinstance(error, self.no_retry_on):
-            return False
-        if not isinstance(error, self.retry_on):
-            return False
-        if self.retry_timeout is not None:
-            next_start = now + self.delay_before(attempt + 1)
-            if next_start - first_started > self.retry_timeout:
-                return False
-        return True
+    def get(self, scheme: int) -> str:
+        found = self._digests.get(scheme)
+        if found is None:
+            if self._node is not None:
+                found = node_digest(self._node, self._version, scheme=scheme)
+            else:
+                found = function_digest(self._fn, self._version, scheme=scheme)
+            self._digests[scheme] = found
+        return found
 
 
 class Activity:
@@ -130,6 +69,7 @@ class Activity:
         *,
         source_digest: str | None = None,
         name: str | None = None,
+        source_node: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
         if not callable(fn) or inspect.isclass(fn):
             raise DefinitionError(f"an activity must be a function, got {fn!r}")
@@ -141,12 +81,19 @@ class Activity:
         self.fn = fn
         self.name: str = name or fn.__name__
         self.options = options or ActivityOptions()
-        self.source_digest = source_digest or function_digest(fn, self.options.version)
+        # ``source_node``: the function's AST as the cell defined it (%%activity), which
+        # digests faster and more faithfully than source looked up again.
+        self._code = _CodeDigests(fn, source_node, self.options.version, source_digest)
+        self.source_digest = self._code.get(KEY_SCHEME)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def code_digest(self, scheme: int = KEY_SCHEME) -> str:
+        """The digest of the normalised source under key ``scheme``."""
+        return self._code.get(scheme)
 
     def arguments_mismatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """Why the signature cannot take these arguments, or None if it can (or has none
@@ -172,6 +119,8 @@ class Activity:
 
 _REGISTRY: dict[str, Activity] = {}
 _WRAPPED: weakref.WeakKeyDictionary[Callable[..., Any], Activity] = weakref.WeakKeyDictionary()
+# The plain function last called as an activity under each name, for find_activity.
+_LAST_WRAPPED: dict[str, weakref.ref[Activity]] = {}
 
 
 def register(act: Activity) -> Activity:
@@ -194,6 +143,15 @@ def _by_name(registry: dict[str, T], name: str, kind: str) -> T:
     return found
 
 
+def find_activity(name: str) -> Activity | None:
+    """The activity this process knows under ``name`` (registered, or a plain function
+    called as one), or None."""
+    found = _REGISTRY.get(name)
+    if found is None and (ref := _LAST_WRAPPED.get(name)) is not None:
+        found = ref()
+    return found
+
+
 def resolve_activity(ref: Any) -> Activity:
     """The activity meant by ``ref``: an Activity, a registered name, or a plain function."""
     if isinstance(ref, Activity):
@@ -210,6 +168,7 @@ def resolve_activity(ref: Any) -> Activity:
         if wrapped is None:
             wrapped = Activity(ref)
             _WRAPPED[ref] = wrapped
+            _LAST_WRAPPED[wrapped.name] = weakref.ref(wrapped)
         return wrapped
     raise DefinitionError(
         f"ctx.call_activity expects an activity, its name or a function, got {ref!r}"
@@ -254,6 +213,7 @@ class Orchestrator:
         *,
         strict: bool = False,
         source_digest: str | None = None,
+        source_node: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
         name = getattr(fn, "__name__", repr(fn))
         if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
@@ -273,16 +233,18 @@ class Orchestrator:
         self.fn = fn
         self.name: str = name
         self.strict = strict
-        self._source_digest = source_digest
+        self._code = _CodeDigests(fn, source_node, None, source_digest)
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
     @property
     def source_digest(self) -> str:
         """Digest of the normalised source; part of the key of its sub-orchestration calls."""
-        if self._source_digest is None:
-            self._source_digest = function_digest(self.fn)
-        return self._source_digest
+        return self._code.get(KEY_SCHEME)
+
+    def code_digest(self, scheme: int = KEY_SCHEME) -> str:
+        """The digest of the normalised source under key ``scheme``."""
+        return self._code.get(scheme)
 
     def bind_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The arguments by name (defaults applied), checked against the signature."""
@@ -297,9 +259,21 @@ class Orchestrator:
 
     def instance_id_for(self, *args: Any, **kwargs: Any) -> str:
         """The default instance id: the name plus a digest of the input, so reruns resume."""
+        return self.instance_ids_for(args, kwargs)[0]
+
+    def instance_ids_for(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], schemes: Sequence[int] = ()
+    ) -> list[str]:
+        """The default instance id under the current key scheme, then under each of
+        ``schemes`` where it differs (an instance started by an older release is found
+        under the id that release gave it)."""
         arguments = self.bind_input(args, kwargs)
-        digest = arguments_digest(f"orchestrator {self.name}", (), arguments)
-        return f"{self.name}-{digest[:12]}"
+        ids: list[str] = []
+        for scheme in (KEY_SCHEME, *(s for s in schemes if s != KEY_SCHEME)):
+            digest = arguments_digest(f"orchestrator {self.name}", (), arguments, scheme=scheme)
+            if (found := f"{self.name}-{digest[:12]}") not in ids:
+                ids.append(found)
+        return ids
 
     def __call__(
         self, *args: Any, instance_id: str | None = None, fresh: bool = False, **kwargs: Any
@@ -348,6 +322,8 @@ def activity(
     concurrency: int | None = None,
     version: str | None = None,
     executor: str | None = None,
+    share: bool = False,
+    ttl: float | _dt.timedelta | str | None = None,
 ) -> Callable[[F], Activity]: ...
 
 
@@ -366,6 +342,8 @@ def activity(
     concurrency: int | None = None,
     version: str | None = None,
     executor: str | None = None,
+    share: bool = False,
+    ttl: float | _dt.timedelta | str | None = None,
 ) -> Activity | Callable[[Callable[..., Any]], Activity]:
     """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``.
 
@@ -374,6 +352,11 @@ def activity(
     no attempt starts later than ``retry_timeout`` seconds after the first; only
     exceptions in ``retry_on`` and not in ``no_retry_on`` are retried. ``timeout`` bounds
     each attempt.
+
+    ``share=True`` answers a call from any instance's success in the same store with
+    the same activity name, code and arguments (by default results belong to their
+    instance); ``ttl`` (seconds, a timedelta, or text like ``"12h"``) reruns shared
+    results older than that.
     """
     options = ActivityOptions(
         retries=retries,
@@ -387,6 +370,8 @@ def activity(
         concurrency=concurrency,
         version=version,
         executor=executor,
+        share=share,
+        ttl=cast("float | None", ttl),  # ActivityOptions normalises it to seconds
     )
 
     def wrap(target: Callable[..., Any]) -> Activity:

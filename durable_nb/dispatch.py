@@ -17,12 +17,15 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.engine import ActivityCall
 from durable_nb.errors import ActivityArgumentsError, ActivityTimeoutError, DurableNbError
 from durable_nb.progress import Progress
+
+if TYPE_CHECKING:
+    from durable_nb.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +142,7 @@ class Dispatcher:
         post: Emit,
         note: Emit,
         keep_late: Emit,
+        journal: Journal | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._executor_for = executor_for
@@ -152,6 +156,10 @@ class Dispatcher:
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended
+        # Shared results (share=True activities): looked up before a call runs, and
+        # recorded with the completion. None: every call runs.
+        self._journal = journal
+        self._asking: list[ActivityCall] = []  # share=True calls to look up, in one batch
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
@@ -162,7 +170,13 @@ class Dispatcher:
 
     def dispatch(self, call: ActivityCall, number: int = 1) -> None:
         if number == 1:
+            if call.activity.options.share and self._journal is not None:
+                self._ask_shared(call)
+                return
             self._first_started[call.key] = time.time()
+        self._run(call, number)
+
+    def _run(self, call: ActivityCall, number: int) -> None:
         orphan = self._orphans.pop((self._orphan_owner, call.key), None)
         if orphan is not None and not orphan.done():
             # The same call is still running in a thread of an interrupted run of this
@@ -180,6 +194,33 @@ class Dispatcher:
 
         self._queued[start] = limiter
         limiter.acquire_or_wait(start)
+
+    def _ask_shared(self, call: ActivityCall) -> None:
+        """Look a share=True call up among the shared results before running it. The
+        calls one step schedules are looked up together, on the loop's next turn: a few
+        queries for a whole fan-out, and none of them interleaved with starting threads
+        (a query releases the GIL, and getting it back from busy workers costs more than
+        the query)."""
+        if not self._asking:
+            self._loop.call_soon(self._answer_shared)
+        self._asking.append(call)
+
+    def _answer_shared(self) -> None:
+        """Complete each asked call that matches a young enough success of any instance:
+        posted like a result (so written to this instance's history, where replay finds
+        it) and counted as cached, not ran. The others run."""
+        calls, self._asking = self._asking, []
+        if self.stopped or self._journal is None:
+            return  # the run ended first: like queued calls, they never started
+        found = self._journal.find_shared(calls)
+        for call in calls:
+            event = found.get(call.key)
+            if event is not None:
+                self._progress.reused(call.activity.name)
+                self._post(event)
+            else:
+                self._first_started[call.key] = time.time()
+                self._run(call, 1)
 
     def _adopt(
         self, call: ActivityCall, number: int, future: concurrent.futures.Future[Any]
@@ -273,6 +314,8 @@ class Dispatcher:
         if error is None:
             self._first_started.pop(call.key, None)
             self._progress.ran(name)
+            if call.activity.options.share and self._journal is not None:
+                self._journal.share(call.key)
             self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
             return
         options = call.activity.options
@@ -342,6 +385,7 @@ class Dispatcher:
     def stop(self) -> None:
         """The run ended: start nothing new; threads finish and their results are kept."""
         self.stopped = True
+        self._asking = []  # not looked up yet: they never start
         for timer in self._retry_timers:
             timer.cancel()
         self._retry_timers.clear()

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from durable_nb.errors import StoreError
+from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.leases import describe, holder_alive
-from durable_nb.store import FORMAT_VERSION, DiskCacheStore, InstanceRecord
+from durable_nb.store import DiskCacheStore, InstanceRecord
+from durable_nb.store_versions import FORMAT_VERSION, peek_versions
 
 
 @dataclass
@@ -80,6 +82,31 @@ def _check_files(
     return busy
 
 
+def _versions_text(found_format: int | None, schemes: tuple[int, ...]) -> str:
+    """The store's format and key schemes, and what opening it with this release does."""
+    if found_format is None:
+        text = f"format {FORMAT_VERSION} (new store)"
+    elif found_format < FORMAT_VERSION:
+        text = (
+            f"format {found_format}: opening it with this release moves its records, "
+            f"histories and leases into tables (format {FORMAT_VERSION}), done by this check"
+        )
+    else:
+        text = f"format {found_format} (this release's)"
+    older = [scheme for scheme in schemes if scheme != KEY_SCHEME]
+    shown = ", ".join(map(str, schemes or (KEY_SCHEME,)))
+    text += f"; key scheme(s) {shown}"
+    if older:
+        text += (
+            f": results keyed by scheme {', '.join(map(str, older))} (an older release) "
+            f"replay as they are, their digests reproduced on any Python; new results are "
+            f"keyed by scheme {KEY_SCHEME}, and nothing checkpointed runs again"
+        )
+    else:
+        text += " (this release's)"
+    return text
+
+
 def diagnose(folder: Path, fix: bool = False) -> Report:
     """Check a store folder; with ``fix``, release dead leases and mark their runs
     interrupted."""
@@ -106,12 +133,17 @@ def diagnose(folder: Path, fix: bool = False) -> Report:
             return report
         report.add("ok", "database integrity check passed")
     try:
+        found_format, found_schemes = peek_versions(folder)
+    except sqlite3.Error:
+        found_format, found_schemes = None, ()  # opening the store below says what is wrong
+    try:
         store = DiskCacheStore(folder)
     except StoreError as exc:
         report.add("fail", str(exc))
         return report
     try:
-        report.add("ok", f"format {FORMAT_VERSION}, {store.serializer} serializer, mode {mode:o}")
+        report.add("ok", f"{store.serializer} serializer, mode {mode:o}")
+        report.add("ok", _versions_text(found_format, found_schemes))
         records = store.list_instances()
         now = time.time()
         busy = _check_files(store, records, now, fix, report)

@@ -26,6 +26,8 @@ from durable_nb.dispatch import Dispatcher
 from durable_nb.engine import OrchestrationEngine, Step, SubOrchestrationCall
 from durable_nb.engine.replay import COMPLETED, CONTINUED, TERMINATED
 from durable_nb.errors import DurableNbError, InstanceBusyError
+from durable_nb.finality import completed_with
+from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.journal import Journal
 from durable_nb.leases import LeaseKeeper
 from durable_nb.progress import Progress
@@ -81,8 +83,12 @@ class Execution:
         instance_id: str,
         progress: Progress,
         parent: str | None = None,
+        caller_input: str | None = None,
     ) -> None:
         self.runtime = runtime
+        # The digest of the input the caller gave (before any continue_as_new); kept
+        # with a completed record so that the instance is final for that input.
+        self.caller_input = caller_input
         self.store: CheckpointStore = runtime.store
         self.orchestrator = orchestrator
         self.arguments = arguments
@@ -128,7 +134,9 @@ class Execution:
         events = self.journal.load()
         self.engine.load(events)
         self._suspended = _suspended_in(events)
-        started = history.ExecutionStarted(time.time(), self.orchestrator.name, record.runs)
+        started = history.ExecutionStarted(
+            time.time(), self.orchestrator.name, record.runs, KEY_SCHEME
+        )
         self.journal.unwritten.append(started)
         self._dispatcher = Dispatcher(
             executor_for=self.runtime.executor_for,
@@ -140,6 +148,7 @@ class Execution:
             post=self._post,
             note=self.journal.unwritten.append,
             keep_late=self.journal.keep_late,
+            journal=self.journal,  # shared results (share=True activities)
         )
         self.progress.begin()
         if self._suspended:
@@ -191,6 +200,7 @@ class Execution:
         record.runs += 1
         record.status, record.started_at, record.updated_at = "running", now, now
         record.finished_at, record.error, record.parent = None, None, self.parent
+        record.completed_with = None  # set again only if this run completes
         record.input = self.arguments
         self._put_record(record)
         self._record = record
@@ -423,6 +433,10 @@ class Execution:
             record.error = message or None
             record.counts = self.progress.totals().counts(live=False)
             record.output = self.engine.output if status == "completed" else None
+            if status == "completed" and self.caller_input is not None:
+                record.completed_with = completed_with(
+                    self.orchestrator, self.caller_input, self.engine.code_used, self.progress.rows
+                )
             self._put_record(record)
         if self.journal.chunks > COMPACT_AFTER_CHUNKS and status != "continued_as_new":
             self.store.compact(self.instance_id)
@@ -435,6 +449,7 @@ class Execution:
             # keeps the rest (rewind then needs the input passed again).
             if not self.store.storable(record.output):
                 record.output = None
+                record.completed_with = None  # no recorded outcome: it cannot be final
             if not self.store.storable(record.input):
                 record.input = None
             self.store.put_instance(record)

@@ -30,11 +30,17 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionStarted(Event):
-    """A run of the instance began (every rerun of an instance adds one)."""
+    """A run of the instance began (every rerun of an instance adds one).
+
+    ``key_scheme`` is how that run's release digested call keys
+    (:data:`durable_nb.fingerprint.KEY_SCHEME`); replay looks results of older runs up
+    under their own scheme. Rows written before it existed (release 0.1.0) decode as 1.
+    """
 
     TAG: ClassVar[str] = "started"
     orchestrator: str
     run: int
+    key_scheme: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from durable_nb import history
 from durable_nb.errors import ResultNotStorableError, StoreError
 from durable_nb.progress import Progress
-from durable_nb.store import CheckpointStore
+from durable_nb.store import CheckpointStore, shared_digest
+
+if TYPE_CHECKING:
+    from durable_nb.engine import ActivityCall
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ class Journal:
         self.chunks = 0  # chunks of the instance: loaded and written by this run
         self._next = 0  # the number the next chunk gets if nobody else appends
         self.epoch = ""  # the instance's epoch this run writes into (set once it is known)
+        self._share: set[str] = set()  # call keys whose completions are to be shared
 
     def load(self) -> list[history.Event]:
         events, count = self.store.load_history(self.instance_id)
@@ -71,6 +77,34 @@ class Journal:
         self._next = number + 1
         return foreign, seen
 
+    def share(self, key: str) -> None:
+        """Record the completion of call ``key``, when written, as a shared result too."""
+        self._share.add(key)
+
+    def find_shared(self, calls: Sequence[ActivityCall]) -> dict[str, history.TaskCompleted]:
+        """Completions for those of ``calls`` (share=True) that match a shared success of
+        any instance, no older than their activity's ``ttl``, by call key. ``attempts``
+        0 marks them in history as reused, not run. One query per activity and ttl (and
+        per 500 calls)."""
+        groups: dict[tuple[str, float | None], dict[str, list[str]]] = {}
+        for call in calls:
+            act = call.activity
+            keys = groups.setdefault((act.name, act.options.ttl), {})
+            keys.setdefault(shared_digest(act.name, call.key), []).append(call.key)
+        answers: dict[str, history.TaskCompleted] = {}
+        now = time.time()
+        for (activity, ttl), by_digest in groups.items():
+            newer_than = now - ttl if ttl is not None else None
+            try:
+                found = self.store.find_shared_many(activity, list(by_digest), newer_than)
+            except Exception:  # a lookup that fails only costs running the calls
+                logger.warning("could not look up shared results of %s", activity, exc_info=True)
+                continue
+            for digest, shared in found.items():
+                for key in by_digest[digest]:
+                    answers[key] = history.TaskCompleted(now, key, activity, shared.result, 0)
+        return answers
+
     def poll(self) -> list[history.Event]:
         """Live events in chunks others appended since the last look."""
         chunks = self.store.read_chunks(self.instance_id, self._next)
@@ -106,8 +140,12 @@ class Journal:
         ]
 
     def _append(self, chunk: list[history.Event]) -> int:
+        share = self._sharing(chunk) if self._share else ()
         try:
-            number = self.store.append(self.instance_id, chunk)
+            if share:
+                number = self.store.append(self.instance_id, chunk, share)
+            else:
+                number = self.store.append(self.instance_id, chunk)
         except (pickle.PicklingError, TypeError, AttributeError):
             raise  # a value that cannot be pickled; the caller finds which
         except Exception as exc:
@@ -117,7 +155,21 @@ class Journal:
                 "the store (disk space, permissions) and rerun to resume."
             ) from exc
         self.chunks += 1
+        self._share.difference_update(share)
         return number
+
+    def _sharing(self, chunk: list[history.Event]) -> list[str]:
+        """The keys of the chunk's completions to share. A call that ended otherwise (its
+        result could not be stored) is forgotten: only successes are shared."""
+        share = []
+        for event in chunk:
+            key = getattr(event, "key", None)
+            if key in self._share:
+                if isinstance(event, history.TaskCompleted):
+                    share.append(key)
+                elif isinstance(event, history.TaskFailed):
+                    self._share.discard(key)
+        return share
 
     def _unstorable(self, chunk: list[history.Event]) -> dict[int, history.Event]:
         """Failures to stand in for completions whose result cannot be pickled."""

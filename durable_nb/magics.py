@@ -13,13 +13,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from durable_nb.definitions import (
     Activity,
-    ActivityOptions,
     Orchestrator,
     register,
     register_orchestrator,
 )
 from durable_nb.errors import DefinitionError, DurableNbError
-from durable_nb.fingerprint import node_digest
+from durable_nb.options import ActivityOptions
 from durable_nb.runtime import get_runtime
 from durable_nb.verbs import add_verbs, run_verb
 
@@ -63,6 +62,8 @@ _ACTIVITY_PARSER.add_argument("--timeout", type=_positive_float, default=None)
 _ACTIVITY_PARSER.add_argument("--concurrency", type=int, default=None)
 _ACTIVITY_PARSER.add_argument("--version", default=None)
 _ACTIVITY_PARSER.add_argument("--executor", default=None)
+_ACTIVITY_PARSER.add_argument("--share", action="store_true")
+_ACTIVITY_PARSER.add_argument("--ttl", default=None)  # parsed by ActivityOptions: 90s, 12h, 1d
 
 _ORCHESTRATOR_PARSER = _Parser(prog="%%orchestrator", add_help=False)
 _ORCHESTRATOR_PARSER.add_argument("--strict", action="store_true")
@@ -96,7 +97,8 @@ class DurableMagics(Magics):
         """Turn every top-level function of the cell into a checkpointed activity.
 
         Options: --retries N, --backoff SECONDS, --timeout SECONDS, --concurrency N,
-        --version TAG (change it to invalidate cached results).
+        --version TAG (change it to invalidate cached results), --share (answer calls
+        from any instance's results), --ttl DURATION (shared results older than that rerun).
         """
         opts = _ACTIVITY_PARSER.parse_line(line)
         if opts.retries is not None and opts.max_attempts is not None:
@@ -117,6 +119,8 @@ class DurableMagics(Magics):
                 concurrency=opts.concurrency,
                 version=opts.version,
                 executor=opts.executor,
+                share=opts.share,
+                ttl=opts.ttl,
             )
         except DefinitionError as exc:
             raise UsageError(f"%%activity: {exc}") from None
@@ -125,8 +129,7 @@ class DurableMagics(Magics):
             fn = namespace[node.name]
             if isinstance(fn, Activity):
                 fn = fn.fn
-            digest = node_digest(node, options.version)
-            namespace[node.name] = register(Activity(fn, options, source_digest=digest))
+            namespace[node.name] = register(Activity(fn, options, source_node=node))
 
     def _exception_types(self, names: str | None, option: str) -> tuple[type[BaseException], ...]:
         """Exception classes named in a comma-separated option, looked up in the notebook."""
@@ -154,7 +157,7 @@ class DurableMagics(Magics):
             if isinstance(fn, Orchestrator):
                 fn = fn.fn
             try:
-                orch = Orchestrator(fn, strict=opts.strict, source_digest=node_digest(node))
+                orch = Orchestrator(fn, strict=opts.strict, source_node=node)
             except DefinitionError as exc:
                 raise UsageError(f"%%orchestrator: {exc}") from None
             namespace[node.name] = register_orchestrator(orch)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from durable_nb import history
-from durable_nb.store import InstanceRecord
+from durable_nb.fingerprint import KEY_SCHEME
+from durable_nb.store import InstanceRecord, SharedResult, shared_digest
 
 
 class MemoryStore:
@@ -15,17 +16,51 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.location = ":memory:"
+        self.key_schemes = (KEY_SCHEME,)
         self._lock = threading.Lock()
         self._chunks: dict[str, list[list[tuple[Any, ...]]]] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, dict[str, Any]] = {}
+        # (activity, digest) -> finished, instance, result; and each instance's keys.
+        self._shared: dict[tuple[str, str], tuple[float, str, Any]] = {}
+        self._shared_by: dict[str, set[tuple[str, str]]] = {}
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
+    def append(
+        self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
+    ) -> int:
         chunk = [history.encode(event) for event in events]
         with self._lock:
             chunks = self._chunks.setdefault(instance_id, [])
             chunks.append(chunk)
+            if share and instance_id in self._records:
+                share = set(share)
+                for event in events:
+                    if isinstance(event, history.TaskCompleted) and event.key in share:
+                        self._share(instance_id, event)
             return len(chunks) - 1
+
+    def _share(self, instance_id: str, event: history.TaskCompleted) -> None:
+        key = (event.activity, shared_digest(event.activity, event.key))
+        previous = self._shared.get(key)
+        if previous is not None:
+            self._shared_by.get(previous[1], set()).discard(key)
+        self._shared[key] = (event.timestamp, instance_id, event.result)
+        self._shared_by.setdefault(instance_id, set()).add(key)
+
+    def find_shared(
+        self, activity: str, digest: str, newer_than: float | None
+    ) -> SharedResult | None:
+        with self._lock:
+            found = self._shared.get((activity, digest))
+        if found is None or (newer_than is not None and found[0] < newer_than):
+            return None
+        return SharedResult(found[2], found[0], found[1])
+
+    def find_shared_many(
+        self, activity: str, digests: Sequence[str], newer_than: float | None
+    ) -> dict[str, SharedResult]:
+        found = {d: self.find_shared(activity, d, newer_than) for d in digests}
+        return {digest: shared for digest, shared in found.items() if shared is not None}
 
     def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
         chunk = [history.encode(event) for event in events]
@@ -106,6 +141,8 @@ class MemoryStore:
             had_record = self._records.pop(instance_id, None) is not None
             had_chunks = self._chunks.pop(instance_id, None) is not None
             self._leases.pop(instance_id, None)
+            for key in self._shared_by.pop(instance_id, ()):
+                self._shared.pop(key, None)
         return had_record or had_chunks
 
     def close(self) -> None:

@@ -84,6 +84,11 @@ class Progress:
         row.cached += 1
         self._dirty = True
 
+    def reused(self, name: str) -> None:
+        """A scheduled call was answered by a shared result of another instance."""
+        self.row(name).cached += 1
+        self._dirty = True
+
     def scheduled(self, name: str) -> None:
         self.row(name).total += 1
         self._dirty = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -16,10 +17,12 @@ from durable_nb.definitions import find_orchestrator
 from durable_nb.dispatch import SlotLimit
 from durable_nb.errors import (
     DurableNbError,
+    FingerprintError,
     InstanceBusyError,
     InstanceNotFoundError,
 )
 from durable_nb.execution import Execution, Outcome
+from durable_nb.finality import changes_since_completed, input_digest
 from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user_frames
 from durable_nb.progress import Progress
 from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
@@ -28,6 +31,8 @@ from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 if TYPE_CHECKING:
     from durable_nb.definitions import Orchestrator
     from durable_nb.engine import ActivityCall, SubOrchestrationCall
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_MODES = ("auto", "widget", "text", "none")
 
@@ -130,7 +135,12 @@ class Runtime:
     ) -> tuple[dict[str, Any], str]:
         arguments = orch.bind_input(args, kwargs)
         if instance_id is None:
-            instance_id = orch.instance_id_for(*args, **kwargs)
+            ids = orch.instance_ids_for(args, kwargs, self.store.key_schemes)
+            # An instance an older release started keeps the id it gave it (the ids
+            # differ only for inputs whose digest changed, such as arrays).
+            instance_id = next(
+                (found for found in ids[1:] if self.store.get_instance(found)), ids[0]
+            )
         elif not isinstance(instance_id, str) or not instance_id:
             raise ValueError(f"instance_id must be a non-empty string, got {instance_id!r}")
         return arguments, instance_id
@@ -184,11 +194,29 @@ class Runtime:
         parent: str | None,
     ) -> Outcome:
         """Run an instance, again and again while it continues as new."""
+        record = self.store.get_instance(instance_id)
+        if record is not None and record.status == "completed":
+            changed = changes_since_completed(record, orch, arguments, self.store.read_history)
+            if changed == []:
+                return self._recorded_outcome(record, progress)
+            if changed:
+                logger.info(
+                    "%s completed before, but %s changed since: running it again "
+                    "(results whose calls did not change are replayed)",
+                    instance_id,
+                    ", ".join(changed),
+                )
+        try:
+            caller_input: str | None = input_digest(orch, arguments)
+        except FingerprintError:  # an explicit instance id spared digesting the input
+            caller_input = None
         while True:
             record = self.store.get_instance(instance_id)
             if record is not None and record.generation > 0 and record.input is not None:
                 arguments = record.input  # an eternal instance resumes with its latest input
-            execution = Execution(self, orch, arguments, instance_id, progress, parent)
+            execution = Execution(
+                self, orch, arguments, instance_id, progress, parent, caller_input
+            )
             self._executions[instance_id] = execution
             try:
                 outcome = await execution.run()
@@ -203,6 +231,21 @@ class Runtime:
             record.input, record.generation = arguments, record.generation + 1
             record.status = "running"
             self.store.reset_history(record)
+
+    def _recorded_outcome(self, record: InstanceRecord, progress: Progress) -> Outcome:
+        """The outcome of a completed instance whose code and input did not change."""
+        calls = record.counts.get("calls", 0)
+        record.runs += 1
+        record.counts = {"calls": calls, "cached": calls, "ran": 0, "failed": 0, "retried": 0}
+        record.updated_at = time.time()
+        self.store.put_instance(record)
+        progress.custom_status = record.custom_status
+        made_of = record.completed_with or {}
+        for name, total in (made_of.get("rows") or {"(recorded outcome)": calls}).items():
+            row = progress.row(name)
+            row.total = row.cached = total
+        progress.finish("completed", "the recorded outcome: completed before, nothing changed")
+        return Outcome("completed", output=record.output)
 
     async def run_child(self, parent: Execution, call: SubOrchestrationCall) -> Outcome:
         """Run a sub-orchestration as its own instance; its rows join the parent's view."""

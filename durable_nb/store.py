@@ -10,13 +10,16 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
 * Tables of its own in diskcache's ``cache.db`` (:mod:`durable_nb.tables`):
   instance records, leases, and history chunks, one stream ``"h:<digest of id>"``
   per instance. A chunk is a list of encoded events written in one SQLite
-  transaction, so it is either wholly there or not at all.
-* diskcache keys: ``"format"`` (the store format version), ``"serializer"``,
+  transaction, so it is either wholly there or not at all. Shared results of
+  ``share=True`` activities are rows of their own table, written in the transaction
+  of their chunk and deleted with their instance.
+* diskcache keys: ``"format"`` (the store format version), ``"key_schemes"`` (how
+  the call keys it holds were digested, :mod:`durable_nb.store_versions`), ``"serializer"``,
   ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own) and
   ``"w"`` (large writes in progress, so a kill mid-write leaves nothing stray).
 
 Format 1 kept records, leases and chunks as diskcache keys; opening such a store
-moves them into the tables.
+moves them into the tables (:mod:`durable_nb.store_versions`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import pickle
 import stat
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,16 +50,14 @@ from durable_nb.store_values import (
     write_large,
     writes_in_progress,
 )
-from durable_nb.tables import StoreTables
+from durable_nb.store_versions import open_versions
+from durable_nb.tables import SharedRow, StoreTables
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
 STORE_ENV = "DURABLE_NB_STORE"
 DEFAULT_FOLDER = ".durable_nb"
 
-# diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
-_FIRST_PUSHED = 500_000_000_000_000
 _RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
 # SQLite refuses a value over 1e9 bytes; chunks are kept well below.
 MAX_CHUNK_BYTES = 256 << 20
@@ -82,6 +83,9 @@ class InstanceRecord:
     input: dict[str, Any] | None = None  # the orchestrator's arguments by name
     generation: int = 0  # how many times it continued as new
     parent: str | None = None  # the parent instance of a sub-orchestration
+    # What a completed run was made of (input, code digests), so that running it again
+    # returns this record's outcome while none of it changed (durable_nb.finality).
+    completed_with: dict[str, Any] | None = None
 
     @property
     def epoch(self) -> str:
@@ -98,13 +102,50 @@ class InstanceRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass(frozen=True)
+class SharedResult:
+    """A success of a ``share=True`` activity, found for a call of any instance."""
+
+    result: Any
+    finished: float  # when it finished, epoch seconds
+    instance_id: str  # the instance whose call it was
+
+
+def shared_digest(activity: str, key: str) -> str:
+    """What shared results are matched by: the call key without the activity's name and
+    the occurrence (``"name/code16/args#n"`` gives ``"code16/args"``)."""
+    triple = key.rpartition("#")[0] or key
+    prefix = activity + "/"
+    return triple[len(prefix) :] if triple.startswith(prefix) else triple
+
+
 class CheckpointStore(Protocol):
     """The seam between the runtime and durable storage."""
 
     location: str
+    # The key schemes of the calls recorded here (durable_nb.fingerprint): this
+    # release's, and any older release's that wrote to the store before.
+    key_schemes: tuple[int, ...]
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
-        """Durably append ``events`` as one atomic chunk; returns the chunk's number."""
+    def append(
+        self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
+    ) -> int:
+        """Durably append ``events`` as one atomic chunk; returns the chunk's number.
+
+        ``share``: call keys of the chunk's completions to record as shared results
+        (:meth:`find_shared`), atomically with the chunk, while the instance exists."""
+
+    def find_shared(
+        self, activity: str, digest: str, newer_than: float | None
+    ) -> SharedResult | None:
+        """The latest shared success of ``activity`` with ``digest`` (see
+        :func:`shared_digest`) that finished at or after ``newer_than``, with its result
+        loaded; None if there is none. One indexed lookup."""
+
+    def find_shared_many(
+        self, activity: str, digests: Sequence[str], newer_than: float | None
+    ) -> dict[str, SharedResult]:
+        """:meth:`find_shared` for many digests at once, by digest (misses left out)."""
 
     def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
         """Append as :meth:`append` does, but only while the instance's history is still
@@ -222,55 +263,18 @@ class DiskCacheStore:
                 f"`durable-nb doctor --store {self.location}` tells more; moving the folder "
                 "aside starts afresh (checkpointed work then runs again)."
             ) from exc
-        self._check_format()
+        self.versions = open_versions(
+            self._cache,
+            self._tables,
+            self.location,
+            self.serializer,
+            self._dumps,
+            lambda data: InstanceRecord.from_dict(data).epoch,
+        )
+        self.key_schemes = self.versions.key_schemes
         swept = sweep_intents(self._cache)
         if swept:
             logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
-
-    def _check_format(self) -> None:
-        found = self._cache.get("format")
-        if found is None:
-            self._cache.add("format", FORMAT_VERSION)
-            self._cache.add("serializer", self.serializer)
-        elif not isinstance(found, int) or found > FORMAT_VERSION:
-            raise StoreError(
-                f"the checkpoint store at {self.location} has format {found!r}, newer than "
-                f"this durable_nb understands ({FORMAT_VERSION}); upgrade durable_nb."
-            )
-        stored = self._cache.get("serializer", "pickle")
-        if stored != self.serializer:
-            raise StoreError(
-                f"the checkpoint store at {self.location} was written with the {stored} "
-                f"serializer; open it with serializer={stored!r}, or use another folder"
-            )
-        if found == 1:
-            self._upgrade_from_format_1()
-
-    def _upgrade_from_format_1(self) -> None:
-        """Format 1 kept everything as diskcache keys: records ``i:<id>``, leases
-        ``l:<id>`` and history chunks ``h:<digest>-<15 digits>`` numbered from 500
-        trillion (Cache.push). Copy each into its table, then delete the key: repeating
-        after a crash copies nothing twice."""
-        streams: dict[str, list[tuple[int, str]]] = {}
-        for key in list(self._cache.iterkeys()):
-            if not isinstance(key, str):
-                continue
-            if key.startswith("h:") and ":" not in key[2:]:
-                stream, _, number = key.rpartition("-")
-                streams.setdefault(stream, []).append((int(number) - _FIRST_PUSHED, key))
-            elif key.startswith("i:") and (data := self._cache.get(key)) is not None:
-                epoch = InstanceRecord.from_dict(data).epoch
-                self._tables.put_instance(key[2:], self._dumps(data), epoch)
-                self._cache.delete(key, retry=True)
-            elif key.startswith("l:"):
-                self._cache.delete(key, retry=True)  # a lease of a run of an older version
-        for stream, keys in streams.items():
-            chunks = [(n, self._dumps(self._cache.get(key) or [])) for n, key in keys]
-            self._tables.insert_chunks(stream, chunks)
-            for _, key in keys:
-                self._cache.delete(key, retry=True)
-        self._cache.set("format", FORMAT_VERSION, retry=True)
-        logger.info("upgraded the store at %s to format %s", self.location, FORMAT_VERSION)
 
     @staticmethod
     def _prefix(instance_id: str) -> str:
@@ -280,21 +284,73 @@ class DiskCacheStore:
 
     # ------------------------------------------------------------ history
 
-    def append(self, instance_id: str, events: Sequence[history.Event]) -> int:
+    def append(
+        self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
+    ) -> int:
         prefix = self._prefix(instance_id)
-        return self._append_rows(prefix, self._encode_all(prefix, events))
+        rows = self._encode_all(prefix, events)
+        if not share:
+            return self._append_rows(prefix, rows)
+        shared = self._shared_rows(events, rows, share)
+        return self._append_rows(prefix, rows, instance_id, shared)
 
-    def _append_rows(self, prefix: str, rows: list[tuple[Any, ...]]) -> int:
+    def _append_rows(
+        self,
+        prefix: str,
+        rows: list[tuple[Any, ...]],
+        instance_id: str = "",
+        shared: Sequence[SharedRow] = (),
+    ) -> int:
         data = self._dumps(rows)
         if len(data) > MAX_CHUNK_BYTES and len(rows) > 1:
             # Too big for one SQLite row (a burst of results just under the size that
             # gets a file of its own): written as several chunks, in order. Each event
-            # stands alone, so a crash between them keeps what was written.
+            # stands alone, so a crash between them keeps what was written (the shared
+            # rows go with the last chunk: a crash before it only shares less).
             del data
             half = len(rows) // 2
             self._append_rows(prefix, rows[:half])
-            return self._append_rows(prefix, rows[half:])
-        return self._tables.append(prefix, data)
+            return self._append_rows(prefix, rows[half:], instance_id, shared)
+        return self._tables.append(prefix, data, instance_id, shared)
+
+    def _shared_rows(
+        self, events: Sequence[history.Event], rows: list[tuple[Any, ...]], share: Collection[str]
+    ) -> list[SharedRow]:
+        """The shared-table rows of the completions named in ``share``. A large result
+        is shared by reference to the file of this instance's history: a purge or new
+        generation of this instance deletes the row with the file, and an instance that
+        reuses it stores its own copy (:meth:`find_shared` loads it; appending writes it)."""
+        found: list[SharedRow] = []
+        wanted = set(share)
+        for event, row in zip(events, rows, strict=True):
+            if isinstance(event, history.TaskCompleted) and event.key in wanted:
+                value = row[_RESULT_FIELD]
+                large = value.key if isinstance(value, LargeRef) else None
+                digest = shared_digest(event.activity, event.key)
+                found.append((event.activity, digest, event.timestamp, large, self._dumps(value)))
+        return found
+
+    def find_shared(
+        self, activity: str, digest: str, newer_than: float | None
+    ) -> SharedResult | None:
+        return self.find_shared_many(activity, [digest], newer_than).get(digest)
+
+    def find_shared_many(
+        self, activity: str, digests: Sequence[str], newer_than: float | None
+    ) -> dict[str, SharedResult]:
+        found: dict[str, SharedResult] = {}
+        for digest, finished, instance_id, _, data in self._tables.find_shared(activity, digests):
+            if newer_than is not None and finished < newer_than:
+                continue
+            value = self._loads(data)
+            if isinstance(value, LargeRef):
+                try:
+                    value = StoredValue(self._cache, value.key).load()
+                except StoreError:  # its file went with a purge under way: not shared now
+                    self._tables.forget_shared(activity, digest, instance_id)
+                    continue
+            found[digest] = SharedResult(value, finished, instance_id)
+        return found
 
     def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
         prefix = self._prefix(instance_id)

@@ -1,4 +1,4 @@
-"""The store's own SQLite tables: history chunks, instance records and leases.
+"""The store's own SQLite tables: history chunks, instance records, leases, shared results.
 
 A sequential orchestration writes once per activity, and every write must be
 durable before the orchestrator sees the result, so the cost of one write is the
@@ -21,7 +21,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from durable_nb.errors import StoreError
@@ -34,11 +34,25 @@ _SCHEMA = (
         instance_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, data BLOB NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS durable_leases (
         instance_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data TEXT NOT NULL)""",
+    # Results of share=True activities, the latest success per activity and digest (code
+    # and arguments), answering calls of any instance. ``large`` is the key of the
+    # result's file (in the sharing instance's history) or NULL; ``data`` is the encoded
+    # result. Added after format 2 without a format bump: it is additive, an older store
+    # gets it (empty) when opened, and a release without it ignores it.
+    """CREATE TABLE IF NOT EXISTS durable_shared (
+        activity TEXT NOT NULL, digest TEXT NOT NULL, finished REAL NOT NULL,
+        instance_id TEXT NOT NULL, large TEXT, data BLOB NOT NULL,
+        PRIMARY KEY (activity, digest))""",
+    """CREATE INDEX IF NOT EXISTS durable_shared_by_instance
+        ON durable_shared (instance_id)""",
 )
+
+# One shared result to record with a chunk: activity, digest, finished, large key, data.
+SharedRow = tuple[str, str, float, str | None, bytes]
 
 
 class StoreTables:
-    """Atomic operations on the three tables, safe across threads and processes."""
+    """Atomic operations on the tables, safe across threads and processes."""
 
     def __init__(self, database: str, timeout: float = 60.0) -> None:
         self._database = database
@@ -117,10 +131,32 @@ class StoreTables:
 
     # ------------------------------------------------------------ history
 
-    def append(self, stream: str, data: bytes) -> int:
-        """Add a chunk after the stream's last one; returns its number (0, 1, ...)."""
+    def append(
+        self, stream: str, data: bytes, instance_id: str = "", shared: Sequence[SharedRow] = ()
+    ) -> int:
+        """Add a chunk after the stream's last one; returns its number (0, 1, ...).
+
+        ``shared``: results of the chunk to share, recorded for ``instance_id`` in the
+        same transaction, so a crash leaves both or neither: never a shared row without
+        its history. (A large result's file is written before this transaction; a crash
+        in between leaves it to its instance, whose purge deletes it, like any large
+        result.) Only while the instance has a record: a run appending after its
+        instance was purged shares nothing (its large file may be gone already)."""
         with self._transaction() as connection:
-            return _append_in(connection, stream, data)
+            number = _append_in(connection, stream, data)
+            if (
+                shared
+                and connection.execute(
+                    "SELECT 1 FROM durable_instances WHERE instance_id = ?", (instance_id,)
+                ).fetchone()
+            ):
+                connection.executemany(
+                    "INSERT OR REPLACE INTO durable_shared "
+                    "(activity, digest, finished, instance_id, large, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(a, d, t, instance_id, large, v) for a, d, t, large, v in shared],
+                )
+            return number
 
     def append_if(self, stream: str, data: bytes, instance_id: str, epoch: str) -> bool:
         """Append only while the instance is at ``epoch``, in one transaction."""
@@ -188,10 +224,15 @@ class StoreTables:
         return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
 
     def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> None:
-        """Empty the history and write the record, in one transaction."""
+        """Empty the history and write the record, in one transaction. Shared results
+        whose file goes with the history go too; small ones stay shared."""
         with self._transaction() as connection:
             _delete_stream_in(connection, stream)
             _put_instance_in(connection, instance_id, data, epoch)
+            connection.execute(
+                "DELETE FROM durable_shared WHERE instance_id = ? AND large IS NOT NULL",
+                (instance_id,),
+            )
 
     def purge(self, stream: str, instance_id: str) -> bool:
         """Delete the record, history and lease, in one transaction; False if none was there."""
@@ -203,7 +244,36 @@ class StoreTables:
                 ("DELETE FROM durable_leases WHERE instance_id = ?", instance_id),
             ):
                 removed += connection.execute(sql, (key,)).rowcount
+            # Its shared results go with it (not counted: they are no instance).
+            connection.execute("DELETE FROM durable_shared WHERE instance_id = ?", (instance_id,))
         return removed > 0
+
+    # ------------------------------------------------------------ shared results
+
+    def find_shared(
+        self, activity: str, digests: Sequence[str]
+    ) -> list[tuple[str, float, str, str | None, bytes]]:
+        """The shared results of ``activity`` with these digests: digest, finished,
+        instance, large key, data. Primary-key lookups, up to 500 digests a query."""
+        found = []
+        for start in range(0, len(digests), 500):
+            part = digests[start : start + 500]
+            rows = self._query(
+                "SELECT digest, finished, instance_id, large, data FROM durable_shared "
+                f"WHERE activity = ? AND digest IN ({', '.join('?' * len(part))})",
+                activity,
+                *part,
+            )
+            found += [(str(d), float(t), str(i), large, bytes(v)) for d, t, i, large, v in rows]
+        return found
+
+    def forget_shared(self, activity: str, digest: str, instance_id: str) -> None:
+        """Drop a shared row that turned out unusable (its file is gone), if still that one."""
+        with self._transaction() as connection:
+            connection.execute(
+                "DELETE FROM durable_shared WHERE activity = ? AND digest = ? AND instance_id = ?",
+                (activity, digest, instance_id),
+            )
 
     # ------------------------------------------------------------ leases
 

@@ -6,12 +6,15 @@ from typing import Any
 
 from durable_nb import history
 from durable_nb.engine import OrchestrationEngine, Step
+from durable_nb.fingerprint import KEY_SCHEME
 
 T0 = 1_700_000_000.0
 
 
-def started(t: float = T0, run: int = 1, name: str = "orch") -> history.ExecutionStarted:
-    return history.ExecutionStarted(t, name, run)
+def started(
+    t: float = T0, run: int = 1, name: str = "orch", key_scheme: int = KEY_SCHEME
+) -> history.ExecutionStarted:
+    return history.ExecutionStarted(t, name, run, key_scheme)
 
 
 def completed(key: str, result: Any, t: float = T0 + 1, attempts: int = 1) -> history.TaskCompleted:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from durable_nb import activity, configure
-from durable_nb.definitions import ActivityOptions
+from durable_nb.options import ActivityOptions
 from durable_nb.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,9 +23,10 @@ from builders import (
 )
 
 from durable_nb import Activity, OrchestratorError
-from durable_nb.definitions import ActivityOptions, Orchestrator
+from durable_nb.definitions import Orchestrator
 from durable_nb.engine import TimerCall
 from durable_nb.errors import DefinitionError, EventTimeoutError
+from durable_nb.options import ActivityOptions
 
 UTC = dt.timezone.utc
 

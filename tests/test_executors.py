@@ -273,6 +273,12 @@ def test_a_large_result_is_checkpointed_without_a_second_copy_and_replayed_lazil
         loads.append(1)
         return original(self)
 
+    # A completed instance is final (its output is returned without a replay): mark it
+    # interrupted, as a kill mid-run leaves it, so the rerun replays its history.
+    record = rt.store.get_instance(orch.instance_id_for(True))
+    assert record is not None
+    record.status = "interrupted"
+    rt.store.put_instance(record)
     StoredValue.load = counting_load  # type: ignore[method-assign]
     try:
         assert orch.run(True) == size + 1

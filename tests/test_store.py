@@ -165,7 +165,9 @@ def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     assert record is not None and record.status == "completed" and record.output == 7
     assert s.get_lease("old") is None
     assert s.append("old", [completed("a/b/c#3", 3)]) == 3  # numbering goes on
-    assert s._cache.get("format") == 2 and list(s._cache.iterkeys()) == ["format", "serializer"]
+    assert s._cache.get("format") == 2
+    assert sorted(s._cache.iterkeys()) == ["format", "key_schemes", "serializer"]
+    assert s.key_schemes == (1, 2)  # its keys were digested by an older release
     s.close()
     reopened = DiskCacheStore(folder)  # nothing left to move: opening again changes nothing
     assert len(reopened.read_history("old")) == 4

@@ -16,7 +16,6 @@ one resume per completion rather than a replay from the start.
 
 from __future__ import annotations
 
-import datetime as _dt
 import inspect
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
@@ -26,6 +25,7 @@ from typing import Any
 from durable_nb import history
 from durable_nb.definitions import Activity, Orchestrator, resolve_activity, resolve_orchestrator
 from durable_nb.engine.context import OrchestrationContext
+from durable_nb.engine.results import ResultBook
 from durable_nb.engine.tasks import (
     ActivityCall,
     ActivityTask,
@@ -36,14 +36,14 @@ from durable_nb.engine.tasks import (
     TimerCall,
     TimerTask,
 )
-from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook
+from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook, fire_time
 from durable_nb.errors import (
     ContinueAsNew,
     EventTimeoutError,
     NonDeterminismError,
     OrchestratorError,
 )
-from durable_nb.fingerprint import arguments_digest
+from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
 
 _UUID_NAMESPACE = uuid.UUID("5f6c2a6e-5d0b-4c52-9f0e-6a1d2b7c9e31")
 _UNSET: Any = object()
@@ -101,13 +101,16 @@ class OrchestrationEngine:
         self._events = EventBook()
         self._position_in_history = 0
         self._run_started = 0.0
-        self._results: dict[str, tuple[Any, float, int]] = {}  # key -> value, time, position
+        self._results = ResultBook()
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._occurrences: dict[str, int] = {}
         self._position = 0
         self._uuid_counter = 0
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
+        # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
+        # instance stays final while the code of none of them changed.
+        self.code_used: dict[str, Activity | Orchestrator] = {}
         self._loading = False
         self._waiting_on: Task | None = None
         self._coroutine: Generator[Any, Any, Any] | Coroutine[Any, Any, Any] | None = None
@@ -183,11 +186,16 @@ class OrchestrationEngine:
     def call_activity(self, ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
         act = self._resolve(ref)
         owner = f"activity {act.name!r} (instance {self.instance_id})"
-        triple = f"{act.name}/{act.source_digest[:16]}/{arguments_digest(owner, args, kwargs)}"
-        key, _, position = self._next_call(triple, act.name)
+
+        def triple(scheme: int) -> str:
+            digest = arguments_digest(owner, args, kwargs, scheme=scheme)
+            return f"{act.name}/{act.code_digest(scheme)[:16]}/{digest}"
+
+        self.code_used[act.name] = act
+        key, occurrence, position = self._next_call(triple(KEY_SCHEME), act.name)
         call = ActivityCall(key, act, args, kwargs, position)
         task = ActivityTask(call)
-        if self._answer(task, key, act.name):
+        if self._answer(task, key, act.name, triple, occurrence):
             self._step.scheduled.append(call)
         return task
 
@@ -201,9 +209,17 @@ class OrchestrationEngine:
             self._check_determinism(position, name)
         return f"{triple}#{occurrence}", occurrence, position
 
-    def _answer(self, task: ActivityTask | SubOrchestrationTask, key: str, name: str) -> bool:
-        """Complete ``task`` from history if it can be; True when it must be scheduled."""
-        hit = self._results.get(key)
+    def _answer(
+        self,
+        task: ActivityTask | SubOrchestrationTask,
+        key: str,
+        name: str,
+        triple: Callable[[int], str],
+        occurrence: int,
+    ) -> bool:
+        """Complete ``task`` from history if it can be; True when it must be scheduled.
+        ``triple(scheme)`` is the call's key under another scheme, without occurrence."""
+        hit = self._results.find(key, triple, occurrence)
         if hit is not None:
             value = hit[0]
             if isinstance(value, history.LazyValue):
@@ -224,17 +240,22 @@ class OrchestrationEngine:
         orch = self._resolve_sub(ref)
         arguments = orch.bind_input(args, kwargs)
         owner = f"sub-orchestrator {orch.name!r} (instance {self.instance_id})"
-        arg_digest = arguments_digest(owner, (), arguments)
         name = f"sub:{orch.name}"
-        key, occurrence, position = self._next_call(
-            f"{name}/{orch.source_digest[:16]}/{arg_digest}", name
-        )
+
+        def triple(scheme: int) -> str:
+            digest = arguments_digest(owner, (), arguments, scheme=scheme)
+            return f"{name}/{orch.code_digest(scheme)[:16]}/{digest}"
+
+        current = triple(KEY_SCHEME)
+        arg_digest = current.rsplit("/", 1)[1]
+        self.code_used[name] = orch
+        key, occurrence, position = self._next_call(current, name)
         if instance_id is None:
             suffix = f"#{occurrence}" if occurrence else ""
             instance_id = f"{self.instance_id}:{orch.name}-{arg_digest[:8]}{suffix}"
         call = SubOrchestrationCall(key, orch, arguments, instance_id, position)
         task = SubOrchestrationTask(call)
-        if self._answer(task, key, name):
+        if self._answer(task, key, name, triple, occurrence):
             self._step.subs.append(call)
         return task
 
@@ -288,22 +309,7 @@ class OrchestrationEngine:
             return recorded, False
         # A new timer counts from now: the later of the replayed clock and this run's
         # start, so a timer first created on a rerun does not fire at once.
-        base = max(self.now, self._run_started)
-        if isinstance(when, _dt.datetime):
-            if when.tzinfo is None:
-                raise OrchestratorError(
-                    f"orchestrator {self.name!r}: create_timer got a naive datetime; use an "
-                    "aware one, e.g. ctx.current_utc_datetime + timedelta(minutes=5)"
-                )
-            return when.timestamp(), True
-        if isinstance(when, _dt.timedelta):
-            when = when.total_seconds()
-        if isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0:
-            return base + float(when), True
-        raise OrchestratorError(
-            f"orchestrator {self.name!r}: a timer needs seconds >= 0, a timedelta or an aware "
-            f"datetime, got {when!r}"
-        )
+        return fire_time(when, max(self.now, self._run_started), self.name), True
 
     def _event_timeout(self, name: str, timeout: Any) -> EventTimeoutError:
         return EventTimeoutError(
@@ -334,13 +340,15 @@ class OrchestrationEngine:
     def _on_started(self, event: history.ExecutionStarted) -> None:
         if self._created_at is None:
             self._created_at = event.timestamp
+        if self._loading:
+            self._results.run_keyed_by(event.key_scheme)
 
     def _on_ignored(self, event: history.Event) -> None:
         pass
 
     def _on_completed(self, event: history.TaskCompleted) -> None:
         if self._loading:
-            self._results[event.key] = (event.result, event.timestamp, self._position_in_history)
+            self._results.add(event.key, (event.result, event.timestamp, self._position_in_history))
             return
         task = self._pending.pop(event.key, None)
         if task is not None:

@@ -12,10 +12,32 @@ on replay the one that came first *in history* wins, exactly as it did live.
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
 from durable_nb.engine.tasks import EventTask, Task
+from durable_nb.errors import OrchestratorError
+
+
+def fire_time(when: Any, now: float, orchestrator: str) -> float:
+    """When a new timer fires (epoch seconds): ``when`` is seconds from ``now``, a
+    timedelta, or an aware datetime."""
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            raise OrchestratorError(
+                f"orchestrator {orchestrator!r}: create_timer got a naive datetime; use an "
+                "aware one, e.g. ctx.current_utc_datetime + timedelta(minutes=5)"
+            )
+        return when.timestamp()
+    if isinstance(when, _dt.timedelta):
+        when = when.total_seconds()
+    if isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0:
+        return now + float(when)
+    raise OrchestratorError(
+        f"orchestrator {orchestrator!r}: a timer needs seconds >= 0, a timedelta or an aware "
+        f"datetime, got {when!r}"
+    )
 
 
 @dataclass
