@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.engine import ActivityCall
-from durable_nb.errors import ActivityArgumentsError, ActivityTimeoutError, DurableNbError
+from durable_nb.errors import (
+    ActivityArgumentsError,
+    ActivityTimeoutError,
+    DurableNbError,
+    add_note,
+)
 from durable_nb.progress import Progress
 
 if TYPE_CHECKING:
@@ -463,7 +468,5 @@ def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, 
             setattr(error, attribute, value)
         except AttributeError:  # exceptions with __slots__
             break
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None:
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        add_note(f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    add_note(error, f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")

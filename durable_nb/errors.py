@@ -31,6 +31,8 @@ activity name, attempt count, instance and call key attached as attributes
 
 from __future__ import annotations
 
+import sys
+
 
 class DurableNbError(Exception):
     """Root of every error raised by durable_nb."""
@@ -118,3 +120,15 @@ __all__ = [
     "ResultNotStorableError",
     "StoreError",
 ]
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``; on Python 3.10, which has no such method (nor shows
+    notes), the note is still kept in ``__notes__`` where 3.11 would put it."""
+    try:
+        if sys.version_info >= (3, 11):
+            error.add_note(note)
+        else:
+            error.__notes__ = [*getattr(error, "__notes__", ()), note]
+    except (AttributeError, TypeError):  # exceptions with __slots__, or odd __notes__
+        pass

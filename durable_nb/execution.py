@@ -25,7 +25,7 @@ from durable_nb import history
 from durable_nb.dispatch import Dispatcher
 from durable_nb.engine import OrchestrationEngine, Step, SubOrchestrationCall
 from durable_nb.engine.replay import COMPLETED, CONTINUED, TERMINATED
-from durable_nb.errors import DurableNbError, InstanceBusyError
+from durable_nb.errors import DurableNbError, InstanceBusyError, add_note
 from durable_nb.finality import completed_with
 from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.journal import Journal
@@ -362,9 +362,7 @@ class Execution:
                 f"sub-orchestration {call.instance_id!r} ended as {outcome.status}: "
                 f"{outcome.message}"
             )
-        add_note = getattr(error, "add_note", None)
-        if add_note is not None:
-            add_note(f"durable_nb: in sub-orchestration {call.instance_id}")
+        add_note(error, f"durable_nb: in sub-orchestration {call.instance_id}")
         self.progress.failed(name)
         self._post(
             history.SubOrchestrationFailed(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, TypeVar
+
+# typing.Self is 3.11+; a bound TypeVar says the same on 3.10 (requires-python >= 3.10).
+_Server = TypeVar("_Server", bound="LocalJsonServer")
 
 
 class LocalJsonServer:
@@ -25,7 +28,7 @@ class LocalJsonServer:
     def answer(self, path: str) -> tuple[int, Any]:
         raise NotImplementedError
 
-    def start(self) -> Self:
+    def start(self: _Server) -> _Server:
         service = self
 
         class Handler(BaseHTTPRequestHandler):

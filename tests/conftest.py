@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "crash_matrix: SIGKILL-and-resume seeds of tests/test_crash_matrix.py; "
         "`-m crash_matrix` runs all 20 (3 run by default)",
     )
+
+
+# The fast subset .ci/run runs on every other Python it finds (`pytest tests -m compat`):
+# the engine, the fingerprints, the golden fixtures with key schemes and finality, and the
+# store. Defined here only.
+COMPAT_MODULES = (
+    "test_engine*.py",
+    "test_fingerprint.py",
+    "test_golden*.py",
+    "test_key_schemes.py",
+    "test_finality.py",
+    "test_store*.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(fnmatch(item.path.name, pattern) for pattern in COMPAT_MODULES):
+            item.add_marker(pytest.mark.compat)

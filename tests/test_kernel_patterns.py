@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ipykernel
 import pytest
 from kernel_harness import (
     CELL_TIMEOUT,
@@ -389,6 +390,11 @@ def _button(k: KernelSession, msg_id: str, description: str) -> str:
     return found[0]
 
 
+@pytest.mark.skipif(
+    tuple(int(part) for part in ipykernel.__version__.split(".")[:2]) < (7, 4),
+    reason="ipykernel < 7.4 (all that Python 3.10 gets) handles widget messages only "
+    "between cells, so a click cannot reach a run awaited in the same cell",
+)
 @pytest.mark.parametrize(
     ("button", "tag", "expected", "stages"),
     [
