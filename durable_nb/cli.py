@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from durable_nb.errors import DurableNbError
-from durable_nb.store import STORE_ENV, DiskCacheStore, default_location
+from durable_nb.store import DiskCacheStore
+from durable_nb.store_folder import STORE_ENV, default_location
 from durable_nb.verbs import VerbUsageError, add_verbs, run_verb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import pickle
-import stat
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
+from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
     JsonValueDisk,
@@ -55,8 +55,6 @@ from durable_nb.tables import SharedRow, StoreTables
 
 logger = logging.getLogger(__name__)
 
-STORE_ENV = "DURABLE_NB_STORE"
-DEFAULT_FOLDER = ".durable_nb"
 
 _RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
 # SQLite refuses a value over 1e9 bytes; chunks are kept well below.
@@ -198,26 +196,6 @@ class CheckpointStore(Protocol):
 SERIALIZERS = ("pickle", "json")
 
 
-def _check_private(path: Path) -> None:
-    """Refuse a folder others can write to: loading a pickle from it would run their code."""
-    info = path.stat()
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-        raise StoreError(
-            f"the checkpoint store at {path.resolve()} can be written by other users "
-            f"(mode {mode:o}, owner uid {info.st_uid}); whoever can write there could make "
-            "this kernel run their code when it loads checkpoints. If you trust its "
-            f"contents, make it yours and private (chmod 700 {path}), or use another folder."
-        )
-    if mode & 0o077:
-        path.chmod(0o700)  # readable by others: ours, so make it private
-
-
-def default_location() -> Path:
-    """``$DURABLE_NB_STORE`` if set, else ``.durable_nb`` in the working directory."""
-    return Path(os.environ.get(STORE_ENV) or DEFAULT_FOLDER)
-
-
 class DiskCacheStore:
     """A :class:`CheckpointStore` in a ``diskcache.Cache`` folder."""
 
@@ -235,17 +213,8 @@ class DiskCacheStore:
         self.location = str(path.resolve())
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _check_private(path)
-            # eviction_policy='none': the default policy would silently evict
-            # checkpoints once the cache passes its 1 GB size limit.
-            # tag_index: an instance's large results share a tag, so purge deletes them
-            # with a few indexed statements.
-            self._cache = diskcache.Cache(
-                str(path),
-                eviction_policy="none",
-                tag_index=True,
-                disk=JsonValueDisk if serializer == "json" else ValueDisk,
-            )
+            check_private(path)
+            self._cache = open_cache(path, JsonValueDisk if serializer == "json" else ValueDisk)
             self._tables = StoreTables(os.path.join(self.location, "cache.db"))
             for name in os.listdir(path):
                 if name.startswith("cache.db"):

@@ -174,3 +174,17 @@ def test_durable_raise_terminate_and_rewind_in_the_kernel(
     assert iid in capsys.readouterr().out
     with pytest.raises(UsageError, match="15m"):
         ip.run_line_magic("durable", "list --older-than soon")
+
+
+def test_the_activity_magic_takes_share_and_ttl(ip: Any) -> None:
+    from IPython.core.error import UsageError
+
+    ip.run_cell_magic("activity", "--share --ttl 1d", "def cached_fetch(x):\n    return x\n")
+    options = ip.user_ns["cached_fetch"].options
+    assert options.share is True and options.ttl == 86400.0
+    ip.run_cell_magic("activity", "", "def per_instance(x):\n    return x\n")
+    assert ip.user_ns["per_instance"].options.share is False
+    with pytest.raises(UsageError, match="ttl applies to shared results only"):
+        ip.run_cell_magic("activity", "--ttl 1d", "def nope(x):\n    return x\n")
+    with pytest.raises(UsageError, match="is not a duration"):
+        ip.run_cell_magic("activity", "--share --ttl soon", "def nope(x):\n    return x\n")

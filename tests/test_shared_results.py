@@ -7,13 +7,11 @@ import datetime
 import io
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 import durable_nb as dn
 from durable_nb import history, management
@@ -400,25 +398,3 @@ def test_bad_share_options_are_clear_errors(options: dict[str, Any], message: st
         ActivityOptions(**options)
     with pytest.raises(DefinitionError, match=message.replace("(", r"\(")):
         dn.activity(**options)
-
-
-@pytest.fixture
-def ip(rt: Runtime) -> Iterator[Any]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "durable_nb")
-    yield shell
-    shell.run_line_magic("unload_ext", "durable_nb")
-
-
-def test_the_activity_magic_takes_share_and_ttl(ip: Any) -> None:
-    from IPython.core.error import UsageError
-
-    ip.run_cell_magic("activity", "--share --ttl 1d", "def cached_fetch(x):\n    return x\n")
-    options = ip.user_ns["cached_fetch"].options
-    assert options.share is True and options.ttl == 86400.0
-    ip.run_cell_magic("activity", "", "def per_instance(x):\n    return x\n")
-    assert ip.user_ns["per_instance"].options.share is False
-    with pytest.raises(UsageError, match="ttl applies to shared results only"):
-        ip.run_cell_magic("activity", "--ttl 1d", "def nope(x):\n    return x\n")
-    with pytest.raises(UsageError, match="is not a duration"):
-        ip.run_cell_magic("activity", "--share --ttl soon", "def nope(x):\n    return x\n")

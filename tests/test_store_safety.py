@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -183,3 +184,32 @@ def test_doctor_finds_and_removes_what_belongs_to_no_instance(tmp_path: Path) ->
     assert store.orphans() == ([], [])
     assert store.check_files(fix=False) == []  # the large result's file went with it
     store.close()
+
+
+def test_a_store_another_process_is_setting_up_is_opened_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite refuses some set-up statements at once while another process sets up the
+    same new folder (two kernels started together); opening retries them."""
+    import diskcache
+
+    real = diskcache.Cache
+    refusals = [2]
+
+    def contended(*args: object, **kwargs: object) -> object:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diskcache, "Cache", contended)
+    store = DiskCacheStore(tmp_path / "s")
+    assert refusals == [0] and store.list_instances() == []
+    store.close()
+
+    def damaged(*args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(diskcache, "Cache", damaged)  # other errors are not retried
+    with pytest.raises(dn.StoreError, match="disk I/O error"):
+        DiskCacheStore(tmp_path / "other")
