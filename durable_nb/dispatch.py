@@ -183,9 +183,11 @@ class Dispatcher:
 
     def _run(self, call: ActivityCall, number: int) -> None:
         orphan = self._orphans.pop((self._orphan_owner, call.key), None)
-        if orphan is not None and not orphan.done():
-            # The same call is still running in a thread of an interrupted run of this
-            # instance: wait for it instead of doing the work twice. It holds its slot.
+        if orphan is not None and not orphan.cancelled():
+            # The same call ran in a thread of an interrupted run of this instance: take
+            # its outcome instead of doing the work twice. Still running, it holds its
+            # slot; already done, its result may not have reached the history this run
+            # loaded (the thread's own callback writes it a moment after it is done).
             self._adopt(call, number, orphan)
             return
         limiter = self._limiter_for(call)

@@ -413,3 +413,33 @@ def test_text_progress_summary(
     err = capsys.readouterr().err
     assert "fan [fan-" in err and "completed" in err
     assert "square: 3/3 (3 ran)" in err and "square: 3/3 (3 cached)" in err
+
+
+def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
+    rt: Runtime, effects: SideEffects
+) -> None:
+    """A call's thread outlived its interrupted run and is done, but its callback has not
+    yet written the late result when the next run loads the history: the next run takes
+    the thread's outcome instead of running the call again."""
+    import concurrent.futures
+
+    @dn.activity
+    def slow_square(i: int) -> int:
+        effects.write(i)
+        return i * i
+
+    @dn.orchestrator
+    def one(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_activity(slow_square, 7))
+
+    instance = one.instance_id_for()
+    record = dn.InstanceRecord(instance, "one", created_at=1.0)
+    rt.store.put_instance(record)
+    digest = dn.fingerprint.arguments_digest("t", (7,), {})
+    key = f"slow_square/{slow_square.source_digest[:16]}/{digest}#0"
+    done: concurrent.futures.Future[int] = concurrent.futures.Future()
+    done.set_result(49)  # the thread's outcome, not yet in history
+    rt.orphans[(f"{instance}@{record.epoch}", key)] = done
+    assert one.run() == 49
+    assert effects.lines() == []  # not run again
+    assert rt.orphans == {}
