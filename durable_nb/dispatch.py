@@ -183,7 +183,7 @@ class Dispatcher:
 
     def _run(self, call: ActivityCall, number: int) -> None:
         orphan = self._orphans.pop((self._orphan_owner, call.key), None)
-        if orphan is not None and not orphan.cancelled():
+        if orphan is not None and _worth_adopting(orphan):
             # The same call ran in a thread of an interrupted run of this instance: take
             # its outcome instead of doing the work twice. Still running, it holds its
             # slot; already done, its result may not have reached the history this run
@@ -442,6 +442,14 @@ class Dispatcher:
                 pass
 
         future.add_done_callback(ended)
+
+
+def _worth_adopting(orphan: concurrent.futures.Future[Any]) -> bool:
+    """A thread still running, or one that succeeded; a failure is retried by a new run,
+    as every failure of an earlier run is."""
+    if not orphan.done():
+        return True
+    return not orphan.cancelled() and orphan.exception() is None
 
 
 def _as_activity_error(exc: BaseException, name: str) -> BaseException:

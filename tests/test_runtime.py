@@ -443,3 +443,31 @@ def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
     assert one.run() == 49
     assert effects.lines() == []  # not run again
     assert rt.orphans == {}
+
+
+def test_a_thread_that_failed_after_its_run_is_retried_not_adopted(
+    rt: Runtime, effects: SideEffects
+) -> None:
+    """The failure of a call's thread that outlived its run is not taken over: a new run
+    retries failures."""
+    import concurrent.futures
+
+    @dn.activity
+    def slow_square(i: int) -> int:
+        effects.write(i)
+        return i * i
+
+    @dn.orchestrator
+    def one(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_activity(slow_square, 7))
+
+    instance = one.instance_id_for()
+    record = dn.InstanceRecord(instance, "one", created_at=1.0)
+    rt.store.put_instance(record)
+    digest = dn.fingerprint.arguments_digest("t", (7,), {})
+    key = f"slow_square/{slow_square.source_digest[:16]}/{digest}#0"
+    failed: concurrent.futures.Future[int] = concurrent.futures.Future()
+    failed.set_exception(ValueError("flaky upstream"))
+    rt.orphans[(f"{instance}@{record.epoch}", key)] = failed
+    assert one.run() == 49
+    assert effects.lines() == ["7"]  # run again
