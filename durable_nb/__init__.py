@@ -31,13 +31,14 @@ from durable_nb.errors import (
     InstanceTerminatedError,
     NonDeterminismError,
     OrchestratorError,
+    OrchestratorInputError,
     ResultNotStorableError,
     StoreError,
 )
-from durable_nb.execution import SlowOrchestratorWarning
 from durable_nb.handles import InstanceHandle
 from durable_nb.memory_store import MemoryStore
 from durable_nb.options import ActivityOptions
+from durable_nb.orchestrator_warnings import RunawayOrchestratorWarning, SlowOrchestratorWarning
 from durable_nb.runtime import Runtime, configure, get_runtime
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
@@ -67,7 +68,9 @@ __all__ = [
     "OrchestrationContext",
     "Orchestrator",
     "OrchestratorError",
+    "OrchestratorInputError",
     "ResultNotStorableError",
+    "RunawayOrchestratorWarning",
     "Runtime",
     "SlowOrchestratorWarning",
     "StoreError",

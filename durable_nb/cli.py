@@ -37,10 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="execute a notebook in a real kernel, resuming its durable work",
         description="Execute NOTEBOOK top to bottom in a Jupyter kernel of this Python, "
-        "printing each cell's progress, and write the executed notebook back.",
+        "printing each cell's progress. NOTEBOOK itself is left untouched: the executed "
+        "copy goes to NAME.out.ipynb beside it (or --output PATH); --inplace writes it "
+        "over NOTEBOOK instead, without execution timestamps or widget state.",
     )
     run.add_argument("notebook", type=Path, help="the .ipynb file to execute")
-    run.add_argument("-o", "--output", type=Path, help="write the executed notebook here")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write the executed notebook here (default: NAME.out.ipynb beside NOTEBOOK)",
+    )
+    where.add_argument(
+        "--inplace",
+        action="store_true",
+        help="write the executed notebook over NOTEBOOK (volatile metadata stripped)",
+    )
     run.add_argument("--store", type=Path, help=f"checkpoint folder (default ${STORE_ENV})")
     run.add_argument("--timeout", type=float, default=None, help="seconds a cell may take")
     run.add_argument("--quiet", action="store_true", help="print only failures and the end")
@@ -91,7 +104,7 @@ def _cmd_store_verb(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from durable_nb.notebook_runner import run_notebook
+    from durable_nb.notebook_runner import default_output, run_notebook
 
     notebook: Path = args.notebook
     if not notebook.is_file():
@@ -99,14 +112,16 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     env = dict(os.environ)
     if args.store is not None:
         env[STORE_ENV] = str(args.store.resolve())
+    output: Path = notebook if args.inplace else args.output or default_output(notebook)
     started = time.monotonic()
     outcome = run_notebook(
         notebook,
-        output=args.output or notebook,
+        output=output,
         timeout=args.timeout,
         env=env,
         out=out,
         quiet=args.quiet,
+        strip=args.inplace,
     )
     elapsed = time.monotonic() - started
     if outcome.failed_cell is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from durable_nb.errors import (
     ActivityNotFoundError,
     DefinitionError,
+    OrchestratorInputError,
 )
 from durable_nb.fingerprint import KEY_SCHEME, arguments_digest, function_digest, node_digest
 from durable_nb.options import ActivityOptions
@@ -204,6 +205,47 @@ def resolve_orchestrator(ref: Any) -> Orchestrator:
     )
 
 
+_INPUT_HINTS = {
+    "": (
+        "Pass the input as its parameters after ctx take it; the options of a run are "
+        'keywords: instance_id="...", fresh=True'
+    ),
+    "ctx.continue_as_new": (
+        "ctx.continue_as_new(...) takes the new input as the parameters after ctx take it"
+    ),
+    "ctx.call_sub_orchestrator": (
+        "Pass the child's input as its parameters after ctx take it; instance_id is a "
+        'keyword: ctx.call_sub_orchestrator(child, ..., instance_id="...")'
+    ),
+}
+
+
+def bind_orchestrator_input(
+    name: str,
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    via: str = "",
+) -> dict[str, Any]:
+    """An orchestrator's input by parameter name (defaults applied, ctx left out), or
+    an error saying what the orchestrator takes. ``via``: the ctx method that passed
+    the input ("ctx.continue_as_new", "ctx.call_sub_orchestrator"); empty for a run."""
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        params = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+        shown = str(signature.replace(parameters=params, return_annotation=signature.empty))
+        takes = f"{shown} and no input" if len(params) == 1 else shown
+        source = f"{via}(...)" if via else "the call that runs it"
+        raise OrchestratorInputError(
+            f"orchestrator {name!r} takes {takes}: {exc} in {source}. {_INPUT_HINTS[via]}"
+        ) from None
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(signature.parameters)))
+    return arguments
+
+
 class Orchestrator:
     """Durable orchestration code: a generator or ``async def`` taking ``ctx`` first."""
 
@@ -246,16 +288,12 @@ class Orchestrator:
         """The digest of the normalised source under key ``scheme``."""
         return self._code.get(scheme)
 
-    def bind_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The arguments by name (defaults applied), checked against the signature."""
-        try:
-            bound = self._signature.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"orchestrator {self.name}: {exc}") from None
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        arguments.pop(next(iter(self._signature.parameters)))
-        return arguments
+    def bind_input(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], via: str = ""
+    ) -> dict[str, Any]:
+        """The arguments by name (defaults applied), checked against the signature;
+        ``via`` names the ctx method that passed them (none: a run of the instance)."""
+        return bind_orchestrator_input(self.name, self._signature, args, kwargs, via)
 
     def instance_id_for(self, *args: Any, **kwargs: Any) -> str:
         """The default instance id: the name plus a digest of the input, so reruns resume."""

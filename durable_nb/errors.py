@@ -7,6 +7,7 @@ The tree::
     ├── ActivityNotFoundError    ctx.call_activity named an activity that is not registered
     ├── FingerprintError         an argument that cannot be digested into a stable call key
     ├── OrchestratorError        an orchestrator that waited on something other than a ctx task
+    ├── OrchestratorInputError   input the orchestrator's signature cannot take (also TypeError)
     ├── NonDeterminismError      strict mode: the call at a position is not the one recorded
     ├── ActivityTimeoutError     one attempt of an activity ran past its timeout (also TimeoutError)
     ├── ResultNotStorableError   an activity result the store cannot serialise
@@ -48,6 +49,15 @@ class ActivityNotFoundError(DurableNbError, LookupError):
 
 class ActivityArgumentsError(DurableNbError, TypeError):
     """``ctx.call_activity`` passed arguments that the activity's signature cannot take."""
+
+
+class OrchestratorInputError(DurableNbError, TypeError):
+    """``.run``, ``await orch(...)``, ``ctx.continue_as_new`` or ``ctx.call_sub_orchestrator``
+    passed input the orchestrator's signature cannot take.
+
+    Also a ``TypeError``: that is what Python raises for a call with arguments the
+    function cannot take, and what code written before this class existed catches.
+    """
 
 
 class FingerprintError(DurableNbError, TypeError):

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import pickle
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from durable_nb.finality import completed_with
 from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.journal import Journal
 from durable_nb.leases import LeaseKeeper
+from durable_nb.orchestrator_warnings import warn_if_slow, warn_runaway
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, InstanceRecord
 
@@ -43,13 +43,6 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
 POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
 COMPACT_AFTER_CHUNKS = 32
-SLOW_STEP_SECONDS = 1.0
-
-
-class SlowOrchestratorWarning(UserWarning):
-    """An orchestrator step blocked the event loop (time.sleep, I/O in the orchestrator)."""
-
-
 _WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet)
 
 
@@ -66,10 +59,13 @@ class Outcome:
 
 @dataclass
 class _Held:
-    """Work the engine scheduled while the instance is suspended."""
+    """What waits for the resume of a suspended instance: the work the engine scheduled,
+    and the events that arrived meanwhile (durable already, for the engine in history
+    order once the instance is resumed: nothing progresses while it is suspended)."""
 
     activities: list[ActivityCall] = field(default_factory=list)
     children: list[SubOrchestrationCall] = field(default_factory=list)
+    events: list[history.Event] = field(default_factory=list)
 
 
 class Execution:
@@ -101,6 +97,7 @@ class Execution:
             name=orchestrator.name,
             instance_id=instance_id,
             strict=orchestrator.strict,
+            runaway_calls=runtime.runaway_calls,
         )
         self.journal = Journal(self.store, instance_id, progress)
         self._lease = LeaseKeeper(self.store, instance_id)
@@ -113,6 +110,8 @@ class Execution:
         self._children: set[asyncio.Task[Outcome]] = set()
         self._suspended = False
         self._held = _Held()
+        # Set while the orchestrator waits for a resume to start (suspended at the start).
+        self._deferred: history.ExecutionStarted | None = None
         self._last_poll = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -155,10 +154,10 @@ class Execution:
             self._set_status("suspended")
         ticker = asyncio.ensure_future(self._tick())
         try:
-            began = time.monotonic()
-            step = self.engine.start(started)
-            self._timed("its start", began)
-            self._apply(step)
+            if self._suspended:
+                self._deferred = started  # the orchestrator starts when resumed
+            else:
+                self._start_engine(started)
             while not self.engine.done:
                 if not self._inbox and not self._arrived:
                     self._flush_before_waiting()
@@ -169,10 +168,11 @@ class Execution:
                 arrived, self._arrived = self._arrived, []
                 foreign, seen = self.journal.write(events)
                 self._flush_record()
-                for event in arrived + foreign:
-                    self._control(event)
+                ready = self._admit(arrived + foreign + seen)
+                if not ready:
+                    continue  # suspended: all of it waits for the resume
                 began = time.monotonic()
-                step = self.engine.apply(arrived + foreign + seen)
+                step = self.engine.apply(ready)
                 self._timed("after a result", began)
                 self._apply(step)
         except (asyncio.CancelledError, KeyboardInterrupt) as exc:  # the kernel's interrupt
@@ -235,19 +235,11 @@ class Execution:
     # ------------------------------------------------------------------ steps
 
     def _timed(self, what: str, started: float) -> None:
-        """Warn when one step of the orchestrator held the event loop for long: that is
-        time.sleep or real work in the orchestrator, which belongs in an activity."""
-        spent = time.monotonic() - started
-        if spent > SLOW_STEP_SECONDS:
-            warnings.warn(
-                f"orchestrator {self.orchestrator.name!r} (instance {self.instance_id}) held "
-                f"the event loop for {spent:.1f} s in one step ({what}); never time.sleep or "
-                "do I/O in an orchestrator: use ctx.create_timer and activities",
-                SlowOrchestratorWarning,
-                stacklevel=2,
-            )
+        warn_if_slow(self.orchestrator.name, self.instance_id, what, started)
 
     def _apply(self, step: Step) -> None:
+        if step.runaway is not None:
+            warn_runaway(self.orchestrator.name, self.instance_id, *step.runaway)
         progress = self.progress
         for name in step.cached:
             progress.cached(name)
@@ -297,21 +289,49 @@ class Execution:
             self.store.put_instance(self._record)
             self._record_dirty = False
 
-    def _control(self, event: history.Event) -> None:
-        """Suspend and resume act here; terminate acts in the engine."""
-        if not isinstance(event, history.ControlRequested):
-            return
-        if event.action == "suspend" and not self._suspended:
-            self._suspended = True
-            self._set_status("suspended")
-        elif event.action == "resume" and self._suspended:
-            self._suspended = False
-            self._set_status("running")
-            held, self._held = self._held, _Held()
-            for call in held.activities:
-                self._dispatcher.dispatch(call)
-            for sub in held.children:
-                self._start_child(sub)
+    def _start_engine(self, started: history.ExecutionStarted) -> None:
+        began = time.monotonic()
+        step = self.engine.start(started)
+        self._timed("its start", began)
+        self._apply(step)
+
+    def _admit(self, events: list[history.Event]) -> list[history.Event]:
+        """The events (in history order) the engine may take now. Suspend and resume act
+        here, terminate in the engine (suspended or not). While the instance is suspended
+        the other events wait, durable already, and reach the engine after the resume in
+        the same order, so the orchestrator does not move and a replay sees that order."""
+        ready: list[history.Event] = []
+        for event in events:
+            action = event.action if isinstance(event, history.ControlRequested) else None
+            if action == "terminate":
+                ready += self._held.events
+                self._held.events = []
+                ready.append(event)
+                continue
+            if action == "resume" and self._suspended:
+                ready += self._resume()
+            elif action == "suspend" and not self._suspended:
+                self._suspended = True
+                self._set_status("suspended")
+            if self._suspended:
+                self._held.events.append(event)
+            else:
+                ready.append(event)
+        return ready
+
+    def _resume(self) -> list[history.Event]:
+        """Let held work go; returns the events that arrived while suspended."""
+        self._suspended = False
+        self._set_status("running")
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._start_engine(deferred)  # over the history up to the resume
+        held, self._held = self._held, _Held()
+        for call in held.activities:
+            self._dispatcher.dispatch(call)
+        for sub in held.children:
+            self._start_child(sub)
+        return held.events
 
     def _set_status(self, status: str) -> None:
         self.progress.status = status

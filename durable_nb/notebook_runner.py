@@ -13,7 +13,24 @@ from typing import Any, TextIO
 
 import nbformat
 
+from durable_nb.widgets import FINAL_SUMMARY_KEY
+
 _MAX_LINES = 12  # of one cell's output echoed to the terminal
+
+
+def default_output(notebook: Path) -> Path:
+    """Where ``durable-nb run`` writes the executed copy: ``NAME.out.ipynb`` beside it."""
+    return notebook.with_name(f"{notebook.stem}.out.ipynb")
+
+
+def strip_volatile(notebook: Any) -> None:
+    """Drop what changes on every execution and nothing reads back: cell execution
+    timestamps, the saved widget state (its model ids are new each run) and the
+    kernel's exact Python version. Outputs and execution counts stay."""
+    for cell in notebook.cells:
+        cell.get("metadata", {}).pop("execution", None)
+    notebook.metadata.pop("widgets", None)
+    notebook.metadata.get("language_info", {}).pop("version", None)
 
 
 @dataclass
@@ -91,6 +108,8 @@ class _Echo:
             if kind == "stream":
                 lines += output.get("text", "").splitlines()
             elif kind in ("execute_result", "display_data"):
+                if output.get("metadata", {}).get(FINAL_SUMMARY_KEY):
+                    continue  # the widget's own summary (with durations) is echoed
                 data = output.get("data", {})
                 widget = data.get("application/vnd.jupyter.widget-view+json")
                 summary = self._widget_summary(widget) if widget else None
@@ -117,8 +136,11 @@ def run_notebook(
     env: dict[str, str],
     out: TextIO,
     quiet: bool = False,
+    strip: bool = False,
 ) -> RunOutcome:
-    """Execute ``path`` in a fresh kernel started in the notebook's folder."""
+    """Execute ``path`` in a fresh kernel started in the notebook's folder and write the
+    executed notebook to ``output``; ``strip`` drops volatile metadata first (for a
+    notebook written over its tracked source)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
@@ -148,6 +170,8 @@ def run_notebook(
         outcome.failed_cell = echo.number
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
+        if strip:
+            strip_volatile(notebook)
         nbformat.write(notebook, str(output))  # type: ignore[no-untyped-call, unused-ignore]
         if manager.has_kernel:  # nbclient shuts down only kernels it made itself
             manager.shutdown_kernel(now=False)

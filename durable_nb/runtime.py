@@ -9,12 +9,14 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
+from durable_nb.blocking import block_on, refuse_original_nest_asyncio
 from durable_nb.definitions import find_orchestrator
 from durable_nb.dispatch import SlotLimit
+from durable_nb.engine.runaway import RUNAWAY_CALLS
 from durable_nb.errors import (
     DurableNbError,
     FingerprintError,
@@ -54,6 +56,9 @@ class Runtime:
             self.resources.set_executor(executor)
         self.progress_mode = "auto"
         self.busy_timeout = 0.0  # seconds to wait for another kernel's run of an instance
+        # Calls of one activity in a run with no durable timer between them after which
+        # a RunawayOrchestratorWarning is issued; 0: never.
+        self.runaway_calls = RUNAWAY_CALLS
         self._active: dict[str, asyncio.Task[Outcome]] = {}
         # Threads still running for runs that ended, by (instance, call key).
         self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
@@ -72,8 +77,20 @@ class Runtime:
         max_workers: int | None = None,
         max_in_flight: int | None = None,
         busy_timeout: float | None = None,
+        runaway_calls: int | None = None,
     ) -> None:
         """Change where checkpoints live, how activities run and how progress shows."""
+        if runaway_calls is not None:
+            if isinstance(runaway_calls, bool) or not isinstance(runaway_calls, int):
+                raise TypeError(
+                    "runaway_calls must be a whole number of calls (0 turns the check off), "
+                    f"got {runaway_calls!r}"
+                )
+            if runaway_calls < 0:
+                raise ValueError(
+                    f"runaway_calls must be >= 0 (0 turns the check off), got {runaway_calls}"
+                )
+            self.runaway_calls = runaway_calls
         if busy_timeout is not None:
             if busy_timeout < 0:
                 raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout}")
@@ -341,11 +358,12 @@ class Runtime:
     ) -> Any:
         """Run an instance to its end from synchronous code, in a kernel or not."""
         __tracebackhide__ = True
+        refuse_original_nest_asyncio(orch.name)
         if instance_id is None:
             instance_id = self._prepare(orch, args, kwargs, None)[1]
         coroutine = self.run(orch, args, kwargs, instance_id=instance_id, fresh=fresh)
         try:
-            return _block_on(coroutine)
+            return block_on(coroutine)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(self, instance_id)) from None
         except Exception as exc:
@@ -383,32 +401,6 @@ class Runtime:
         return record
 
 
-def _block_on(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coroutine`` to its end, re-entering the running loop if there is one."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is None:  # outside the except block: errors get no misleading context
-        return asyncio.run(coroutine)
-    # Inside a kernel the loop is already running; re-entering it needs the
-    # nested-loop patch. nest-asyncio2, not nest-asyncio: the original silently
-    # drops queued cells on ipykernel 7.
-    import nest_asyncio2
-
-    nest_asyncio2.apply(loop)
-    task = loop.create_task(coroutine)
-    try:
-        return loop.run_until_complete(task)
-    except KeyboardInterrupt:
-        task.cancel()
-        try:
-            loop.run_until_complete(task)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            pass
-        raise
-
-
 _runtime: Runtime | None = None
 
 
@@ -429,13 +421,16 @@ def configure(
     max_workers: int | None = None,
     max_in_flight: int | None = None,
     busy_timeout: float | None = None,
+    runaway_calls: int | None = None,
 ) -> Runtime:
     """Set where checkpoints live (a folder or a store); the default executor for
     synchronous activities ("threads", "processes", any concurrent.futures.Executor or a
     distributed.Client) and named ones for ``%%activity --executor NAME``; the progress
     display (auto, widget, text, none); the thread count; the most activity calls in
     flight at once across the kernel; and how long to wait when another kernel is
-    running the same instance (``busy_timeout``, default 0: refuse at once)."""
+    running the same instance (``busy_timeout``, default 0: refuse at once); after how
+    many calls of one activity with no durable timer in between a run warns that it looks
+    like a runaway loop (``runaway_calls``, default 100,000; 0 turns it off)."""
     runtime = get_runtime()
     runtime.configure(
         store=store,
@@ -445,6 +440,7 @@ def configure(
         max_workers=max_workers,
         max_in_flight=max_in_flight,
         busy_timeout=busy_timeout,
+        runaway_calls=runaway_calls,
     )
     return runtime
 

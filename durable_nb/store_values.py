@@ -106,19 +106,68 @@ def large_filename(key: str) -> str:
     return os.path.join(name[:2], name[2:4], name[4:] + ".val")
 
 
+def _private_folders(directory: str, folder: str) -> None:
+    """Create the missing folders from ``directory`` down to ``folder``, each 0700
+    whatever the umask (``os.makedirs(mode=...)`` is subject to it and leaves the
+    folders it finds as they are)."""
+    path = directory
+    relative = os.path.relpath(folder, directory)
+    for part in [] if relative == os.curdir else relative.split(os.sep):
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)
+
+
+def _open_private(directory: str, full_path: str, mode: str, encoding: str | None = None) -> Any:
+    """Open ``full_path`` (under ``directory``) for writing as a file of mode 0600, in
+    private folders: the store promises both. ``mode`` is ``open``'s: "x" (exclusive)
+    or "w", binary or text."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    flags |= os.O_EXCL if "x" in mode else os.O_TRUNC
+    for attempt in range(10):
+        with contextlib.suppress(OSError):
+            _private_folders(directory, os.path.dirname(full_path))
+        try:
+            fd = os.open(full_path, flags, 0o600)
+        except FileNotFoundError:
+            # Another process removed the folder as it emptied it (Disk.remove).
+            if attempt == 9:
+                raise
+            continue
+        try:
+            os.chmod(full_path, 0o600)  # os.open's mode is subject to the umask
+            return os.fdopen(fd, mode.replace("x", "w"), encoding=encoding)
+        except BaseException:
+            os.close(fd)
+            raise
+    raise AssertionError("unreachable")
+
+
 class ValueDisk(diskcache.Disk):  # type: ignore[misc, unused-ignore]
-    """diskcache's Disk, plus large results pickled into a file named by their key."""
+    """diskcache's Disk, plus large results pickled into a file named by their key; every
+    file and folder it writes is private (0600 and 0700), as the store's folder is."""
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if not isinstance(value, _Streamed):
             return super().store(value, read, key=key)
         filename = large_filename(key)
         full_path = os.path.join(self._directory, filename)
-        with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(full_path))
-        with open(full_path, "wb") as out:
+        with _open_private(self._directory, full_path, "wb") as out:
             pickle.dump(value.value, out, protocol=pickle.HIGHEST_PROTOCOL)
         return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
+
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
+        """diskcache's own writer of the values it puts in files (big bytes, str and
+        pickles), with private files and folders."""
+        with _open_private(self._directory, full_path, mode, encoding) as writer:
+            size = 0
+            for chunk in iterator:
+                size += len(chunk)
+                writer.write(chunk)
+            return size
 
 
 class JsonValueDisk(ValueDisk):

@@ -72,10 +72,18 @@ def add_verbs(
     purge.add_argument("instance_ids", nargs="*", metavar="ID")
     purge.add_argument("--all", action="store_true", help="every instance that matches")
     filters(purge)
-    raise_ = verb("raise", "raise an external event to an instance, running or not")
+    raise_ = verb(
+        "raise",
+        "raise an external event to an instance, running or not. The value is parsed as "
+        "JSON first (9361 is the int 9361, true a bool, {...} a dict, '\"9361\"' the "
+        "string), else sent as text; --text sends it as text as is. No value: None",
+    )
     raise_.add_argument("instance_id")
     raise_.add_argument("event_name")
     raise_.add_argument("value", nargs="?", help="JSON (true, 3, {...}) or plain text")
+    raise_.add_argument(
+        "--text", action="store_true", help="send the value as a string, as is (no JSON)"
+    )
     for action, text in (
         ("terminate", "stop an instance at its next yield, for good"),
         ("suspend", "start no new work in an instance until it is resumed"),
@@ -142,7 +150,7 @@ def _purge(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | 
 
 
 def _raise(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
-    value = parse_value(args.value)
+    value = args.value if args.text else parse_value(args.value)
     if runtime is not None:
         runtime.raise_event(args.instance_id, args.event_name, value)
     else:

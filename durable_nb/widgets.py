@@ -3,6 +3,17 @@ kernel, plain text elsewhere (terminal IPython, scripts).
 
 The widget's plain-text form is fixed when it is displayed (its ``repr``), with no
 durations in it, so notebooks that show it compare stably under nbval.
+
+A widget is only state: a notebook saved after a headless run (papermill, nbconvert,
+``durable-nb run``) and viewed without a widget manager (GitHub, nbviewer, VS Code
+without widgets, ``nbconvert --to html``) would show nothing but that ``repr``. So when
+the run ends, in the cell that displayed the widget, a second output follows it: the
+final summary as text/plain and text/html (activity table, counts, status; no
+durations, so nbval compares it stably), bundled with an invisible widget so that
+frontends that render widgets show only the live one. It is a new display, not an
+``update_display`` of the widget's own output: nbval ignores update_display_data, so
+a saved notebook whose widget output had been updated would no longer compare with a
+fresh run.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ def attach_view(progress: Progress, mode: str) -> None:
             from IPython.display import display
 
             display(widget)  # type: ignore[no-untyped-call, unused-ignore]
+            progress.subscribe(_FinalDisplay())
             return
     if mode == "text":
         TextView(progress)
@@ -52,14 +64,14 @@ def _in_kernel() -> bool:
 # --------------------------------------------------------------------- text
 
 
-def summary_line(progress: Progress) -> str:
-    """One line: instance, status, time and counts."""
+def summary_line(progress: Progress, *, timing: bool = True) -> str:
+    """One line: instance, status, time (unless ``timing`` is false) and counts."""
     totals = progress.totals()
     counts = ", ".join(f"{getattr(totals, c)} {c}" for c in _COLUMNS if getattr(totals, c))
+    after = f" after {progress.elapsed:.2f} s" if timing else ""
     return (
-        f"{progress.orchestrator} [{progress.instance_id}] {progress.status} "
-        f"after {progress.elapsed:.2f} s: {totals.done}/{totals.total} calls done"
-        + (f" ({counts})" if counts else "")
+        f"{progress.orchestrator} [{progress.instance_id}] {progress.status}{after}: "
+        f"{totals.done}/{totals.total} calls done" + (f" ({counts})" if counts else "")
     )
 
 
@@ -68,9 +80,10 @@ def row_line(row: ActivityRow) -> str:
     return f"  {row.name}: {row.done}/{row.total}" + (f" ({counts})" if counts else "")
 
 
-def text_summary(progress: Progress) -> str:
+def text_summary(progress: Progress, *, timing: bool = True) -> str:
     """The summary line, one line per activity, and the failure if any."""
-    lines = [summary_line(progress)] + [row_line(r) for r in progress.rows.values()]
+    lines = [summary_line(progress, timing=timing)]
+    lines += [row_line(r) for r in progress.rows.values()]
     if progress.message:
         lines.append(f"  {progress.message}")
     return "\n".join(lines)
@@ -123,14 +136,15 @@ def _waits_html(progress: Progress) -> str:
     return "<br>" + " &middot; ".join(parts) if parts else ""
 
 
-def header_html(progress: Progress) -> str:
+def header_html(progress: Progress, *, timing: bool = True) -> str:
     totals = progress.totals()
     colour = _STATUS_COLOURS.get(progress.status, "#666")
     return (
         f"<b>{html.escape(progress.orchestrator)}</b> "
         f"<code>{html.escape(progress.instance_id)}</code> "
         f"<span style='color:{colour};font-weight:bold'>{progress.status}</span> "
-        f"&middot; {totals.done}/{totals.total} calls &middot; {progress.elapsed:.1f} s"
+        f"&middot; {totals.done}/{totals.total} calls"
+        + (f" &middot; {progress.elapsed:.1f} s" if timing else "")
         + (_waits_html(progress) if progress.finished is None else "")
         + (
             f"<br><span style='color:#cf222e'>{html.escape(progress.message)}</span>"
@@ -165,6 +179,42 @@ def _row_html(row: ActivityRow) -> str:
         f"<td style='padding:0 8px;text-align:right'>{getattr(row, c)}</td>" for c in _COLUMNS
     ]
     return "<tr>" + "".join(cells) + "</tr>"
+
+
+# Marks the final-summary output, so ``durable-nb run`` does not echo the run twice.
+FINAL_SUMMARY_KEY = "durable_nb_final_summary"
+
+
+def final_summary_bundle(progress: Progress) -> dict[str, str]:
+    """The run's final state for saved notebooks: text/plain and text/html, no durations."""
+    return {
+        "text/plain": text_summary(progress, timing=False),
+        "text/html": f"<div>{header_html(progress, timing=False)}{table_html(progress)}</div>",
+    }
+
+
+class _FinalDisplay:
+    """Displays :func:`final_summary_bundle` once each time the run ends.
+
+    The bundle carries the view of an invisible widget too: a frontend that renders
+    widgets prefers that view (so it shows only the live widget above), one that does
+    not falls back to the html or the text.
+    """
+
+    def __init__(self) -> None:
+        self._shown_for: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.finished is None or progress.finished == self._shown_for:
+            return
+        self._shown_for = progress.finished
+        import ipywidgets
+        from IPython.display import display
+
+        hidden = ipywidgets.Box(layout=ipywidgets.Layout(display="none"))
+        data: dict[str, Any] = dict(hidden._repr_mimebundle_())
+        data.update(final_summary_bundle(progress))
+        display(data, raw=True, metadata={FINAL_SUMMARY_KEY: True})  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def make_widget(progress: Progress) -> Any:

@@ -235,10 +235,13 @@ class KernelSession:
 
     # ------------------------------------------------------------ cells
 
-    def run_async(self, code: str) -> str:
-        """Send a cell for execution and return its msg id at once."""
+    def run_async(self, code: str, stop_on_error: bool = True) -> str:
+        """Send a cell for execution and return its msg id at once. If it fails, the
+        kernel aborts the cells queued behind it unless ``stop_on_error`` is False."""
         assert self.kc is not None, "the kernel is not running"
-        msg_id: str = self.kc.execute(code, store_history=True, allow_stdin=False)
+        msg_id: str = self.kc.execute(
+            code, store_history=True, allow_stdin=False, stop_on_error=stop_on_error
+        )
         self._cells[msg_id] = CellResult(msg_id, code)
         return msg_id
 

@@ -149,6 +149,159 @@ def test_asyncio_sleep_and_foreign_awaitables_are_refused(rt: Runtime) -> None:
             orch.run()
 
 
+async def _helper_that_sleeps() -> None:
+    await asyncio.sleep(5)
+
+
+async def _plain_coroutine() -> int:
+    return 1
+
+
+_TIMER_HINT = "to pause, wait on ctx.create_timer(seconds) instead"
+_WAIT_HINT = "ctx.create_timer(seconds) to pause, and activities (ctx.call_activity) for I/O"
+
+
+@pytest.mark.parametrize(
+    ("awaits", "what", "hint"),
+    [
+        (lambda: asyncio.sleep(5), "waited on asyncio.sleep(...),", _TIMER_HINT),
+        (lambda: asyncio.sleep(0), "waited on asyncio.sleep(...),", _TIMER_HINT),
+        (
+            _helper_that_sleeps,
+            "waited on asyncio.sleep(...) inside _helper_that_sleeps(),",
+            _TIMER_HINT,
+        ),
+        (
+            lambda: asyncio.get_running_loop().create_future(),
+            "waited on an asyncio future (from loop.create_future, loop.run_in_executor",
+            _WAIT_HINT,
+        ),
+        (
+            lambda: asyncio.ensure_future(_plain_coroutine()),
+            "waited on an asyncio task of _plain_coroutine(),",
+            _WAIT_HINT,
+        ),
+    ],
+    ids=["sleep", "sleep-0", "sleep-in-helper", "future", "task"],
+)
+def test_awaiting_asyncio_names_what_was_awaited_and_the_ctx_way(
+    rt: Runtime, awaits: Any, what: str, hint: str
+) -> None:
+    @dn.orchestrator
+    async def waits(ctx):  # type: ignore[no-untyped-def]
+        await awaits()
+
+    with pytest.raises(dn.OrchestratorError) as info:
+        waits.run()
+    message = str(info.value)
+    for part in ("orchestrator 'waits' (instance waits-", what, "not a durable task", hint):
+        assert part in message, message
+    assert "<Future" not in message and "activities" in message
+
+
+def test_yielding_a_coroutine_names_it(rt: Runtime) -> None:
+    def body(ctx):  # type: ignore[no-untyped-def]
+        yield _plain_coroutine()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" on top
+        with pytest.raises(dn.OrchestratorError) as info:
+            run_one(body)  # orch(ctx) does `yield from body(ctx)`
+    message = str(info.value)
+    assert "waited on the coroutine _plain_coroutine() inside " in message, message
+    assert ".<locals>.body()," in message, message
+    assert "ctx.create_timer(seconds) to pause" in message, message
+
+
+def test_awaiting_an_orchestrator_directly_points_at_call_sub_orchestrator(rt: Runtime) -> None:
+    @dn.orchestrator
+    def child(ctx, x):  # type: ignore[no-untyped-def]
+        return x
+        yield
+
+    @dn.orchestrator
+    async def parent(ctx):  # type: ignore[no-untyped-def]
+        return await child(1)
+
+    with pytest.raises(dn.OrchestratorError) as info:
+        parent.run()
+    message = str(info.value)
+    assert "waited on child(...), a direct call of orchestrator 'child'," in message, message
+    assert "ctx.call_sub_orchestrator(child, ...)" in message, message
+
+
+def test_run_with_input_the_orchestrator_does_not_take(rt: Runtime) -> None:
+    @dn.orchestrator
+    def no_input(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+
+    with pytest.raises(dn.OrchestratorInputError) as info:
+        no_input.run(5)
+    assert isinstance(info.value, TypeError)  # what Python raises for such a call
+    assert str(info.value) == (
+        "orchestrator 'no_input' takes (ctx) and no input: too many positional arguments "
+        "in the call that runs it. Pass the input as its parameters after ctx take it; "
+        'the options of a run are keywords: instance_id="...", fresh=True'
+    )
+
+    @dn.orchestrator
+    def stepper(ctx, n: int, step: int = 1):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+
+    with pytest.raises(TypeError, match=r"takes \(ctx, n, step=1\): missing a required"):
+        stepper.run()
+
+
+def test_continue_as_new_with_input_the_orchestrator_does_not_take_fails_the_run(
+    rt: Runtime,
+) -> None:
+    @dn.orchestrator
+    def eternal(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0)
+        ctx.continue_as_new(2)
+
+    expected = (
+        "orchestrator 'eternal' takes (ctx) and no input: too many positional arguments in "
+        "ctx.continue_as_new(...). ctx.continue_as_new(...) takes the new input as the "
+        "parameters after ctx take it"
+    )
+
+    async def start_and_wait() -> tuple[Any, BaseException]:
+        h = eternal.start()
+        with pytest.raises(dn.OrchestratorInputError) as info:
+            await h
+        return h, info.value
+
+    h, error = asyncio.run(start_and_wait())
+    assert str(error) == expected
+    record = h.status()
+    assert record.status == "failed" and record.generation == 0
+    assert expected in (record.error or ""), record.error
+    with pytest.raises(TypeError, match=r"ctx\.continue_as_new"):
+        eternal.run()  # a rerun behaves as for any failed instance: it runs again
+    again = rt.store.get_instance(h.instance_id)
+    assert again is not None and again.status == "failed"
+
+
+def test_call_sub_orchestrator_with_instance_id_as_a_positional(rt: Runtime) -> None:
+    @dn.orchestrator
+    def child(ctx, n):  # type: ignore[no-untyped-def]
+        return n
+        yield
+
+    def body(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_sub_orchestrator(child, 1, "child-1"))
+
+    with pytest.raises(dn.OrchestratorInputError) as info:
+        run_one(body)
+    assert str(info.value) == (
+        "orchestrator 'child' takes (ctx, n): too many positional arguments in "
+        "ctx.call_sub_orchestrator(...). Pass the child's input as its parameters after ctx "
+        "take it; instance_id is a keyword: ctx.call_sub_orchestrator(child, ..., "
+        'instance_id="...")'
+    )
+
+
 def test_time_sleep_in_an_orchestrator_warns_and_does_not_hang(rt: Runtime) -> None:
     def body(ctx):  # type: ignore[no-untyped-def]
         time.sleep(1.2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +87,32 @@ def test_list_show_purge(filled_store: str, capsys: pytest.CaptureFixture[str]) 
     assert "no instances" in cli("list", "--store", filled_store)[1]
 
 
+def test_raise_parses_the_value_as_json_unless_text(
+    rt: Runtime, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @dn.orchestrator
+    def gate(ctx):  # type: ignore[no-untyped-def]
+        a = yield ctx.wait_for_external_event("a")
+        b = yield ctx.wait_for_external_event("b")
+        return [a, b]
+
+    async def start_and_stop() -> str:  # an instance that waits, with nothing running it
+        h = gate.start()
+        await asyncio.sleep(0.2)
+        h.cancel()
+        return h.instance_id
+
+    iid = asyncio.run(start_and_stop())
+    code, text = cli("raise", iid, "a", "9361", "--text", "--store", str(store_dir))
+    assert code == 0 and "raised 'a' = '9361'" in text, text
+    code, text = cli("raise", iid, "b", "9361", "--store", str(store_dir))
+    assert code == 0 and "raised 'b' = 9361" in text, text
+    assert gate.run() == ["9361", 9361]
+    code, _ = cli("raise", "--help")
+    helped = " ".join(capsys.readouterr().out.split())
+    assert code == 0 and "parsed as JSON first" in helped and "--text sends it as text" in helped
+
+
 def test_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = cli("list", "--store", str(tmp_path / "nowhere"))
     assert code == 1 and "no checkpoint store" in capsys.readouterr().err
@@ -162,8 +190,64 @@ def test_run_names_the_failing_cell_and_exits_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cell 5 failed" in result.stdout and "ValueError: the fourth cell broke" in result.stdout
-    written = nbformat.read(str(path), as_version=4)
+    written = nbformat.read(str(tmp_path / "nb.out.ipynb"), as_version=4)
     assert written.cells[4].outputs[0]["ename"] == "ValueError"  # the partial notebook was written
+
+
+@pytest.mark.kernel
+def test_run_leaves_the_notebook_untouched_unless_inplace(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    _notebook(path, fail=False)
+    before = path.read_bytes()
+    base = ["durable-nb", "run", str(path), "--store", str(tmp_path / "store"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "DURABLE_NB_STORE"}
+    result = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert path.read_bytes() == before, "the source notebook was rewritten"
+    assert f"wrote {tmp_path / 'nb.out.ipynb'}" in result.stdout
+    written = nbformat.read(str(tmp_path / "nb.out.ipynb"), as_version=4)
+    assert "total 66" in written.cells[3].outputs[-1]["text"]
+
+    result = subprocess.run([*base, "--inplace"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rewritten = nbformat.read(str(path), as_version=4)
+    assert "total 66" in rewritten.cells[3].outputs[-1]["text"]
+    # Written over a tracked file: nothing that changes on every run but the outputs.
+    assert "widgets" not in rewritten.metadata
+    assert all("execution" not in cell.metadata for cell in rewritten.cells)
+
+    code, _ = cli("run", str(path), "--inplace", "--output", str(tmp_path / "x.ipynb"))
+    assert code == 2
+
+
+@pytest.mark.kernel
+def test_saved_notebook_shows_the_final_summary_without_widgets(tmp_path: Path) -> None:
+    from durable_nb.notebook_runner import run_notebook
+
+    path = tmp_path / "nb.ipynb"
+    _notebook(path, fail=False)
+    env = dict(os.environ, DURABLE_NB_STORE=str(tmp_path / "store"))
+    outcome = run_notebook(
+        path, output=tmp_path / "out.ipynb", timeout=120, env=env, out=io.StringIO()
+    )
+    assert outcome.failed_cell is None, outcome.error
+    outputs = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[3].outputs
+    static = [o for o in outputs if "text/html" in o.get("data", {})]
+    assert len(static) == 1, outputs
+    html, text = static[0]["data"]["text/html"], static[0]["data"]["text/plain"]
+    assert "<table>" in html and "<code>mark</code>" in html and "12/12" in html
+    assert "completed" in html and "orch-" in html
+    assert text.splitlines() == [
+        text.splitlines()[0],
+        "  mark: 12/12 (12 ran)",
+    ]
+    assert text.startswith("orch [orch-") and text.splitlines()[0].endswith(
+        "] completed: 12/12 calls done (12 ran)"
+    )
+    assert not re.search(r"\d s\b", text + html), "durations would break nbval"
+    # The live widget's own output keeps its fixed text.
+    (widget,) = [o for o in outputs if "text/html" not in o.get("data", {}) and "data" in o]
+    assert widget["data"]["text/plain"].startswith("<durable_nb progress: orch [orch-")
 
 
 def test_store_folder_is_created_by_the_run_not_by_list(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from builders import (
 )
 
 from durable_nb import Activity, FingerprintError, NonDeterminismError, OrchestratorError
-from durable_nb.errors import ActivityNotFoundError
+from durable_nb.errors import ActivityNotFoundError, EventTimeoutError
 
 
 def _double(x: int) -> int:
@@ -449,3 +449,78 @@ def test_strict_mode_accepts_the_same_calls() -> None:
 def test_fan_out_of_any_width_completes(n: int) -> None:
     eng, _ = run_to_end(fan, answer, n=n)
     assert eng.output == sum(2 * i for i in range(n))
+
+
+# ----------------------------------------------------------------- runaway loops
+
+
+def _drive_reports(fn, limit, **arguments):  # type: ignore[no-untyped-def]
+    """Run ``fn`` live with a runaway limit of ``limit``, answering every call and firing
+    every timer at once; returns the engine and what its steps reported as runaways."""
+    from durable_nb.engine import OrchestrationEngine
+
+    eng = OrchestrationEngine(
+        fn, arguments, name=fn.__name__, instance_id="inst-1", runaway_calls=limit
+    )
+    step = eng.start(started())
+    reports = []
+    clock = T0
+    while True:
+        if step.runaway is not None:
+            reports.append(step.runaway)
+        if eng.done:
+            return eng, reports
+        clock += 1
+        batch = [completed(c.key, answer(c), t=clock) for c in step.scheduled]
+        batch += [timer_fired(t.key, t.fire_at) for t in step.timers]
+        assert batch, "the orchestrator waits but nothing is scheduled"
+        step = eng.apply(batch)
+
+
+def poll(ctx, n, timer_every, event_every):  # type: ignore[no-untyped-def]
+    for i in range(1, n + 1):
+        yield ctx.call_activity(double, i)
+        yield ctx.call_activity(inc, i)  # another activity: counted on its own
+        if timer_every and i % timer_every == 0:
+            yield ctx.create_timer(1)
+        if event_every and i % event_every == 0:
+            try:
+                yield ctx.wait_for_external_event("go", timeout=1)
+            except EventTimeoutError:
+                pass
+    return n
+
+
+def test_a_loop_of_calls_with_no_timer_is_reported_once_per_run() -> None:
+    eng, reports = _drive_reports(poll, 50, n=200, timer_every=0, event_every=0)
+    assert eng.output == 200
+    assert reports == [("double", 50)]  # the first activity to reach the limit, once
+
+
+@pytest.mark.parametrize(("timer_every", "event_every"), [(40, 0), (0, 49)])
+def test_a_durable_timer_between_calls_starts_the_count_afresh(
+    timer_every: int, event_every: int
+) -> None:
+    eng, reports = _drive_reports(poll, 50, n=200, timer_every=timer_every, event_every=event_every)
+    assert eng.output == 200 and reports == []
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_no_runaway_limit_reports_nothing(limit: int | None) -> None:
+    _, reports = _drive_reports(poll, limit, n=200, timer_every=0, event_every=0)
+    assert reports == []
+
+
+def test_a_replayed_runaway_loop_is_reported_again_in_the_next_run() -> None:
+    def loop(ctx):  # type: ignore[no-untyped-def]
+        for i in range(60):
+            yield ctx.call_activity(double, i)
+        return "done"
+
+    _, history = run_to_end(loop, answer)
+    from durable_nb.engine import OrchestrationEngine
+
+    eng = OrchestrationEngine(loop, {}, name="loop", instance_id="inst-1", runaway_calls=50)
+    eng.load(history)
+    step = eng.start(started(run=2))
+    assert eng.output == "done" and step.runaway == ("double", 50)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -397,7 +398,7 @@ def test_custom_status_reaches_the_record(rt: Runtime) -> None:
 def test_bad_orchestrator_input_is_a_type_error_naming_it(
     rt: Runtime, effects: SideEffects
 ) -> None:
-    with pytest.raises(TypeError, match="orchestrator fan"):
+    with pytest.raises(TypeError, match="orchestrator 'fan' takes"):
         make_fan(effects).run(1, 2, 3)
 
 
@@ -471,3 +472,65 @@ def test_a_thread_that_failed_after_its_run_is_retried_not_adopted(
     rt.orphans[(f"{instance}@{record.epoch}", key)] = failed
     assert one.run() == 49
     assert effects.lines() == ["7"]  # run again
+
+
+def test_a_polling_loop_with_no_timer_warns_once_naming_what_to_do(rt: Runtime) -> None:
+    dn.configure(runaway_calls=20)
+    polls = 0
+
+    @dn.activity
+    def check_status(i: int) -> str:
+        nonlocal polls
+        polls += 1
+        return "running"
+
+    @dn.orchestrator
+    def monitor(ctx, n):  # type: ignore[no-untyped-def]
+        for i in range(n):  # a missing break: polls on and on with no wait in between
+            yield ctx.call_activity(check_status, i)
+        return n
+
+    with pytest.warns(dn.RunawayOrchestratorWarning) as caught:
+        assert monitor.run(45, instance_id="poller") == 45
+    runaway = [w for w in caught if issubclass(w.category, dn.RunawayOrchestratorWarning)]
+    assert len(runaway) == 1  # once per run, although 45 calls pass the limit twice
+    message = str(runaway[0].message)
+    assert "orchestrator 'monitor' (instance poller)" in message
+    assert "activity 'check_status' 20 times" in message
+    assert "yield ctx.create_timer(" in message and "runaway_calls=" in message
+    assert polls == 45
+
+
+def test_a_polling_loop_with_a_timer_between_calls_does_not_warn(rt: Runtime) -> None:
+    dn.configure(runaway_calls=20)
+
+    @dn.activity
+    def check_status(i: int) -> str:
+        return "running"
+
+    @dn.orchestrator
+    def monitor(ctx, n):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield ctx.call_activity(check_status, i)
+            yield ctx.create_timer(0)
+        return n
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dn.RunawayOrchestratorWarning)
+        assert monitor.run(45) == 45
+        dn.configure(runaway_calls=0)  # and 0 turns the check off
+
+        @dn.orchestrator
+        def tight(ctx, n):  # type: ignore[no-untyped-def]
+            for i in range(n):
+                yield ctx.call_activity(check_status, i)
+            return n
+
+        assert tight.run(45) == 45
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "100", True])
+def test_a_bad_runaway_limit_is_refused(rt: Runtime, bad: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="runaway_calls must be"):
+        dn.configure(runaway_calls=bad)
+    assert rt.runaway_calls == 100_000

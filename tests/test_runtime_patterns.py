@@ -358,6 +358,159 @@ def test_suspend_holds_new_work_and_resume_lets_it_go(rt: Runtime, tmp_path: Pat
     assert asyncio.run(main()) == 15
 
 
+def test_an_event_raised_while_suspended_waits_for_the_resume(rt: Runtime) -> None:
+    @dn.orchestrator
+    def waiter(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.wait_for_external_event("go"))
+
+    async def main() -> Any:
+        handle = waiter.start()
+        await asyncio.sleep(0.2)
+        handle.suspend()
+        await asyncio.sleep(0.1)
+        handle.raise_event("go", {"n": 3})
+        await asyncio.sleep(0.8)  # more than a poll
+        assert not handle.done()
+        assert handle.status().status == "suspended"
+        raised = [
+            e
+            for e in rt.store.read_history(handle.instance_id)
+            if isinstance(e, history.EventRaised)
+        ]
+        assert len(raised) == 1  # durable at once, applied only after the resume
+        handle.resume()
+        return await asyncio.wait_for(handle, 5)
+
+    assert asyncio.run(main()) == {"n": 3}
+
+
+def test_an_activity_finishing_while_suspended_does_not_advance_the_orchestrator(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    log = tmp_path / "log.txt"
+
+    @dn.activity
+    def first() -> int:
+        time.sleep(0.3)
+        return 1
+
+    @dn.activity
+    def second(x: int) -> int:
+        with log.open("a") as f:
+            f.write("second\n")
+        return x + 1
+
+    @dn.orchestrator
+    def chain(ctx):  # type: ignore[no-untyped-def]
+        x = yield ctx.call_activity(first)
+        ctx.set_custom_status("after first")
+        return (yield ctx.call_activity(second, x))
+
+    async def main() -> Any:
+        handle = chain.start()
+        await asyncio.sleep(0.1)
+        handle.suspend()  # while first() runs
+        await asyncio.sleep(0.8)  # first() has finished meanwhile
+        completed = [
+            e
+            for e in rt.store.read_history(handle.instance_id)
+            if isinstance(e, history.TaskCompleted)
+        ]
+        assert len(completed) == 1  # its result is durable...
+        assert not log.exists()  # ...but the orchestrator did not go on
+        status = handle.status()
+        assert status.status == "suspended" and status.custom_status is None
+        handle.resume()
+        return await asyncio.wait_for(handle, 5)
+
+    assert asyncio.run(main()) == 2
+    assert log.read_text().splitlines() == ["second"]
+
+
+def test_a_timer_firing_while_suspended_waits_for_the_resume(rt: Runtime) -> None:
+    ran: list[float] = []
+
+    @dn.activity
+    def after() -> int:
+        ran.append(time.time())
+        return 7
+
+    @dn.orchestrator
+    def sleeper(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(0.3)
+        ctx.set_custom_status("woke")
+        return (yield ctx.call_activity(after))
+
+    async def main() -> Any:
+        handle = sleeper.start()
+        await asyncio.sleep(0.1)
+        handle.suspend()
+        await asyncio.sleep(0.7)  # the timer fired meanwhile
+        status = handle.status()
+        assert not ran and status.status == "suspended" and status.custom_status is None
+        assert any(
+            isinstance(e, history.TimerFired) for e in rt.store.read_history(handle.instance_id)
+        )
+        handle.resume()
+        return await asyncio.wait_for(handle, 5)
+
+    assert asyncio.run(main()) == 7
+    assert len(ran) == 1
+
+
+def test_terminate_while_suspended_ends_it_without_going_on(rt: Runtime) -> None:
+    went_on: list[Any] = []
+
+    @dn.orchestrator
+    def waiter(ctx):  # type: ignore[no-untyped-def]
+        value = yield ctx.wait_for_external_event("go")
+        went_on.append(value)
+        return value
+
+    async def main() -> None:
+        handle = waiter.start()
+        await asyncio.sleep(0.2)
+        handle.suspend()
+        handle.raise_event("go", 1)
+        await asyncio.sleep(0.3)
+        handle.terminate("enough")
+        with pytest.raises(dn.InstanceTerminatedError, match="terminated: enough"):
+            await asyncio.wait_for(handle, 5)
+
+    asyncio.run(main())
+    assert went_on == []
+
+
+def test_a_run_of_a_suspended_instance_waits_for_the_resume(rt: Runtime, store_dir: Path) -> None:
+    @dn.orchestrator
+    def waiter(ctx):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("started")
+        return (yield ctx.wait_for_external_event("go"))
+
+    async def interrupted() -> None:
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupted())
+    iid = waiter.instance_id_for()
+    runtime = fresh_runtime(store_dir)
+    runtime.request(iid, "suspend")
+    runtime.raise_event(iid, "go", 5)  # in history after the suspend
+
+    async def main() -> Any:
+        handle = waiter.start()
+        await asyncio.sleep(0.8)
+        assert not handle.done()
+        assert handle.status().status == "suspended"
+        handle.resume()
+        return await asyncio.wait_for(handle, 5)
+
+    assert asyncio.run(main()) == 5
+
+
 def test_terminate_stops_at_the_next_yield(rt: Runtime) -> None:
     finished: list[str] = []
 

@@ -27,6 +27,53 @@ def test_store_files_are_private(tmp_path: Path) -> None:
     store.close()
 
 
+def _modes_not_private(folder: Path) -> list[str]:
+    """Every folder under ``folder`` that is not 0700 and every file that is not 0600."""
+    wrong: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        for name, want in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+            if mode != want:
+                wrong.append(f"{os.path.relpath(os.path.join(root, name), folder)}: {mode:o}")
+    return wrong
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_every_file_and_folder_of_the_store_is_private(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    folder = tmp_path / "s"
+    previous = os.umask(0o022)  # the usual umask: what is not made private shows
+    try:
+        dn.runtime._reset_for_tests(lambda: Runtime(store=DiskCacheStore(folder), progress="none"))
+
+        @dn.activity
+        def big(n: int) -> object:
+            return np.zeros(n, dtype=np.uint8)
+
+        @dn.orchestrator
+        def orch(ctx):  # type: ignore[no-untyped-def]
+            data = yield ctx.call_activity(big, 2 << 20)
+            return int(data.size)
+
+        assert orch.run() == 2 << 20
+        store = dn.get_runtime().store
+        assert isinstance(store, DiskCacheStore)
+        # Values diskcache itself writes to files: big bytes, str and pickles.
+        store._cache.set("bytes", b"x" * (1 << 20))
+        store._cache.set("text", "y" * (1 << 20))
+        store._cache.set("pickle", list(range(100_000)))
+        dn.get_runtime().close()
+        json_store = DiskCacheStore(tmp_path / "j", serializer="json")
+        json_store._cache.set("json", {"rows": list(range(100_000))})
+        json_store.close()
+    finally:
+        os.umask(previous)
+    assert len([f for _, _, files in os.walk(folder) for f in files if f.endswith(".val")]) == 4
+    assert list((tmp_path / "j").rglob("*.val"))
+    assert _modes_not_private(folder) == []
+    assert _modes_not_private(tmp_path / "j") == []
+
+
 def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "shared"
     folder.mkdir()

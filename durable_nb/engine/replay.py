@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durable_nb import history
-from durable_nb.definitions import Activity, Orchestrator, resolve_activity, resolve_orchestrator
+from durable_nb.definitions import (
+    Activity,
+    Orchestrator,
+    bind_orchestrator_input,
+    resolve_activity,
+    resolve_orchestrator,
+)
+from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.context import OrchestrationContext
 from durable_nb.engine.results import ResultBook
+from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
 from durable_nb.engine.tasks import (
     ActivityCall,
     ActivityTask,
@@ -62,6 +70,9 @@ class Step:
     subs: list[SubOrchestrationCall] = field(default_factory=list)
     waiting_events: list[str] = field(default_factory=list)
     custom_status: Any = _UNSET
+    # (activity name, calls): the run called it that many times with no durable timer
+    # created in between (engine/runaway.py); reported once per run.
+    runaway: tuple[str, int] | None = None
 
     @property
     def has_custom_status(self) -> bool:
@@ -81,6 +92,7 @@ class OrchestrationEngine:
         resolve: Callable[[Any], Activity] = resolve_activity,
         resolve_sub: Callable[[Any], Orchestrator] = resolve_orchestrator,
         strict: bool = False,
+        runaway_calls: int | None = RUNAWAY_CALLS,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -108,6 +120,7 @@ class OrchestrationEngine:
         self._uuid_counter = 0
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
+        self._runaway = RunawayGuard(runaway_calls)
         # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
         # instance stays final while the code of none of them changed.
         self.code_used: dict[str, Activity | Orchestrator] = {}
@@ -192,6 +205,8 @@ class OrchestrationEngine:
             return f"{act.name}/{act.code_digest(scheme)[:16]}/{digest}"
 
         self.code_used[act.name] = act
+        if (runaway := self._runaway.called(act.name)) is not None:
+            self._step.runaway = runaway
         key, occurrence, position = self._next_call(triple(KEY_SCHEME), act.name)
         call = ActivityCall(key, act, args, kwargs, position)
         task = ActivityTask(call)
@@ -238,7 +253,7 @@ class OrchestrationEngine:
         instance_id: str | None,
     ) -> Task:
         orch = self._resolve_sub(ref)
-        arguments = orch.bind_input(args, kwargs)
+        arguments = orch.bind_input(args, kwargs, via="ctx.call_sub_orchestrator")
         owner = f"sub-orchestrator {orch.name!r} (instance {self.instance_id})"
         name = f"sub:{orch.name}"
 
@@ -263,6 +278,7 @@ class OrchestrationEngine:
         key = self._timers.next_key()
         timer = TimerCall(key, *self._fire_time(key, when))
         task = TimerTask(timer)
+        self._runaway.timer_created()
         fired_position = self._timers.fired.get(key)
         if fired_position is not None:
             task._complete(None, timer.fire_at, True, fired_position)
@@ -281,6 +297,7 @@ class OrchestrationEngine:
         if timeout is not None:
             key = self._timers.next_key()
             timer = TimerCall(key, *self._fire_time(key, timeout))
+            self._runaway.timer_created()
         task = EventTask(name, timer.key if timer else None)
         task.timeout = timeout
         task.fire_at = timer.fire_at if timer else 0.0
@@ -300,6 +317,11 @@ class OrchestrationEngine:
         return task
 
     def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # Checked here, at the call: input the orchestrator cannot take fails this run
+        # (with the traceback at the user's line) instead of leaving the instance
+        # between two generations.
+        signature = inspect.signature(self.fn)
+        bind_orchestrator_input(self.name, signature, args, kwargs, "ctx.continue_as_new")
         raise ContinueAsNew(args, kwargs)
 
     def _fire_time(self, key: str, when: Any) -> tuple[float, bool]:
@@ -463,20 +485,7 @@ class OrchestrationEngine:
         self._step.subs.clear()
 
     def _not_a_task(self, yielded: Any) -> OrchestratorError:
-        hint = "wait on ctx tasks only; do real waiting and I/O inside activities"
-        if isinstance(yielded, (list, tuple)):
-            hint = "to wait for several tasks, yield ctx.task_all([...])"
-        elif inspect.iscoroutine(yielded):
-            if getattr(yielded, "__qualname__", "") == "Runtime.run":
-                hint = (
-                    "to run one orchestrator from another, yield "
-                    "ctx.call_sub_orchestrator(child, ...); calling it starts a separate run"
-                )
-            yielded.close()  # it will never run: no "never awaited" warning on top
-        return OrchestratorError(
-            f"orchestrator {self.name!r} (instance {self.instance_id}) waited on {yielded!r}, "
-            f"which is not a durable task; {hint}"
-        )
+        return not_a_task(self.name, self.instance_id, self._coroutine, yielded)
 
     def _check_determinism(self, position: int, name: str) -> None:
         self.calls.append(name)
