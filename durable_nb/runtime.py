@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from durable_nb import management
+from durable_nb import interrupts, management
 from durable_nb.blocking import block_on, refuse_original_nest_asyncio
 from durable_nb.definitions import find_orchestrator
 from durable_nb.dispatch import SlotLimit
@@ -171,10 +171,7 @@ class Runtime:
     ) -> asyncio.Task[Outcome]:
         running = self._active.get(instance_id)
         if running is not None and not running.done():
-            raise InstanceBusyError(
-                f"instance {instance_id!r} is already running in this kernel; await its "
-                "handle, or wait for it to end before starting it again"
-            )
+            return self._attach(running, orch, arguments, instance_id, fresh)
         if fresh:
             _, refused = management.purge(self.store, [instance_id])
             if refused and "running" in refused[0]:
@@ -200,7 +197,39 @@ class Runtime:
         task = asyncio.ensure_future(self._drive(orch, arguments, instance_id, progress, None))
         self._active[instance_id] = task
         task.add_done_callback(lambda _t: self._forget(instance_id, task))
+        interrupts.watch(task)
         return task
+
+    def _attach(
+        self,
+        running: asyncio.Task[Outcome],
+        orch: Orchestrator,
+        arguments: dict[str, Any],
+        instance_id: str,
+        fresh: bool,
+    ) -> asyncio.Task[Outcome]:
+        """The live run of an instance already running in this process, for a caller
+        that runs it again (the same cell run twice, a handle lost to an interrupt)."""
+        if fresh:
+            raise InstanceBusyError(
+                f"instance {instance_id!r} is running in this process; fresh=True cannot "
+                "start it over while it runs: cancel it (handle.cancel(), or interrupt the "
+                "cell awaiting it) or wait for it to end, then start it fresh"
+            )
+        execution = self._executions.get(instance_id)
+        if execution is not None:
+            other = execution.orchestrator.name
+            try:
+                same_input = execution.caller_input in (None, input_digest(orch, arguments))
+            except FingerprintError:
+                same_input = True  # cannot tell: an explicit instance id was given
+            if other != orch.name or not same_input:
+                what = f"orchestrator {other!r}" if other != orch.name else "another input"
+                raise InstanceBusyError(
+                    f"instance {instance_id!r} is running in this process with {what}; "
+                    "wait for it to end, or choose another instance_id"
+                )
+        return running
 
     async def _drive(
         self,
@@ -341,10 +370,14 @@ class Runtime:
         __tracebackhide__ = True
         arguments, instance_id = self._prepare(orch, args, kwargs, instance_id)
         task = self._launch(orch, arguments, instance_id, fresh)
-        try:
-            outcome = await task
-        except asyncio.CancelledError:
-            raise asyncio.CancelledError(interrupted_message(self, instance_id)) from None
+        with interrupts.cancel_on_sigint(task) as by_ctrl_c:
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                message = interrupted_message(self, instance_id)
+                if by_ctrl_c():  # Ctrl-C outside a kernel (terminal IPython)
+                    raise KeyboardInterrupt(message) from None
+                raise asyncio.CancelledError(message) from None
         return unwrap(outcome)
 
     def run_blocking(

@@ -15,7 +15,10 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
   of their chunk and deleted with their instance.
 * diskcache keys: ``"format"`` (the store format version), ``"key_schemes"`` (how
   the call keys it holds were digested, :mod:`durable_nb.store_versions`), ``"serializer"``,
-  ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own) and
+  ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own; a large
+  custom status of the history is ``"h:<digest>:v:custom_status:<random>"``),
+  ``"h:<digest>:v:record:<random>"`` (a large value of the instance record, tagged
+  ``"h:<digest>:r"``: :mod:`durable_nb.record_values`) and
   ``"w"`` (large writes in progress, so a kill mid-write leaves nothing stray).
 
 Format 1 kept records, leases and chunks as diskcache keys; opening such a store
@@ -38,11 +41,13 @@ from typing import Any, Protocol
 from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
+from durable_nb.record_values import RecordValues, record_tag
 from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
     JsonValueDisk,
     LargeRef,
+    LazyField,
     StoredValue,
     ValueDisk,
     size_of,
@@ -57,6 +62,12 @@ logger = logging.getLogger(__name__)
 
 
 _RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
+# The events whose value may be large, and where it sits in the encoded tuple.
+_LARGE_FIELDS: dict[type[history.Event], int] = {
+    history.TaskCompleted: _RESULT_FIELD,
+    history.SubOrchestrationCompleted: _RESULT_FIELD,
+    history.CustomStatusSet: 2,
+}
 # SQLite refuses a value over 1e9 bytes; chunks are kept well below.
 MAX_CHUNK_BYTES = 256 << 20
 
@@ -74,11 +85,14 @@ class InstanceRecord:
     started_at: float = 0.0
     finished_at: float | None = None
     runs: int = 0
-    custom_status: Any = None
-    output: Any = None
+    # A large custom status, output or input is kept in a file of its own and loaded
+    # when the field is read: descriptor fields, whose default is None.
+    custom_status: LazyField[Any] = LazyField()  # noqa: RUF009
+    output: LazyField[Any] = LazyField()  # noqa: RUF009
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    input: dict[str, Any] | None = None  # the orchestrator's arguments by name
+    # the orchestrator's arguments by name
+    input: LazyField[dict[str, Any] | None] = LazyField()  # noqa: RUF009
     generation: int = 0  # how many times it continued as new
     parent: str | None = None  # the parent instance of a sub-orchestration
     # What a completed run was made of (input, code digests), so that running it again
@@ -241,6 +255,7 @@ class DiskCacheStore:
             lambda data: InstanceRecord.from_dict(data).epoch,
         )
         self.key_schemes = self.versions.key_schemes
+        self._records = RecordValues(self._cache, self._dumps, self._loads, serializer == "json")
         swept = sweep_intents(self._cache)
         if swept:
             logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
@@ -334,11 +349,12 @@ class DiskCacheStore:
         if self.serializer == "json":
             json.dumps(row)  # fail here, on this event, with a TypeError naming the type
             return row
-        if isinstance(event, (history.TaskCompleted, history.SubOrchestrationCompleted)):
-            if size_of(event.result) >= LARGE_RESULT_BYTES:
-                key = f"{prefix}:v:{event.key}:{uuid.uuid4().hex[:12]}"
-                write_large(self._cache, key, event.result, tag=prefix + ":v")
-                row = (*row[:_RESULT_FIELD], LargeRef(key), *row[_RESULT_FIELD + 1 :])
+        at = _LARGE_FIELDS.get(type(event))
+        if at is not None and size_of(row[at]) >= LARGE_RESULT_BYTES:
+            key = f"{prefix}:v:{getattr(event, 'key', event.TAG)}:{uuid.uuid4().hex[:12]}"
+            write_large(self._cache, key, row[at], tag=prefix + ":v")
+            self._records.remember(key, row[at])
+            row = (*row[:at], LargeRef(key), *row[at + 1 :])
         return row
 
     def storable(self, value: Any) -> bool:
@@ -351,11 +367,17 @@ class DiskCacheStore:
     def _decode_chunk(self, data: bytes) -> list[history.Event]:
         events = []
         for row in self._loads(data):
-            if len(row) > _RESULT_FIELD and isinstance(row[_RESULT_FIELD], LargeRef):
-                stored = StoredValue(self._cache, row[_RESULT_FIELD].key)
-                row = (*row[:_RESULT_FIELD], stored, *row[_RESULT_FIELD + 1 :])
+            if any(isinstance(value, LargeRef) for value in row):
+                row = tuple(self._stored(value) for value in row)
             events.append(history.decode(row))
         return events
+
+    def _stored(self, value: Any) -> Any:
+        if not isinstance(value, LargeRef):
+            return value
+        stored = StoredValue(self._cache, value.key)
+        self._records.remember(stored.key, stored)
+        return stored
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
         rows = self._tables.read(self._prefix(instance_id), start)
@@ -382,28 +404,34 @@ class DiskCacheStore:
 
     def reset_history(self, record: InstanceRecord) -> None:
         prefix = self._prefix(record.instance_id)
-        data = self._dumps(record.to_dict())
-        self._tables.reset(prefix, record.instance_id, data, record.epoch)
+        data = self._records.dumps(record, prefix, history_refs=False)
+        old = self._tables.reset(prefix, record.instance_id, data, record.epoch)
         self._cache.evict(prefix + ":v", retry=True)  # no history refers to them now
+        self._records.drop_replaced(old, data)
 
     # ------------------------------------------------------------ instances and leases
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         data = self._tables.get_instance(instance_id)
-        return InstanceRecord.from_dict(self._loads(data)) if data is not None else None
+        return InstanceRecord.from_dict(self._records.loads(data)) if data is not None else None
 
     def put_instance(self, record: InstanceRecord) -> None:
-        data = self._dumps(record.to_dict())
-        self._tables.put_instance(record.instance_id, data, record.epoch)
+        # Large values go to files first (durable_nb.record_values).
+        data = self._records.dumps(record, self._prefix(record.instance_id))
+        old = self._tables.put_instance(record.instance_id, data, record.epoch)
+        self._records.drop_replaced(old, data)
 
     def list_instances(self) -> list[InstanceRecord]:
-        records = [InstanceRecord.from_dict(self._loads(data)) for data in self._tables.instances()]
+        records = [
+            InstanceRecord.from_dict(self._records.loads(d)) for d in self._tables.instances()
+        ]
         return sorted(records, key=lambda r: r.created_at)
 
     def purge(self, instance_id: str) -> bool:
         prefix = self._prefix(instance_id)
         removed = self._tables.purge(prefix, instance_id)
         self._cache.evict(prefix + ":v", retry=True)
+        self._cache.evict(record_tag(prefix), retry=True)
         return removed
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None:

@@ -20,13 +20,14 @@ Two concerns live here, below the store's keys and chunks:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pickle
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import diskcache
 
@@ -38,6 +39,7 @@ from durable_nb.leases import process_exists
 # Results at least this big are stored on their own, streamed to a file, so that
 # checkpointing them holds no second copy in memory and replay reads them only when used.
 LARGE_RESULT_BYTES = 1 << 20
+T = TypeVar("T")
 _INTENTS = "w"  # the key of the table of large writes in progress
 # An intent from another host cannot be checked by pid; after this long it is stale.
 _FOREIGN_INTENT_SECONDS = 24 * 3600
@@ -57,6 +59,19 @@ def size_of(value: Any) -> int:
         except Exception:
             return 0
     return 0
+
+
+def estimate_size(value: Any, depth: int = 3) -> int:
+    """:func:`size_of`, adding up the items of tuples, lists and dicts (an input by
+    name, an output ``(frame, array)``) a few levels down; a long list of small items
+    is not walked past its first thousand."""
+    found = size_of(value)
+    if found or depth == 0:
+        return found
+    items = value.values() if isinstance(value, dict) else value
+    if not isinstance(value, (dict, list, tuple)):
+        return 0
+    return sum(estimate_size(item, depth - 1) for item in itertools.islice(items, 1000))
 
 
 class LargeRef:
@@ -80,6 +95,21 @@ class StoredValue(history.LazyValue):
         self._cache, self._key = cache, key
         self._loaded, self._value = False, None
 
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @classmethod
+    def holding(cls, cache: Any, key: str, value: Any) -> StoredValue:
+        """The stored value of ``key``, which is ``value``: already loaded."""
+        stored = cls(cache, key)
+        stored._loaded, stored._value = True, value
+        return stored
+
+    def holds(self, value: Any) -> bool:
+        """Whether this is loaded and is ``value`` (the same object)."""
+        return self._loaded and self._value is value
+
     def load(self) -> Any:
         if not self._loaded:
             handle = self._cache.get(self._key, read=True, retry=True)
@@ -89,6 +119,35 @@ class StoredValue(history.LazyValue):
                 self._value = pickle.load(handle)
             self._loaded = True
         return self._value
+
+
+class LazyField(Generic[T]):
+    """A field of :class:`~durable_nb.store.InstanceRecord` (output, input, custom
+    status) that the store may keep in a file: it holds a :class:`history.LazyValue`
+    then, and reading the field loads it (once). The store reads and writes what the
+    field holds with :func:`raw_field`, so a record read for a list or a status never
+    loads a large output."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_lazy_" + name
+
+    def __get__(self, record: Any, owner: type | None = None) -> T:
+        if record is None:
+            return None  # type: ignore[return-value]  # the dataclass field's default
+        value = record.__dict__.get(self._slot)
+        return value.load() if isinstance(value, history.LazyValue) else value  # type: ignore[no-any-return]
+
+    def __set__(self, record: Any, value: T) -> None:
+        record.__dict__[self._slot] = value
+
+
+def raw_field(record: Any, name: str) -> Any:
+    """What a :class:`LazyField` holds, unloaded."""
+    return record.__dict__.get("_lazy_" + name)
+
+
+def set_raw_field(record: Any, name: str, value: Any) -> None:
+    record.__dict__["_lazy_" + name] = value
 
 
 class _Streamed:

@@ -47,6 +47,9 @@ _SCHEMA = (
         ON durable_shared (instance_id)""",
 )
 
+# A write at least this big truncates the WAL after it (StoreTables._after_write).
+WAL_TRUNCATE_BYTES = 1 << 20
+
 # One shared result to record with a chunk: activity, digest, finished, large key, data.
 SharedRow = tuple[str, str, float, str | None, bytes]
 
@@ -94,6 +97,21 @@ class StoreTables:
                     connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+    def _after_write(self, size: int) -> None:
+        """After a write of ``size`` bytes or more (a batch of results just under the size
+        that gets a file), fold the WAL into the database and truncate it, so that the
+        WAL does not keep a second copy on disk. Skipped, not waited for, while another
+        connection is reading or writing: a later big write does it."""
+        if size < WAL_TRUNCATE_BYTES:
+            return
+        connection = self._connection()
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
 
     def _query(self, sql: str, *parameters: object) -> list[Any]:
         with self._errors_explained():
@@ -156,7 +174,8 @@ class StoreTables:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     [(a, d, t, instance_id, large, v) for a, d, t, large, v in shared],
                 )
-            return number
+        self._after_write(len(data))
+        return number
 
     def append_if(self, stream: str, data: bytes, instance_id: str, epoch: str) -> bool:
         """Append only while the instance is at ``epoch``, in one transaction."""
@@ -167,6 +186,7 @@ class StoreTables:
             if row is None or row[0] != epoch:
                 return False
             _append_in(connection, stream, data)
+        self._after_write(len(data))
         return True
 
     def insert_chunks(self, stream: str, chunks: list[tuple[int, bytes]]) -> None:
@@ -201,6 +221,7 @@ class StoreTables:
             merged = merge([bytes(data) for (data,) in rows])
             _delete_stream_in(connection, stream)
             _append_in(connection, stream, merged)  # number 0: the stream is empty
+        self._after_write(len(merged))
 
     def streams(self) -> list[str]:
         rows = self._query("SELECT DISTINCT stream FROM durable_history")
@@ -216,23 +237,31 @@ class StoreTables:
         rows = self._query("SELECT data FROM durable_instances WHERE instance_id = ?", instance_id)
         return bytes(rows[0][0]) if rows else None
 
-    def put_instance(self, instance_id: str, data: bytes, epoch: str) -> None:
+    def put_instance(self, instance_id: str, data: bytes, epoch: str) -> bytes | None:
+        """Write the record; returns the one it replaced (None if there was none)."""
         with self._transaction() as connection:
+            old = _get_instance_in(connection, instance_id)
             _put_instance_in(connection, instance_id, data, epoch)
+        self._after_write(len(data))
+        return old
 
     def instances(self) -> list[bytes]:
         return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
 
-    def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> None:
-        """Empty the history and write the record, in one transaction. Shared results
-        whose file goes with the history go too; small ones stay shared."""
+    def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> bytes | None:
+        """Empty the history and write the record, in one transaction; returns the record
+        it replaced. Shared results whose file goes with the history go too; small ones
+        stay shared."""
         with self._transaction() as connection:
+            old = _get_instance_in(connection, instance_id)
             _delete_stream_in(connection, stream)
             _put_instance_in(connection, instance_id, data, epoch)
             connection.execute(
                 "DELETE FROM durable_shared WHERE instance_id = ? AND large IS NOT NULL",
                 (instance_id,),
             )
+        self._after_write(len(data))
+        return old
 
     def purge(self, stream: str, instance_id: str) -> bool:
         """Delete the record, history and lease, in one transaction; False if none was there."""
@@ -325,6 +354,13 @@ def _append_in(connection: sqlite3.Connection, stream: str, data: bytes) -> int:
 
 def _delete_stream_in(connection: sqlite3.Connection, stream: str) -> None:
     connection.execute("DELETE FROM durable_history WHERE stream = ?", (stream,))
+
+
+def _get_instance_in(connection: sqlite3.Connection, instance_id: str) -> bytes | None:
+    row = connection.execute(
+        "SELECT data FROM durable_instances WHERE instance_id = ?", (instance_id,)
+    ).fetchone()
+    return bytes(row[0]) if row is not None else None
 
 
 def _put_instance_in(

@@ -293,13 +293,55 @@ def test_start_returns_a_handle_at_once(rt: Runtime, effects: SideEffects) -> No
         assert not handle.done()
         with pytest.raises(dn.InstanceNotFinishedError):
             handle.result()
-        with pytest.raises(dn.InstanceBusyError):
-            fan.start(6)
+        again = fan.start(6)  # the same live run, not a second one
+        assert again._task is handle._task
         assert await handle == sum(i * i for i in range(6))
         assert handle.result() == sum(i * i for i in range(6))
         assert handle.status().status == "completed"
 
     asyncio.run(main())
+
+
+def test_running_a_live_instance_again_attaches_to_its_run(
+    rt: Runtime, effects: SideEffects
+) -> None:
+    fan = make_fan(effects, sleep=0.2)
+    expected = sum(i * i for i in range(6))
+
+    async def cell() -> None:
+        first = asyncio.ensure_future(fan(6))
+        await asyncio.sleep(0.05)
+        assert len(effects.lines()) > 0 and not first.done()
+        assert await fan(6) == expected  # awaited again: the same run, not refused
+        assert first.done() and first.result() == expected
+        again = asyncio.ensure_future(fan(6, instance_id="again"))
+        await asyncio.sleep(0.05)
+        handle = fan.start(6, instance_id="again")
+        assert fan.run(6, instance_id="again") == expected  # blocking, on the same run
+        assert await handle == expected and await again == expected
+
+    asyncio.run(cell())
+    assert sorted(effects.counts().items()) == [(str(i), 2) for i in range(6)]  # two ids
+    record = rt.status(fan.instance_id_for(6))
+    assert record is not None and (record.status, record.runs) == ("completed", 1)
+
+
+def test_a_live_instance_is_not_started_fresh_or_with_another_input(
+    rt: Runtime, effects: SideEffects
+) -> None:
+    fan = make_fan(effects, sleep=0.2)
+
+    async def cell() -> None:
+        first = asyncio.ensure_future(fan(3, instance_id="one"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(dn.InstanceBusyError, match="fresh=True cannot start it over"):
+            await fan(3, instance_id="one", fresh=True)
+        with pytest.raises(dn.InstanceBusyError, match="with another input"):
+            await fan(4, instance_id="one")
+        assert await first == 5
+
+    asyncio.run(cell())
+    assert sorted(effects.counts().items()) == [(str(i), 1) for i in range(3)]
 
 
 def test_start_outside_a_loop_says_what_to_do(rt: Runtime, effects: SideEffects) -> None:
