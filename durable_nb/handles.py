@@ -37,6 +37,11 @@ class InstanceHandle:
         # Shielded: interrupting the cell that awaits the handle stops the waiting,
         # not the run; use cancel() to stop the run.
         outcome = yield from asyncio.shield(self._task).__await__()
+        progress = self._runtime.progress_of.get(self._task)
+        if progress is not None and progress.summary_pending:
+            from durable_nb.widgets import show_final_summary
+
+            show_final_summary(progress)  # in this cell: the one that started it is over
         return unwrap(outcome)
 
     def done(self) -> bool:

@@ -66,6 +66,11 @@ class Progress:
         self._interval = 1.0 / max_rate
         self.started = clock()
         self.finished: float | None = None
+        # A run started in the background (``h = orch.start()``) ends after the cell that
+        # showed its widget: its final summary for saved notebooks is shown by whoever
+        # awaits its handle (widgets.py); pending until then.
+        self.summary_deferred = False
+        self.summary_pending = False
         self._listeners: list[Listener] = []
         self._last_notice = float("-inf")
         self._dirty = False

@@ -9,6 +9,7 @@ import concurrent.futures
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,10 @@ class Runtime:
         # Threads still running for runs that ended, by (instance, call key).
         self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self._executions: dict[str, Execution] = {}
+        # The progress of each top-level run, for its handles (a final summary to show).
+        self.progress_of: weakref.WeakKeyDictionary[asyncio.Task[Outcome], Progress] = (
+            weakref.WeakKeyDictionary()
+        )
         self.configure(store=store, progress=progress)
 
     # ------------------------------------------------------------------ settings
@@ -168,7 +173,10 @@ class Runtime:
         arguments: dict[str, Any],
         instance_id: str,
         fresh: bool,
+        background: bool = False,
     ) -> asyncio.Task[Outcome]:
+        """Start (or attach to) a run; ``background``: the caller gets a handle and its
+        cell ends at once (start, rewind), so the final summary waits for ``await h``."""
         running = self._active.get(instance_id)
         if running is not None and not running.done():
             return self._attach(running, orch, arguments, instance_id, fresh)
@@ -190,11 +198,13 @@ class Runtime:
                 pending.input = None
             self.store.put_instance(pending)
         progress = Progress(orch.name, instance_id)
+        progress.summary_deferred = background
         progress.on_approval = lambda name, value: self.raise_event(instance_id, name, value)
         from durable_nb.widgets import attach_view
 
         attach_view(progress, self.progress_mode)
         task = asyncio.ensure_future(self._drive(orch, arguments, instance_id, progress, None))
+        self.progress_of[task] = progress
         self._active[instance_id] = task
         task.add_done_callback(lambda _t: self._forget(instance_id, task))
         interrupts.watch(task)
@@ -350,7 +360,7 @@ class Runtime:
             asyncio.get_running_loop()
         except RuntimeError:
             raise DurableNbError("rewind needs a running event loop, as in a kernel") from None
-        task = self._launch(orch, dict(record.input), instance_id, fresh=False)
+        task = self._launch(orch, dict(record.input), instance_id, fresh=False, background=True)
         return InstanceHandle(instance_id, task, self)
 
     def _forget(self, instance_id: str, task: asyncio.Task[Outcome]) -> None:
@@ -421,7 +431,7 @@ class Runtime:
                 f"in a script use {orch.name}.run(...) or await {orch.name}(...)"
             ) from None
         arguments, instance_id = self._prepare(orch, args, kwargs, instance_id)
-        task = self._launch(orch, arguments, instance_id, fresh)
+        task = self._launch(orch, arguments, instance_id, fresh, background=True)
         return InstanceHandle(instance_id, task, self)
 
     def status(self, instance_id: str) -> InstanceRecord | None:

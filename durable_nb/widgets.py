@@ -208,13 +208,25 @@ class _FinalDisplay:
         if progress.finished is None or progress.finished == self._shown_for:
             return
         self._shown_for = progress.finished
-        import ipywidgets
-        from IPython.display import display
+        if progress.summary_deferred:
+            # Started in the background: the cell that showed the widget is over, and a
+            # display from the run would go to it and be dropped. ``await h`` shows it.
+            progress.summary_pending = True
+            return
+        show_final_summary(progress)
 
-        hidden = ipywidgets.Box(layout=ipywidgets.Layout(display="none"))
-        data: dict[str, Any] = dict(hidden._repr_mimebundle_())
-        data.update(final_summary_bundle(progress))
-        display(data, raw=True, metadata={FINAL_SUMMARY_KEY: True})  # type: ignore[no-untyped-call, unused-ignore]
+
+def show_final_summary(progress: Progress) -> None:
+    """Display :func:`final_summary_bundle` in the current cell, with an invisible widget
+    view so that frontends that render widgets show only the live widget."""
+    import ipywidgets
+    from IPython.display import display
+
+    progress.summary_pending = False
+    hidden = ipywidgets.Box(layout=ipywidgets.Layout(display="none"))
+    data: dict[str, Any] = dict(hidden._repr_mimebundle_())
+    data.update(final_summary_bundle(progress))
+    display(data, raw=True, metadata={FINAL_SUMMARY_KEY: True})  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def make_widget(progress: Progress) -> Any:

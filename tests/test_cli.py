@@ -250,6 +250,33 @@ def test_saved_notebook_shows_the_final_summary_without_widgets(tmp_path: Path) 
     assert widget["data"]["text/plain"].startswith("<durable_nb progress: orch [orch-")
 
 
+@pytest.mark.kernel
+def test_a_run_started_in_one_cell_shows_its_summary_where_it_is_awaited(
+    tmp_path: Path,
+) -> None:
+    """``h = orch.start()`` then ``await h`` in a later cell: the cell that showed the
+    widget is over when the run ends, so the summary comes with the awaiting cell."""
+    from durable_nb.notebook_runner import run_notebook
+
+    path = tmp_path / "nb.ipynb"
+    _notebook(path, fail=False)
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[3] = new_code_cell("import time\nh = orch.start(12)\ntime.sleep(0.2)")
+    nb.cells.append(new_code_cell("total = await h\nprint('total', total)"))
+    nbformat.write(nb, str(path))
+    env = dict(os.environ, DURABLE_NB_STORE=str(tmp_path / "store"))
+    outcome = run_notebook(
+        path, output=tmp_path / "out.ipynb", timeout=120, env=env, out=io.StringIO()
+    )
+    assert outcome.failed_cell is None, outcome.error
+    cells = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells
+    started = [o for o in cells[3].outputs if "text/html" in o.get("data", {})]
+    awaited = [o for o in cells[4].outputs if "text/html" in o.get("data", {})]
+    assert started == [] and len(awaited) == 1, (cells[3].outputs, cells[4].outputs)
+    assert "12/12" in awaited[0]["data"]["text/html"]
+    assert awaited[0]["data"]["text/plain"].splitlines()[1] == "  mark: 12/12 (12 ran)"
+
+
 def test_store_folder_is_created_by_the_run_not_by_list(tmp_path: Path) -> None:
     DiskCacheStore(tmp_path / "made").close()
     code, text = cli("list", "--store", str(tmp_path / "made"))
