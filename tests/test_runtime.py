@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 import traceback
@@ -458,13 +459,11 @@ def test_text_progress_summary(
     assert "square: 3/3 (3 ran)" in err and "square: 3/3 (3 cached)" in err
 
 
-def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
-    rt: Runtime, effects: SideEffects
-) -> None:
-    """A call's thread outlived its interrupted run and is done, but its callback has not
-    yet written the late result when the next run loads the history: the next run takes
-    the thread's outcome instead of running the call again."""
-    import concurrent.futures
+def _run_with_orphan(
+    rt: Runtime, effects: SideEffects, orphan: concurrent.futures.Future[int]
+) -> int:
+    """Run an instance of one call whose thread, left by an earlier run of the instance
+    (same epoch), ended as ``orphan`` before its outcome reached the history."""
 
     @dn.activity
     def slow_square(i: int) -> int:
@@ -475,15 +474,24 @@ def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
     def one(ctx):  # type: ignore[no-untyped-def]
         return (yield ctx.call_activity(slow_square, 7))
 
-    instance = one.instance_id_for()
-    record = dn.InstanceRecord(instance, "one", created_at=1.0)
+    record = dn.InstanceRecord(one.instance_id_for(), "one", created_at=1.0)
     rt.store.put_instance(record)
     digest = dn.fingerprint.arguments_digest("t", (7,), {})
     key = f"slow_square/{slow_square.source_digest[:16]}/{digest}#0"
+    rt.orphans[(f"{record.instance_id}@{record.epoch}", key)] = orphan
+    result: int = one.run()
+    return result
+
+
+def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
+    rt: Runtime, effects: SideEffects
+) -> None:
+    """A call's thread outlived its interrupted run and is done, but its callback has not
+    yet written the late result when the next run loads the history: the next run takes
+    the thread's outcome instead of running the call again."""
     done: concurrent.futures.Future[int] = concurrent.futures.Future()
     done.set_result(49)  # the thread's outcome, not yet in history
-    rt.orphans[(f"{instance}@{record.epoch}", key)] = done
-    assert one.run() == 49
+    assert _run_with_orphan(rt, effects, done) == 49
     assert effects.lines() == []  # not run again
     assert rt.orphans == {}
 
@@ -493,26 +501,9 @@ def test_a_thread_that_failed_after_its_run_is_retried_not_adopted(
 ) -> None:
     """The failure of a call's thread that outlived its run is not taken over: a new run
     retries failures."""
-    import concurrent.futures
-
-    @dn.activity
-    def slow_square(i: int) -> int:
-        effects.write(i)
-        return i * i
-
-    @dn.orchestrator
-    def one(ctx):  # type: ignore[no-untyped-def]
-        return (yield ctx.call_activity(slow_square, 7))
-
-    instance = one.instance_id_for()
-    record = dn.InstanceRecord(instance, "one", created_at=1.0)
-    rt.store.put_instance(record)
-    digest = dn.fingerprint.arguments_digest("t", (7,), {})
-    key = f"slow_square/{slow_square.source_digest[:16]}/{digest}#0"
     failed: concurrent.futures.Future[int] = concurrent.futures.Future()
     failed.set_exception(ValueError("flaky upstream"))
-    rt.orphans[(f"{instance}@{record.epoch}", key)] = failed
-    assert one.run() == 49
+    assert _run_with_orphan(rt, effects, failed) == 49
     assert effects.lines() == ["7"]  # run again
 
 
