@@ -83,12 +83,15 @@ def changes_since_completed(
     record: InstanceRecord,
     orch: Orchestrator,
     arguments: dict[str, Any],
+    caller_input: str | None,
     read_history: Callable[[str], list[history.Event]],
 ) -> list[str] | None:
     """What changed since ``record`` completed: [] when its outcome is final, the
     names of what changed otherwise, None when it cannot be final (it did not
-    complete, or its output could not be kept)."""
-    if record.status != "completed":
+    complete, its output could not be kept, or the input cannot be digested).
+    ``caller_input`` is :func:`input_digest` of ``arguments``, already computed by the
+    caller (None: it could not be)."""
+    if record.status != "completed" or caller_input is None:
         return None
     made_of = record.completed_with or _read_off_history(read_history(record.instance_id))
     if made_of is None or made_of["scheme"] not in SCHEMES:
@@ -97,13 +100,14 @@ def changes_since_completed(
     changed: list[str] = []
     try:
         if made_of["input"] is not None:
-            same_input = input_digest(orch, arguments, scheme) == made_of["input"]
+            now = caller_input if scheme == KEY_SCHEME else input_digest(orch, arguments, scheme)
+            same_input = now == made_of["input"]
         else:  # 0.1.0 kept the input itself
-            same_input = record.input is not None and input_digest(
-                orch, record.input
-            ) == input_digest(orch, arguments)
+            same_input = record.input is not None and input_digest(orch, record.input) == (
+                caller_input
+            )
     except FingerprintError:
-        return None  # an input that cannot be digested (given an explicit instance id)
+        return None  # an input that cannot be digested under an older scheme
     if not same_input:
         changed.append("the input")
     if made_of["orchestrator"] not in (None, orch.code_digest(scheme)[:16]):

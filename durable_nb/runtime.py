@@ -250,9 +250,15 @@ class Runtime:
         parent: str | None,
     ) -> Outcome:
         """Run an instance, again and again while it continues as new."""
+        try:
+            caller_input: str | None = input_digest(orch, arguments)
+        except FingerprintError:  # an explicit instance id spared digesting the input
+            caller_input = None
         record = self.store.get_instance(instance_id)
         if record is not None and record.status == "completed":
-            changed = changes_since_completed(record, orch, arguments, self.store.read_history)
+            changed = changes_since_completed(
+                record, orch, arguments, caller_input, self.store.read_history
+            )
             if changed == []:
                 return self._recorded_outcome(record, progress)
             if changed:
@@ -262,10 +268,6 @@ class Runtime:
                     instance_id,
                     ", ".join(changed),
                 )
-        try:
-            caller_input: str | None = input_digest(orch, arguments)
-        except FingerprintError:  # an explicit instance id spared digesting the input
-            caller_input = None
         while True:
             record = self.store.get_instance(instance_id)
             if record is not None and record.generation > 0 and record.input is not None:
