@@ -10,7 +10,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast, overload
 
 from durable_nb.errors import (
     ActivityNotFoundError,
@@ -21,7 +21,14 @@ from durable_nb.fingerprint import KEY_SCHEME, arguments_digest, function_digest
 from durable_nb.options import ActivityOptions
 
 if TYPE_CHECKING:
+    from durable_nb.engine import ActivityCall, OrchestrationEngine, Step, SubOrchestrationCall
     from durable_nb.handles import InstanceHandle
+
+    # The engine's generic parts, made of this module's definitions.
+    ScheduledCall: TypeAlias = ActivityCall[Activity]
+    ChildCall: TypeAlias = SubOrchestrationCall[Orchestrator]
+    Engine: TypeAlias = OrchestrationEngine[Activity, Orchestrator]
+    EngineStep: TypeAlias = Step[Activity, Orchestrator]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

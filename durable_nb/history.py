@@ -9,7 +9,37 @@ read it to tell what happened. Events are encoded as plain tuples
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any, ClassVar
+
+
+class Status(str, Enum):
+    """Where an instance stands, in its record and in ``ExecutionFinished.status``.
+
+    A ``str`` so that it compares equal to the plain strings stored by every release;
+    what is stored is always the plain string (:attr:`value`), never the member, so a
+    store does not depend on this class.
+    """
+
+    PENDING = "pending"  # recorded, not started (or rewound, or resumed while not running)
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the run stopped before it ended (Ctrl-C, kill, SIGTERM)
+    TERMINATED = "terminated"
+    CONTINUED_AS_NEW = "continued_as_new"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        """An outcome no run of this generation changes by itself (rewind and rerun can)."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.TERMINATED})
 
 
 class LazyValue:

@@ -1,10 +1,16 @@
-"""Writing one instance's history chunks, and noticing chunks others appended.
+"""Writing one instance's history chunks and its record, and noticing chunks others
+appended.
 
 A run appends its events in chunks. Other writers append too: a kernel or the
 command line raising an event or asking to terminate, threads keeping results
 that arrived after a run ended. Chunk numbers give every writer's chunks one
 order, the order replay will see, so the live run applies foreign events in that
 same order relative to its own.
+
+The journal is also where a run keeps the instance's record (status, custom status,
+outcome, counts) and where progress counts an outcome: once, when its event is
+written, which is when it is final (a result that cannot be stored becomes a failure
+on the way).
 """
 
 from __future__ import annotations
@@ -13,20 +19,25 @@ import logging
 import pickle
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
-from durable_nb.errors import ResultNotStorableError, StoreError
+from durable_nb.errors import DurableNbError, ResultNotStorableError, StoreError
+from durable_nb.history import Status
 from durable_nb.progress import Progress
-from durable_nb.store import CheckpointStore, shared_digest
+from durable_nb.store import CheckpointStore, InstanceRecord, shared_digest
 
 if TYPE_CHECKING:
-    from durable_nb.engine import ActivityCall
+    from durable_nb.definitions import ScheduledCall
 
 logger = logging.getLogger(__name__)
 
 # What a live run takes from chunks other writers appended.
 LIVE_FOREIGN = (history.EventRaised, history.ControlRequested)
+# Written before the run waits, not with the next outcome: a timer's fire time (a
+# restart must keep it) and the custom status (others read it).
+_WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet)
+COMPACT_AFTER_CHUNKS = 32
 
 
 class Journal:
@@ -36,7 +47,9 @@ class Journal:
         self.store = store
         self.instance_id = instance_id
         self.progress = progress
-        self.unwritten: list[history.Event] = []  # bookkeeping that rides with the next chunk
+        self._unwritten: list[history.Event] = []  # rides with the next chunk
+        self.record: InstanceRecord | None = None
+        self._record_dirty = False
         self.chunks = 0  # chunks of the instance: loaded and written by this run
         self._next = 0  # the number the next chunk gets if nobody else appends
         self.epoch = ""  # the instance's epoch this run writes into (set once it is known)
@@ -47,6 +60,16 @@ class Journal:
         self.chunks = self._next = count
         return events
 
+    def buffer(self, event: history.Event) -> None:
+        """Bookkeeping that rides with the next chunk (TaskRetried, TaskScheduled...)."""
+        self._unwritten.append(event)
+
+    def buffer_all(self, events: Sequence[history.Event]) -> None:
+        self._unwritten += events
+
+    def must_write_before_waiting(self) -> bool:
+        return any(isinstance(e, _WRITE_BEFORE_WAITING) for e in self._unwritten)
+
     def write(
         self, events: Sequence[history.Event]
     ) -> tuple[list[history.Event], list[history.Event]]:
@@ -56,8 +79,8 @@ class Journal:
         chunks others appended before this one, then ``events`` themselves (where a
         completion whose result cannot be pickled has become a failure saying so).
         """
-        chunk = self.unwritten + list(events)
-        self.unwritten = []
+        chunk = self._unwritten + list(events)
+        self._unwritten = []
         seen = list(events)
         if not chunk:
             return [], seen
@@ -75,13 +98,16 @@ class Journal:
                 self.store.read_chunks(self.instance_id, self._next), number
             )
         self._next = number + 1
+        settled = self.progress.settled
+        for event in seen:
+            settled(event)
         return foreign, seen
 
     def share(self, key: str) -> None:
         """Record the completion of call ``key``, when written, as a shared result too."""
         self._share.add(key)
 
-    def find_shared(self, calls: Sequence[ActivityCall]) -> dict[str, history.TaskCompleted]:
+    def find_shared(self, calls: Sequence[ScheduledCall]) -> dict[str, history.TaskCompleted]:
         """Completions for those of ``calls`` (share=True) that match a shared success of
         any instance, no older than their activity's ``ttl``, by call key. ``attempts``
         0 marks them in history as reused, not run. One query per activity and ttl (and
@@ -199,9 +225,6 @@ class Journal:
                         event.attempts,
                         error,
                     )
-                    row = self.progress.row(event.activity)
-                    row.ran -= 1
-                    row.failed += 1
                 else:
                     replaced[id(event)] = history.SubOrchestrationFailed(
                         event.timestamp,
@@ -212,3 +235,82 @@ class Journal:
                         error,
                     )
         return replaced
+
+    # ------------------------------------------------------------------ the record
+
+    def open_record(
+        self, orchestrator: str, parent: str | None, arguments: dict[str, Any]
+    ) -> InstanceRecord:
+        """The instance's record, marked running for this run (created if new)."""
+        now = time.time()
+        record = self.store.get_instance(self.instance_id)
+        if record is None:
+            record = InstanceRecord(self.instance_id, orchestrator, created_at=now)
+        elif record.orchestrator != orchestrator:
+            raise DurableNbError(
+                f"instance id {self.instance_id!r} belongs to orchestrator "
+                f"{record.orchestrator!r}, not {orchestrator!r}; choose another "
+                "instance_id or purge the old instance (%durable purge ID)"
+            )
+        record.runs += 1
+        record.status, record.started_at, record.updated_at = Status.RUNNING.value, now, now
+        record.finished_at, record.error, record.parent = None, None, parent
+        record.completed_with = None  # set again only if this run completes
+        record.input = arguments
+        self._put_record(record)
+        self.record = record
+        self.epoch = record.epoch
+        return record
+
+    def set_status(self, status: Status) -> None:
+        """The run's status, in the record at once (others read it)."""
+        if self.record is not None:
+            self.record.status = status.value
+            self._record_dirty = True
+            self.flush_record()
+
+    def set_custom_status(self, value: Any) -> None:
+        """Written with the record before the run next waits."""
+        if self.record is not None:
+            self.record.custom_status = value
+            self._record_dirty = True
+
+    def flush_record(self) -> None:
+        if self._record_dirty and self.record is not None:
+            self.record.updated_at = time.time()
+            self.store.put_instance(self.record)
+            self._record_dirty = False
+
+    def close_record(
+        self,
+        status: Status,
+        message: str,
+        now: float,
+        output: Any,
+        completed_with: dict[str, Any] | None,
+    ) -> None:
+        """Record how the run ended; compact a long history of a run that ended."""
+        record = self.record
+        if record is not None:
+            record.status, record.finished_at, record.updated_at = status.value, now, now
+            record.error = message or None
+            record.counts = self.progress.totals().counts(live=False)
+            record.output = output if status == Status.COMPLETED else None
+            record.completed_with = completed_with if status == Status.COMPLETED else None
+            self._put_record(record)
+            self._record_dirty = False
+        if self.chunks > COMPACT_AFTER_CHUNKS and status != Status.CONTINUED_AS_NEW:
+            self.store.compact(self.instance_id)
+
+    def _put_record(self, record: InstanceRecord) -> None:
+        try:
+            self.store.put_instance(record)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            # An input or output that cannot be pickled still works live; the record
+            # keeps the rest (rewind then needs the input passed again).
+            if not self.store.storable(record.output):
+                record.output = None
+                record.completed_with = None  # no recorded outcome: it cannot be final
+            if not self.store.storable(record.input):
+                record.input = None
+            self.store.put_instance(record)

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from durable_nb import history
+
 
 @dataclass
 class ActivityRow:
@@ -114,6 +116,20 @@ class Progress:
         self.row(name).failed += 1
         self._dirty = True
 
+    def settled(self, event: history.Event) -> None:
+        """Count an outcome once it is final: written to history (journal.py)."""
+        if isinstance(event, history.TaskCompleted):
+            if event.attempts:
+                self.ran(event.activity)
+            else:
+                self.reused(event.activity)  # a shared result of another instance
+        elif isinstance(event, history.TaskFailed):
+            self.failed(event.activity)
+        elif isinstance(event, history.SubOrchestrationCompleted):
+            self.ran(_call_name(event.key))
+        elif isinstance(event, history.SubOrchestrationFailed):
+            self.failed(_call_name(event.key))
+
     def retried(self, name: str) -> None:
         row = self.row(name)
         row.retried += 1
@@ -210,3 +226,8 @@ class Progress:
             child._dirty = False
         for listener in self._listeners:
             listener(self)
+
+
+def _call_name(key: str) -> str:
+    """The name a call key starts with ("sub:<orchestrator>" for a child)."""
+    return key.split("/", 1)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from durable_nb import history
+from durable_nb.definitions import Activity, Orchestrator, resolve_activity, resolve_orchestrator
 from durable_nb.engine import OrchestrationEngine, Step
 from durable_nb.fingerprint import KEY_SCHEME
 
@@ -33,13 +34,30 @@ def finished(
     return history.ExecutionFinished(T0 + 100, status, "", calls)
 
 
-def engine(fn: Any, strict: bool = False, **arguments: Any) -> OrchestrationEngine:
-    return OrchestrationEngine(fn, arguments, name=fn.__name__, instance_id="inst-1", strict=strict)
+def new_engine(
+    fn: Any, arguments: dict[str, Any], **options: Any
+) -> OrchestrationEngine[Activity, Orchestrator]:
+    """An engine for ``fn`` that resolves definitions as the runtime does (the registry)."""
+    options.setdefault("name", getattr(fn, "__name__", "orch"))
+    options.setdefault("instance_id", "inst-1")
+    return OrchestrationEngine(
+        fn,
+        arguments,
+        resolve_activity=resolve_activity,
+        resolve_orchestrator=resolve_orchestrator,
+        **options,
+    )
+
+
+def engine(
+    fn: Any, strict: bool = False, **arguments: Any
+) -> OrchestrationEngine[Activity, Orchestrator]:
+    return new_engine(fn, arguments, strict=strict)
 
 
 def run_to_end(
     fn: Any, respond: Any, strict: bool = False, **arguments: Any
-) -> tuple[OrchestrationEngine, list[history.Event]]:
+) -> tuple[OrchestrationEngine[Activity, Orchestrator], list[history.Event]]:
     """Run ``fn`` live, answering every scheduled call with ``respond(call)``.
 
     Returns the engine and the history the run produced (as the runtime would record it).
@@ -47,6 +65,7 @@ def run_to_end(
     eng = engine(fn, strict=strict, **arguments)
     events: list[history.Event] = [started()]
     step = eng.start(events[0])
+    events += step.events  # the history the engine's decisions imply, as the runtime writes it
     clock = T0
     while not eng.done:
         assert step.scheduled, "the orchestrator waits but nothing is scheduled"
@@ -56,11 +75,11 @@ def run_to_end(
             batch.append(completed(call.key, respond(call), t=clock))
         events.extend(batch)
         step = eng.apply(batch)
-    events.append(finished(eng.status, tuple(eng.calls) if strict else None))
+        events += step.events
     return eng, events
 
 
-def keys(step: Step) -> list[str]:
+def keys(step: Step[Any, Any]) -> list[str]:
     return [call.key for call in step.scheduled]
 
 
@@ -98,8 +117,8 @@ def control(action: str, reason: str = "", t: float = T0 + 1) -> history.Control
 class LiveRun:
     """Drive ``fn`` live, recording the history in order as the runtime would.
 
-    Every new timer a step reports is recorded as ``TimerCreated`` right after the
-    events that led to it; :meth:`replay` runs a second engine on that history.
+    What each step emits (``TimerCreated``, ``TaskScheduled``...) is recorded right
+    after the events that led to it; :meth:`replay` runs a second engine on that history.
     """
 
     def __init__(self, fn: Any, **arguments: Any) -> None:
@@ -108,16 +127,14 @@ class LiveRun:
         self.history: list[history.Event] = [started()]
         self.step = self._record(self.engine.start(self.history[0]), T0)
 
-    def _record(self, step: Step, t: float) -> Step:
-        for timer in step.timers:
-            if timer.new:
-                self.history.append(history.TimerCreated(t, timer.key, timer.fire_at))
+    def _record(self, step: Step[Any, Any], t: float) -> Step[Any, Any]:
+        self.history.extend(step.events)
         return step
 
-    def apply(self, *events: history.Event) -> Step:
+    def apply(self, *events: history.Event) -> Step[Any, Any]:
         self.history.extend(events)
         t = max((e.timestamp for e in events), default=T0)
-        self.step = self._record(self.engine.apply(events), t)
+        self.step = self._record(self.engine.apply(events, t), t)
         return self.step
 
     def replay(self, t: float = T0 + 1000) -> tuple[OrchestrationEngine, Step]:

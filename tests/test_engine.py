@@ -14,6 +14,7 @@ from builders import (
     failed,
     finished,
     keys,
+    new_engine,
     raised,
     run_to_end,
     started,
@@ -109,7 +110,7 @@ def test_full_history_replays_without_scheduling_anything() -> None:
     eng.load(history)
     step = eng.start(started(run=2))
     assert step.scheduled == []
-    assert sorted(step.cached) == ["double"] * 5 + ["save"]
+    assert sorted(step.replayed) == ["double"] * 5 + ["save"]
     assert eng.status == "completed" and eng.output == 20
 
 
@@ -122,7 +123,7 @@ def test_partial_history_runs_only_what_is_missing() -> None:
     eng.load(partial[:1] + kept)
     step = eng.start(started(run=2))
     assert len(step.scheduled) == 2
-    assert len(step.cached) == 3
+    assert len(step.replayed) == 3
 
 
 def test_added_step_keeps_every_unchanged_result() -> None:
@@ -457,11 +458,8 @@ def test_fan_out_of_any_width_completes(n: int) -> None:
 def _drive_reports(fn, limit, **arguments):  # type: ignore[no-untyped-def]
     """Run ``fn`` live with a runaway limit of ``limit``, answering every call and firing
     every timer at once; returns the engine and what its steps reported as runaways."""
-    from durable_nb.engine import OrchestrationEngine
 
-    eng = OrchestrationEngine(
-        fn, arguments, name=fn.__name__, instance_id="inst-1", runaway_calls=limit
-    )
+    eng = new_engine(fn, arguments, runaway_calls=limit)
     step = eng.start(started())
     reports = []
     clock = T0
@@ -518,9 +516,8 @@ def test_a_replayed_runaway_loop_is_reported_again_in_the_next_run() -> None:
         return "done"
 
     _, history = run_to_end(loop, answer)
-    from durable_nb.engine import OrchestrationEngine
 
-    eng = OrchestrationEngine(loop, {}, name="loop", instance_id="inst-1", runaway_calls=50)
+    eng = new_engine(loop, {}, name="loop", instance_id="inst-1", runaway_calls=50)
     eng.load(history)
     step = eng.start(started(run=2))
     assert eng.output == "done" and step.runaway == ("double", 50)

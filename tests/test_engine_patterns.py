@@ -128,7 +128,7 @@ def test_timer_first_created_on_a_rerun_counts_from_the_new_run_start() -> None:
     eng = engine(work_then_wait)
     eng.load([started(), completed(keys(first)[0], 2, t=T0 + 1)])
     step = eng.start(started(T0 + 1000, run=2))
-    assert step.cached == ["double"]
+    assert step.replayed == ["double"]
     # the replayed clock says T0 + 1; the timer must not be due at once
     assert step.timers == [TimerCall("timer#0", T0 + 1000 + 60, True)]
 
@@ -174,7 +174,7 @@ def test_clock_after_a_timer_is_the_same_live_and_replayed() -> None:
     live.apply(completed(keys(step)[0], "saved", t=T0 + 11))
     assert live.engine.status == "completed"
     _, replayed = live.replay()
-    assert replayed.scheduled == [] and replayed.cached == ["save"]
+    assert replayed.scheduled == [] and replayed.replayed == ["save"]
 
 
 # ----------------------------------------------------------------- external events
@@ -408,7 +408,7 @@ def test_clock_after_an_event_timeout_is_the_same_live_and_replayed() -> None:
     step = live.apply(timer_fired("timer#0", T0 + 10.5))
     live.apply(completed(keys(step)[0], "saved", t=T0 + 11))
     _, replayed = live.replay()
-    assert replayed.scheduled == [] and replayed.cached == ["save"]
+    assert replayed.scheduled == [] and replayed.replayed == ["save"]
 
 
 def test_empty_event_name_fails_the_run() -> None:
@@ -483,7 +483,7 @@ def test_completed_sub_orchestration_in_history_replays_without_scheduling() -> 
     eng.load([started(), sub_completed(call.key, call.instance_id, 80), finished("interrupted")])
     step = eng.start(started(T0 + 100, run=2))
     assert step.subs == [] and step.scheduled == []
-    assert step.cached == ["sub:child"]
+    assert step.replayed == ["sub:child"]
     assert eng.output == 81
 
 

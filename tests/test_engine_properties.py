@@ -17,12 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from builders import new_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from durable_nb import Activity, history
 from durable_nb.engine import OrchestrationEngine, Step
-from durable_nb.engine.replay import _UUID_NAMESPACE
+from durable_nb.engine.context import _UUID_NAMESPACE
 
 T0 = 1_700_000_000.0
 NAME = "prog"
@@ -211,7 +212,7 @@ def interpreter(ctx, program, seed):  # type: ignore[no-untyped-def]
 class Run:
     """One run of the simulator: what it executed and what it recorded."""
 
-    engine: OrchestrationEngine
+    engine: OrchestrationEngine[Any, Any]
     history: list[history.Event]  # the loaded prefix plus everything this run appended
     executed: list[str] = field(default_factory=list)  # keys handed to executors
     cached: int = 0
@@ -238,7 +239,7 @@ def simulate(
     """Drive ``interpreter(program)`` live after loading ``prefix`` (a crashed history)."""
     rng = random.Random(rng_seed)
     prefix = list(prefix or [])
-    eng = OrchestrationEngine(
+    eng = new_engine(
         interpreter, {"program": program, "seed": seed}, name=NAME, instance_id=INSTANCE
     )
     eng.load(prefix)
@@ -247,7 +248,7 @@ def simulate(
     outstanding: list[tuple[str, Any]] = []
 
     def record(step: Step, t: float) -> None:
-        result.cached += len(step.cached)
+        result.cached += len(step.replayed)
         for call in step.scheduled:
             assert call.key not in result.executed, f"{call.key} scheduled twice in one run"
             result.executed.append(call.key)
@@ -367,7 +368,7 @@ def test_replaying_the_full_history_runs_only_what_never_completed(
     program: tuple[Any, ...], seed: int, rng_seed: int
 ) -> None:
     full = simulate(program, seed, rng_seed)
-    eng = OrchestrationEngine(
+    eng = new_engine(
         interpreter, {"program": program, "seed": seed}, name=NAME, instance_id=INSTANCE
     )
     eng.load(full.history)
@@ -383,7 +384,7 @@ def test_replaying_the_full_history_runs_only_what_never_completed(
         assert eng.done
         assert Run(eng, full.history).result == full.result
         assert scheduled == never_completed
-        assert len(step.cached) == len(set(full.executed)) - len(never_completed)
+        assert len(step.replayed) == len(set(full.executed)) - len(never_completed)
     # driven to the end, the rerun retries exactly what never completed
     rerun = simulate(program, seed, rng_seed + 1, full.history, run=2)
     assert rerun.result == full.result
@@ -398,9 +399,7 @@ def test_full_replay_of_a_run_without_failures_or_races_schedules_nothing(
     full = simulate(program, 3, 0)
     if set(full.executed) - completed_keys(full.history):
         return  # a task_any loser never completed: covered by the test above
-    eng = OrchestrationEngine(
-        interpreter, {"program": program, "seed": 3}, name=NAME, instance_id=INSTANCE
-    )
+    eng = new_engine(interpreter, {"program": program, "seed": 3}, name=NAME, instance_id=INSTANCE)
     eng.load(full.history)
     step = eng.start(history.ExecutionStarted(T0 + 50_000, NAME, 2))
     assert step.scheduled == [] and step.timers == []
@@ -544,7 +543,7 @@ def test_full_replay_keeps_every_race_winner(
     program: tuple[Any, ...], seed: int, rng_seed: int
 ) -> None:
     full = simulate(program, seed, rng_seed)
-    eng = OrchestrationEngine(
+    eng = new_engine(
         interpreter, {"program": program, "seed": seed}, name=NAME, instance_id=INSTANCE
     )
     eng.load(full.history)
@@ -554,9 +553,7 @@ def test_full_replay_keeps_every_race_winner(
 
 def test_task_any_winner_replays_when_a_loser_finished_in_the_same_batch() -> None:
     program = (("race", 2),)
-    eng = OrchestrationEngine(
-        interpreter, {"program": program, "seed": 5}, name=NAME, instance_id=INSTANCE
-    )
+    eng = new_engine(interpreter, {"program": program, "seed": 5}, name=NAME, instance_id=INSTANCE)
     hist: list[history.Event] = [history.ExecutionStarted(T0, NAME, 1)]
     first, second = eng.start(hist[0]).scheduled
     # the runtime hands over every outcome that arrived, in arrival order: second first
@@ -567,7 +564,7 @@ def test_task_any_winner_replays_when_a_loser_finished_in_the_same_batch() -> No
     hist += batch
     eng.apply(batch)
     assert eng.output == (_mul(5, 3), [("race", [first.key, second.key], second.key), 16])
-    replay = OrchestrationEngine(
+    replay = new_engine(
         interpreter, {"program": program, "seed": 5}, name=NAME, instance_id=INSTANCE
     )
     replay.load(hist)

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from builders import new_engine
 
 from durable_nb import history
 from durable_nb import runtime as runtime_module
-from durable_nb.engine import OrchestrationEngine
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXPECTED: dict[str, Any] = json.loads((GOLDEN / "stores" / "expected.json").read_text())
@@ -163,7 +163,7 @@ def test_a_history_written_by_0_1_0_replays_in_the_engine(
     document = json.loads((GOLDEN / "histories" / f"{label}.json").read_text())
     events = [history.decode(tuple(row)) for row in document["events"]]
     orch = getattr(workload, document["orchestrator"])
-    engine = OrchestrationEngine(
+    engine = new_engine(
         orch.fn,
         dict(document["input"]),
         name=orch.name,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from durable_nb.engine.context import OrchestrationContext
-from durable_nb.engine.replay import OrchestrationEngine, Step
+from durable_nb.engine.protocols import ActivityDefinition, OrchestratorDefinition
+from durable_nb.engine.replay import OrchestrationEngine
+from durable_nb.engine.step import Outcome, Step
 from durable_nb.engine.tasks import (
     ActivityCall,
     ActivityTask,
@@ -19,10 +21,13 @@ from durable_nb.engine.tasks import (
 
 __all__ = [
     "ActivityCall",
+    "ActivityDefinition",
     "ActivityTask",
     "EventTask",
     "OrchestrationContext",
     "OrchestrationEngine",
+    "OrchestratorDefinition",
+    "Outcome",
     "Step",
     "SubOrchestrationCall",
     "SubOrchestrationTask",

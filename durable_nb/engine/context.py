@@ -5,22 +5,27 @@ and deterministic stand-ins for the clock and random ids.
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb.engine.tasks import Task, WhenAll, WhenAny
+from durable_nb.errors import OrchestratorError
 
 if TYPE_CHECKING:
     from durable_nb.engine.replay import OrchestrationEngine
+
+_UUID_NAMESPACE = uuid.UUID("5f6c2a6e-5d0b-4c52-9f0e-6a1d2b7c9e31")
 
 
 class OrchestrationContext:
     """Passed as the first argument of every orchestrator."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_uuids")
 
-    def __init__(self, engine: OrchestrationEngine) -> None:
+    def __init__(self, engine: OrchestrationEngine[Any, Any]) -> None:
         self._engine = engine
+        self._uuids = 0  # one context per run: ids count from the run's start
 
     @property
     def instance_id(self) -> str:
@@ -84,19 +89,30 @@ class OrchestrationContext:
 
     def task_all(self, tasks: Iterable[Task], /) -> Task:
         """A task that completes with the list of all results, in order."""
-        return WhenAll(self._engine.check_tasks(tasks, "ctx.task_all"))
+        return WhenAll(self._tasks(tasks, "ctx.task_all"))
 
     def task_any(self, tasks: Iterable[Task], /) -> Task:
         """A task that completes with the first of ``tasks`` to finish (the task itself)."""
-        return WhenAny(self._engine.check_tasks(tasks, "ctx.task_any"))
+        return WhenAny(self._tasks(tasks, "ctx.task_any"))
 
     def new_uuid(self) -> str:
         """A UUID that is the same on every replay of this instance."""
-        return self._engine.new_uuid()
+        self._uuids += 1
+        return str(uuid.uuid5(_UUID_NAMESPACE, f"{self._engine.instance_id}/{self._uuids}"))
 
     def set_custom_status(self, value: Any) -> None:
         """Publish a small value (a dict, a string) shown in status and ``%durable list``."""
         self._engine.set_custom_status(value)
+
+    def _tasks(self, tasks: Iterable[Task], what: str) -> list[Task]:
+        checked = list(tasks)
+        for item in checked:
+            if not isinstance(item, Task):
+                raise OrchestratorError(
+                    f"{what} in orchestrator {self._engine.name!r} got {item!r}, which is not "
+                    "a task; pass the results of ctx.call_activity(...)"
+                )
+        return checked
 
     def __repr__(self) -> str:
         return f"<OrchestrationContext {self.instance_id}>"

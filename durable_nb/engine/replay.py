@@ -12,28 +12,25 @@ exactly that activity's results. Failures are not replayed: a rerun retries them
 
 The engine keeps the orchestrator suspended between events, so a live run costs
 one resume per completion rather than a replay from the start.
+
+Each step returns the work to do and the history it implies (``Step.events``), timed
+by the clock it is given, never read. Definitions are known only through
+``engine/protocols.py``; the runtime passes the resolvers.
 """
 
 from __future__ import annotations
 
-import inspect
-import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 from durable_nb import history
-from durable_nb.definitions import (
-    Activity,
-    Orchestrator,
-    bind_orchestrator_input,
-    resolve_activity,
-    resolve_orchestrator,
-)
 from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.context import OrchestrationContext
+from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
+from durable_nb.engine.step import Outcome, Step
+from durable_nb.engine.strict import check_position
 from durable_nb.engine.tasks import (
     ActivityCall,
     ActivityTask,
@@ -44,43 +41,23 @@ from durable_nb.engine.tasks import (
     TimerCall,
     TimerTask,
 )
-from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook, fire_time
+from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook, event_timeout, fire_time
 from durable_nb.errors import (
     ContinueAsNew,
     EventTimeoutError,
-    NonDeterminismError,
     OrchestratorError,
 )
 from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
-
-_UUID_NAMESPACE = uuid.UUID("5f6c2a6e-5d0b-4c52-9f0e-6a1d2b7c9e31")
-_UNSET: Any = object()
-
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
-CONTINUED, TERMINATED = "continued_as_new", "terminated"
+from durable_nb.history import Status
 
 
-@dataclass
-class Step:
-    """What the runtime must do after the engine consumed some events."""
+class OrchestrationEngine(Generic[A, O]):
+    """Drives one run of an orchestrator from history and new events.
 
-    scheduled: list[ActivityCall] = field(default_factory=list)
-    cached: list[str] = field(default_factory=list)  # activity names answered from history
-    timers: list[TimerCall] = field(default_factory=list)
-    subs: list[SubOrchestrationCall] = field(default_factory=list)
-    waiting_events: list[str] = field(default_factory=list)
-    custom_status: Any = _UNSET
-    # (activity name, calls): the run called it that many times with no durable timer
-    # created in between (engine/runaway.py); reported once per run.
-    runaway: tuple[str, int] | None = None
-
-    @property
-    def has_custom_status(self) -> bool:
-        return self.custom_status is not _UNSET
-
-
-class OrchestrationEngine:
-    """Drives one run of an orchestrator from history and new events."""
+    ``resolve_activity`` and ``resolve_orchestrator`` turn what the orchestrator passes
+    to ``ctx.call_activity`` / ``ctx.call_sub_orchestrator`` into definitions;
+    ``bind_input`` checks the input of ``ctx.continue_as_new`` (None: not checked here).
+    """
 
     def __init__(
         self,
@@ -89,8 +66,9 @@ class OrchestrationEngine:
         *,
         name: str,
         instance_id: str,
-        resolve: Callable[[Any], Activity] = resolve_activity,
-        resolve_sub: Callable[[Any], Orchestrator] = resolve_orchestrator,
+        resolve_activity: Callable[[Any], A],
+        resolve_orchestrator: Callable[[Any], O],
+        bind_input: BindInput | None = None,
         strict: bool = False,
         runaway_calls: int | None = RUNAWAY_CALLS,
     ) -> None:
@@ -99,7 +77,7 @@ class OrchestrationEngine:
         self.instance_id = instance_id
         self.arguments = arguments
         self.strict = strict
-        self.status = RUNNING
+        self.status = Status.RUNNING
         self.output: Any = None
         self.failure: BaseException | None = None
         self.is_replaying = False
@@ -107,27 +85,29 @@ class OrchestrationEngine:
         self.calls: list[str] = []  # activity names by position (strict mode only)
         self.new_input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.terminated_reason = ""
-        self._resolve = resolve
-        self._resolve_sub = resolve_sub
+        self._resolve = resolve_activity
+        self._resolve_sub = resolve_orchestrator
+        self._bind_input = bind_input
+        self._clock = 0.0  # the time of the events this step emits
         self._timers = TimerBook()
         self._events = EventBook()
         self._position_in_history = 0
         self._run_started = 0.0
         self._results = ResultBook()
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
+        self._finished: history.ExecutionFinished | None = None
         self._occurrences: dict[str, int] = {}
         self._position = 0
-        self._uuid_counter = 0
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
         self._runaway = RunawayGuard(runaway_calls)
         # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
         # instance stays final while the code of none of them changed.
-        self.code_used: dict[str, Activity | Orchestrator] = {}
+        self.code_used: dict[str, A | O] = {}
         self._loading = False
         self._waiting_on: Task | None = None
         self._coroutine: Generator[Any, Any, Any] | Coroutine[Any, Any, Any] | None = None
-        self._step = Step()
+        self._step: Step[A, O] = Step()
         self._handlers: dict[type[history.Event], Callable[[Any], None]] = {
             history.ExecutionStarted: self._on_started,
             history.TaskScheduled: self._on_ignored,
@@ -148,7 +128,13 @@ class OrchestrationEngine:
 
     @property
     def done(self) -> bool:
-        return self.status != RUNNING
+        return self.status != Status.RUNNING
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the run ended (once :attr:`done`)."""
+        message = self._finished.message if self._finished is not None else ""
+        return Outcome(self.status, self.output, self.failure, message, self.new_input)
 
     @property
     def pending_calls(self) -> int:
@@ -164,9 +150,11 @@ class OrchestrationEngine:
         finally:
             self._loading = False
 
-    def start(self, started: history.ExecutionStarted) -> Step:
-        """Begin this run: call the orchestrator and run it to its first wait."""
+    def start(self, started: history.ExecutionStarted) -> Step[A, O]:
+        """Begin this run: call the orchestrator and run it to its first wait. The runtime
+        appends ``started`` itself (it is this run's input), then ``Step.events``."""
         self._step = Step()
+        self._clock = started.timestamp
         self._on_started(started)
         self._run_started = started.timestamp
         self.now = self._created_at if self._created_at is not None else started.timestamp
@@ -176,23 +164,64 @@ class OrchestrationEngine:
             self._coroutine = self.fn(ctx, **self.arguments)
         except Exception as exc:  # the orchestrator raised before its first yield
             self._fail_run(exc)
-            return self._step
-        self._drive(None, None)
-        self._step.waiting_events = self._events.waiting_names() if not self.done else []
-        return self._step
+            return self._close_step()
+        self._advance(None, None)
+        return self._close_step()
 
-    def apply(self, events: Iterable[history.Event]) -> Step:
-        """Take in new events of this run, then resume the orchestrator if it can go on."""
+    def apply(self, events: Iterable[history.Event], now: float | None = None) -> Step[A, O]:
+        """Take in new events of this run, then resume the orchestrator if it can go on.
+        ``now`` is the time of the events the step emits (default: the last event's)."""
         self._step = Step()
         for event in events:
             self._position_in_history += 1
+            self._clock = event.timestamp
             self._handlers[type(event)](event)
+        if now is not None:
+            self._clock = now
         waiting = self._waiting_on
         if waiting is not None and waiting.is_done and not self.done:
             self._waiting_on = None
             self._resume_from(waiting)
-        self._step.waiting_events = self._events.waiting_names() if not self.done else []
-        return self._step
+        return self._close_step()
+
+    def abort(self, status: Status, message: str, now: float) -> history.ExecutionFinished:
+        """End the run for a reason outside the orchestrator (``interrupted``, or
+        ``failed`` by the runtime): the event that records it, to append."""
+        self.status = status
+        self._pending.clear()
+        self._finished = self._finished_event(message, now)
+        return self._finished
+
+    def _close_step(self) -> Step[A, O]:
+        """The step's history, from its decisions, in the order the runtime wrote it
+        before the engine owned it: calls, new timers, custom status, the end."""
+        step, at = self._step, self._clock
+        events = step.events
+        events += [history.TaskScheduled(at, c.key, c.activity.name) for c in step.scheduled]
+        events += [history.TimerCreated(at, t.key, t.fire_at) for t in step.timers if t.new]
+        if step.has_custom_status:
+            events.append(history.CustomStatusSet(at, step.custom_status))
+        if self.done:
+            self._finished = self._finished_event(self._end_message(), at)
+            events.append(self._finished)
+        else:
+            step.waiting_events = self._events.waiting_names()
+        return step
+
+    def _end_message(self) -> str:
+        if self.status == Status.TERMINATED:
+            return f"terminated: {self.terminated_reason}"
+        if self.status == Status.FAILED and self.failure is not None:
+            return f"{type(self.failure).__name__}: {self.failure}"
+        return ""
+
+    def _finished_event(self, message: str, at: float) -> history.ExecutionFinished:
+        # Strict mode's reference for the next run: the calls of a run that ended (a
+        # partial, interrupted run is no reference).
+        whole = self.strict and self.status != Status.INTERRUPTED
+        return history.ExecutionFinished(
+            at, self.status.value, message, tuple(self.calls) if whole else None
+        )
 
     # ------------------------------------------------------------ ctx support
 
@@ -221,7 +250,8 @@ class OrchestrationEngine:
         position = self._position
         self._position += 1
         if self.strict:
-            self._check_determinism(position, name)
+            self.calls.append(name)
+            check_position(self.name, self.instance_id, self._reference_calls, position, name)
         return f"{triple}#{occurrence}", occurrence, position
 
     def _answer(
@@ -240,7 +270,7 @@ class OrchestrationEngine:
             if isinstance(value, history.LazyValue):
                 value = value.load()  # a large result, read now that it is needed
             task._complete(value, hit[1], True, hit[2])
-            self._step.cached.append(name)
+            self._step.replayed.append(name)
             return False
         self._pending[key] = task
         return True
@@ -305,10 +335,10 @@ class OrchestrationEngine:
         event = self._events.next_for(name, before=fired_at)
         if event is not None:
             self._events.consume(name)
-            task._complete(event.value, event.timestamp, event.from_history, event.position)
+            task._complete(event.value, event.timestamp, event.replayed, event.position)
         elif timer is not None and fired_at is not None:
             task._fail(self._event_timeout(name, timeout), timer.fire_at, fired_at)
-            task.from_history = True
+            task.replayed = True
         else:
             self._events.wait(task)
             if timer is not None:
@@ -320,8 +350,8 @@ class OrchestrationEngine:
         # Checked here, at the call: input the orchestrator cannot take fails this run
         # (with the traceback at the user's line) instead of leaving the instance
         # between two generations.
-        signature = inspect.signature(self.fn)
-        bind_orchestrator_input(self.name, signature, args, kwargs, "ctx.continue_as_new")
+        if self._bind_input is not None:
+            self._bind_input(args, kwargs)
         raise ContinueAsNew(args, kwargs)
 
     def _fire_time(self, key: str, when: Any) -> tuple[float, bool]:
@@ -334,25 +364,7 @@ class OrchestrationEngine:
         return fire_time(when, max(self.now, self._run_started), self.name), True
 
     def _event_timeout(self, name: str, timeout: Any) -> EventTimeoutError:
-        return EventTimeoutError(
-            f"orchestrator {self.name!r} (instance {self.instance_id}) waited for event "
-            f"{name!r} longer than its timeout ({timeout}); raise it sooner, or catch "
-            "TimeoutError in the orchestrator to go on without it"
-        )
-
-    def check_tasks(self, tasks: Iterable[Task], what: str) -> list[Task]:
-        checked = list(tasks)
-        for item in checked:
-            if not isinstance(item, Task):
-                raise OrchestratorError(
-                    f"{what} in orchestrator {self.name!r} got {item!r}, which is not a task; "
-                    "pass the results of ctx.call_activity(...)"
-                )
-        return checked
-
-    def new_uuid(self) -> str:
-        self._uuid_counter += 1
-        return str(uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}/{self._uuid_counter}"))
+        return event_timeout(self.name, self.instance_id, name, timeout)
 
     def set_custom_status(self, value: Any) -> None:
         self._step.custom_status = value
@@ -424,13 +436,13 @@ class OrchestrationEngine:
 
     def _resume_from(self, task: Task) -> None:
         self.now = max(self.now, task.finished_at)
-        self.is_replaying = task.from_history
+        self.is_replaying = task.replayed
         if task.is_failed:
-            self._drive(None, task.exception)
+            self._advance(None, task.exception)
         else:
-            self._drive(task._value, None)
+            self._advance(task._value, None)
 
-    def _drive(self, value: Any, error: BaseException | None) -> None:
+    def _advance(self, value: Any, error: BaseException | None) -> None:
         """Run the orchestrator until it waits on a pending task or ends."""
         coroutine = self._coroutine
         assert coroutine is not None
@@ -441,11 +453,11 @@ class OrchestrationEngine:
                 else:
                     yielded = coroutine.send(value)
             except StopIteration as stop:
-                self.status, self.output = COMPLETED, stop.value
+                self.status, self.output = Status.COMPLETED, stop.value
                 self._pending.clear()
                 return
             except ContinueAsNew as signal:
-                self.status = CONTINUED
+                self.status = Status.CONTINUED_AS_NEW
                 self.new_input = (signal.new_args, signal.new_kwargs)
                 self._pending.clear()
                 return
@@ -460,18 +472,18 @@ class OrchestrationEngine:
                 self._waiting_on = yielded
                 return
             self.now = max(self.now, yielded.finished_at)
-            self.is_replaying = yielded.from_history
+            self.is_replaying = yielded.replayed
             if yielded.is_failed:
                 value, error = None, yielded.exception
             else:
                 value = yielded._value
 
     def _fail_run(self, exc: BaseException) -> None:
-        self.status, self.failure = FAILED, exc
+        self.status, self.failure = Status.FAILED, exc
         self._pending.clear()
 
     def _terminate(self, reason: str) -> None:
-        self.status, self.terminated_reason = TERMINATED, reason
+        self.status, self.terminated_reason = Status.TERMINATED, reason
         coroutine, self._coroutine = self._coroutine, None
         if coroutine is not None:
             try:
@@ -486,15 +498,3 @@ class OrchestrationEngine:
 
     def _not_a_task(self, yielded: Any) -> OrchestratorError:
         return not_a_task(self.name, self.instance_id, self._coroutine, yielded)
-
-    def _check_determinism(self, position: int, name: str) -> None:
-        self.calls.append(name)
-        reference = self._reference_calls
-        if reference is not None and position < len(reference) and reference[position] != name:
-            raise NonDeterminismError(
-                f"orchestrator {self.name!r} (instance {self.instance_id}) called activity "
-                f"{name!r} at call position {position}, but the recorded run called "
-                f"{reference[position]!r} there. Strict mode requires the same calls in the "
-                "same order; drop strict=True to match results by call key, or start afresh "
-                "with fresh=True."
-            )

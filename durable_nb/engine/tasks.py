@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic
 
-if TYPE_CHECKING:
-    from durable_nb.definitions import Activity, Orchestrator
+from durable_nb.engine.protocols import A, O
+from durable_nb.errors import OrchestratorError
 
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
@@ -26,8 +26,8 @@ class Task:
         "_state",
         "_value",
         "finished_at",
-        "from_history",
         "order",
+        "replayed",
     )
 
     def __init__(self) -> None:
@@ -36,7 +36,7 @@ class Task:
         self._error: BaseException | None = None
         self._listeners: list[Task] | None = None
         # True when the outcome came from a previous run's history (replay).
-        self.from_history = False
+        self.replayed = False
         self.finished_at = 0.0
         # Position in the instance's history of the event that finished the task. A race
         # (task_any) is decided by it, so replay picks the winner that history recorded
@@ -62,7 +62,9 @@ class Task:
             assert self._error is not None
             raise self._error
         if self._state == _PENDING:
-            raise RuntimeError("the task has not finished yet; yield or await it first")
+            raise OrchestratorError(
+                f"{self!r} has not finished yet; yield or await it before reading its result"
+            )
         return self._value
 
     @property
@@ -74,11 +76,11 @@ class Task:
             self._listeners = []
         self._listeners.append(parent)
 
-    def _complete(self, value: Any, at: float, from_history: bool, order: int) -> None:
+    def _complete(self, value: Any, at: float, replayed: bool, order: int) -> None:
         if self._state != _PENDING:
             return
         self._state, self._value = _DONE, value
-        self.finished_at, self.from_history, self.order = at, from_history, order
+        self.finished_at, self.replayed, self.order = at, replayed, order
         self._notify()
 
     def _fail(self, error: BaseException, at: float, order: int) -> None:
@@ -99,11 +101,11 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
-class ActivityCall:
+class ActivityCall(Generic[A]):
     """One scheduled activity invocation, as the runtime needs to execute it."""
 
     key: str
-    activity: Activity
+    activity: A
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     position: int
@@ -114,7 +116,7 @@ class ActivityTask(Task):
 
     __slots__ = ("call",)
 
-    def __init__(self, call: ActivityCall) -> None:
+    def __init__(self, call: ActivityCall[Any]) -> None:
         super().__init__()
         self.call = call
 
@@ -161,11 +163,11 @@ class EventTask(Task):
 
 
 @dataclass(frozen=True, slots=True)
-class SubOrchestrationCall:
+class SubOrchestrationCall(Generic[O]):
     """A child orchestration to run as its own instance."""
 
     key: str
-    orchestrator: Orchestrator
+    orchestrator: O
     arguments: dict[str, Any]
     instance_id: str
     position: int
@@ -176,7 +178,7 @@ class SubOrchestrationTask(Task):
 
     __slots__ = ("call",)
 
-    def __init__(self, call: SubOrchestrationCall) -> None:
+    def __init__(self, call: SubOrchestrationCall[Any]) -> None:
         super().__init__()
         self.call = call
 
@@ -217,8 +219,8 @@ class WhenAll(Task):
         children = self.children
         at = max((c.finished_at for c in children), default=0.0)
         order = max((c.order for c in children), default=0)
-        from_history = all(c.from_history for c in children)
-        self._complete([c._value for c in children], at, from_history, order)
+        replayed = all(c.replayed for c in children)
+        self._complete([c._value for c in children], at, replayed, order)
 
 
 class WhenAny(Task):
@@ -234,7 +236,9 @@ class WhenAny(Task):
         super().__init__()
         self.children = list(children)
         if not self.children:
-            raise ValueError("ctx.task_any needs at least one task")
+            raise OrchestratorError(
+                "ctx.task_any needs at least one task to race; got none (an empty list)"
+            )
         done = [child for child in self.children if child.is_done]
         if done:
             self._child_finished(min(done, key=_history_order))
@@ -243,7 +247,7 @@ class WhenAny(Task):
             child._listen(self)
 
     def _child_finished(self, child: Task) -> None:
-        self._complete(child, child.finished_at, child.from_history, child.order)
+        self._complete(child, child.finished_at, child.replayed, child.order)
 
 
 def _history_order(task: Task) -> int:

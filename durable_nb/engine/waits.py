@@ -17,7 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durable_nb.engine.tasks import EventTask, Task
-from durable_nb.errors import OrchestratorError
+from durable_nb.errors import EventTimeoutError, OrchestratorError
+
+
+def event_timeout(
+    orchestrator: str, instance_id: str, name: str, timeout: Any
+) -> EventTimeoutError:
+    """The error a wait for event ``name`` fails with when its timeout fires."""
+    return EventTimeoutError(
+        f"orchestrator {orchestrator!r} (instance {instance_id}) waited for event "
+        f"{name!r} longer than its timeout ({timeout}); raise it sooner, or catch "
+        "TimeoutError in the orchestrator to go on without it"
+    )
 
 
 def fire_time(when: Any, now: float, orchestrator: str) -> float:
@@ -45,7 +56,7 @@ class RaisedEvent:
     value: Any
     timestamp: float
     position: int  # order among all events of the instance's history
-    from_history: bool
+    replayed: bool
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""What a step of the engine hands back, and how a run ended.
+
+A step is the engine's whole answer to the events it was given: the work to carry
+out (activity calls, timers to arm, children to start) and the history those
+decisions imply (``events``), which the runtime appends as it is, in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic
+
+from durable_nb import history
+from durable_nb.engine.protocols import A, O
+from durable_nb.engine.tasks import ActivityCall, SubOrchestrationCall, TimerCall
+
+_UNSET: Any = object()
+
+
+@dataclass
+class Step(Generic[A, O]):
+    """What the runtime must do after the engine consumed some events."""
+
+    scheduled: list[ActivityCall[A]] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)  # names answered from history
+    timers: list[TimerCall] = field(default_factory=list)  # to arm: new ones and recorded ones
+    subs: list[SubOrchestrationCall[O]] = field(default_factory=list)
+    waiting_events: list[str] = field(default_factory=list)
+    custom_status: Any = _UNSET
+    # (activity name, calls): the run called it that many times with no durable timer
+    # created in between (engine/runaway.py); reported once per run.
+    runaway: tuple[str, int] | None = None
+    # The history this step implies (TaskScheduled, TimerCreated, CustomStatusSet,
+    # ExecutionFinished), to append as it is.
+    events: list[history.Event] = field(default_factory=list)
+
+    @property
+    def has_custom_status(self) -> bool:
+        return self.custom_status is not _UNSET
+
+
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    status: history.Status  # completed | failed | terminated | continued_as_new | interrupted
+    output: Any = None
+    failure: BaseException | None = None
+    message: str = ""
+    new_input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
