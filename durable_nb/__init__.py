@@ -7,40 +7,42 @@ so rerunning a notebook resumes instead of redoing finished work.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from durable_nb.definitions import (
-    Activity,
-    Orchestrator,
-    activity,
-    orchestrator,
-)
-from durable_nb.engine import OrchestrationContext, Task
-from durable_nb.errors import (
-    ActivityArgumentsError,
-    ActivityNotFoundError,
-    ActivityTimeoutError,
-    ContinueAsNew,
-    DefinitionError,
-    DurableNbError,
-    EventTimeoutError,
-    FingerprintError,
-    InstanceBusyError,
-    InstanceNotFinishedError,
-    InstanceNotFoundError,
-    InstanceTerminatedError,
-    NonDeterminismError,
-    OrchestratorError,
-    OrchestratorInputError,
-    ResultNotStorableError,
-    StoreError,
-)
-from durable_nb.handles import InstanceHandle
-from durable_nb.memory_store import MemoryStore
-from durable_nb.options import ActivityOptions
-from durable_nb.orchestrator_warnings import RunawayOrchestratorWarning, SlowOrchestratorWarning
-from durable_nb.runtime import Runtime, configure, get_runtime
-from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
+if TYPE_CHECKING:  # what the names below are, for mypy and IDEs; loaded on first use
+    from durable_nb.definitions import (
+        Activity,
+        Orchestrator,
+        activity,
+        orchestrator,
+    )
+    from durable_nb.engine import OrchestrationContext, Task
+    from durable_nb.errors import (
+        ActivityArgumentsError,
+        ActivityNotFoundError,
+        ActivityTimeoutError,
+        ContinueAsNew,
+        DefinitionError,
+        DurableNbError,
+        EventTimeoutError,
+        FingerprintError,
+        InstanceBusyError,
+        InstanceNotFinishedError,
+        InstanceNotFoundError,
+        InstanceTerminatedError,
+        NonDeterminismError,
+        OrchestratorError,
+        OrchestratorInputError,
+        ResultNotStorableError,
+        StoreError,
+    )
+    from durable_nb.handles import InstanceHandle
+    from durable_nb.memory_store import MemoryStore
+    from durable_nb.options import ActivityOptions
+    from durable_nb.orchestrator_warnings import RunawayOrchestratorWarning, SlowOrchestratorWarning
+    from durable_nb.runtime import Runtime, configure, get_runtime
+    from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 __version__ = "0.1.0"
 
@@ -83,6 +85,61 @@ __all__ = [
     "orchestrator",
     "unload_ipython_extension",
 ]
+
+
+# Where each public name lives. ``import durable_nb`` loads none of them, so that
+# ``import durable_nb.engine`` or ``durable_nb.history`` does not load the runtime,
+# the store and diskcache (PEP 562: a module's ``__getattr__`` is called for a name
+# it does not have yet).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["Activity", "Orchestrator", "activity", "orchestrator"], "definitions"),
+    **dict.fromkeys(["OrchestrationContext", "Task"], "engine"),
+    **dict.fromkeys(
+        [
+            "ActivityArgumentsError",
+            "ActivityNotFoundError",
+            "ActivityTimeoutError",
+            "ContinueAsNew",
+            "DefinitionError",
+            "DurableNbError",
+            "EventTimeoutError",
+            "FingerprintError",
+            "InstanceBusyError",
+            "InstanceNotFinishedError",
+            "InstanceNotFoundError",
+            "InstanceTerminatedError",
+            "NonDeterminismError",
+            "OrchestratorError",
+            "OrchestratorInputError",
+            "ResultNotStorableError",
+            "StoreError",
+        ],
+        "errors",
+    ),
+    "InstanceHandle": "handles",
+    "MemoryStore": "memory_store",
+    "ActivityOptions": "options",
+    **dict.fromkeys(
+        ["RunawayOrchestratorWarning", "SlowOrchestratorWarning"], "orchestrator_warnings"
+    ),
+    **dict.fromkeys(["Runtime", "configure", "get_runtime"], "runtime"),
+    **dict.fromkeys(["CheckpointStore", "DiskCacheStore", "InstanceRecord"], "store"),
+}
+
+
+if not TYPE_CHECKING:  # mypy sees the imports above, and no catch-all __getattr__
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # the next lookup does not come here
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def load_ipython_extension(ipython: Any) -> None:

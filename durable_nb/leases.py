@@ -18,6 +18,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from durable_nb.errors import InstanceBusyError
+from durable_nb.processes import on_this_host, process_exists, this_process
 
 if TYPE_CHECKING:
     from durable_nb.store import CheckpointStore
@@ -28,26 +29,11 @@ HEARTBEAT = 2.0
 TTL = 15.0
 
 
-def process_exists(pid: int) -> bool:
-    """Whether process ``pid`` on this host is running (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    try:  # a zombie has exited; only its parent has not collected it yet (Linux)
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def holder_alive(lease: dict[str, Any], now: float, ttl: float = TTL) -> bool:
     """Whether the lease's owner still counts as running the instance."""
     if now - float(lease.get("heartbeat", 0.0)) > ttl:
         return False  # silent
-    if lease.get("host") == socket.gethostname():
+    if on_this_host(lease.get("host")):
         return process_exists(int(lease.get("pid", -1)))
     return True
 
@@ -76,8 +62,7 @@ class LeaseKeeper:
     def _lease(self, now: float) -> dict[str, Any]:
         return {
             "owner": self.owner,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
+            **this_process(),
             "since": self._since,
             "heartbeat": now,
         }

@@ -17,6 +17,7 @@ from durable_nb import interrupts, management
 from durable_nb.blocking import block_on, refuse_original_nest_asyncio
 from durable_nb.definitions import find_orchestrator
 from durable_nb.dispatch import SlotLimit
+from durable_nb.engine.awaited import runs_an_orchestrator
 from durable_nb.engine.runaway import RUNAWAY_CALLS
 from durable_nb.errors import (
     DurableNbError,
@@ -369,6 +370,7 @@ class Runtime:
         if self._active.get(instance_id) is task:
             del self._active[instance_id]
 
+    @runs_an_orchestrator("orch")
     async def run(
         self,
         orch: Orchestrator,

@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import pickle
-import socket
 import time
 import uuid
 from typing import Any, Generic, TypeVar
@@ -34,7 +33,7 @@ import diskcache
 from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
-from durable_nb.leases import process_exists
+from durable_nb.processes import on_this_host, process_exists, this_process
 
 # Results at least this big are stored on their own, streamed to a file, so that
 # checkpointing them holds no second copy in memory and replay reads them only when used.
@@ -261,7 +260,7 @@ def write_large(cache: Any, key: str, value: Any, tag: str) -> None:
 
 
 def _intent(key: str) -> dict[str, Any]:
-    return {"key": key, "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
+    return {"key": key, **this_process(), "at": time.time()}
 
 
 def _edit_intents(cache: Any, edit: Any) -> None:
@@ -275,7 +274,7 @@ def _edit_intents(cache: Any, edit: Any) -> None:
 
 
 def _writer_gone(intent: dict[str, Any], now: float) -> bool:
-    if intent.get("host") == socket.gethostname():
+    if on_this_host(intent.get("host")):
         return not process_exists(int(intent.get("pid", 0)))
     return now - float(intent.get("at", now)) > _FOREIGN_INTENT_SECONDS
 

@@ -12,10 +12,31 @@ import asyncio
 import concurrent.futures
 import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from durable_nb.definitions import Orchestrator
 from durable_nb.errors import OrchestratorError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# The code of each coroutine function that runs an orchestrator (the runtime's
+# ``run``), and the name of its parameter holding that orchestrator.
+_ORCHESTRATOR_RUNS: dict[Any, str] = {}
+
+
+def runs_an_orchestrator(parameter: str) -> Callable[[_F], _F]:
+    """Mark a coroutine function that runs the orchestrator passed as ``parameter``.
+
+    An orchestrator that waits on such a coroutine called another orchestrator
+    directly (``await child(...)``, ``yield child(...)``); the error then names the
+    child and says ``ctx.call_sub_orchestrator``.
+    """
+
+    def mark(function: _F) -> _F:
+        _ORCHESTRATOR_RUNS[function.__code__] = parameter
+        return function
+
+    return mark
 
 
 def not_a_task(name: str, instance_id: str, coroutine: Any, yielded: Any) -> OrchestratorError:
@@ -97,10 +118,13 @@ def _coroutine_name(coroutine: Any) -> str:
 def _direct_call(chain: list[Any]) -> str | None:
     """``child(...)`` when the orchestrator called (and awaited) an orchestrator itself."""
     for coroutine in chain:
-        if getattr(coroutine, "__qualname__", "") == "Runtime.run":
+        parameter = _ORCHESTRATOR_RUNS.get(_code_of(coroutine))
+        if parameter is not None:
             frame = getattr(coroutine, "cr_frame", None)
-            orch = frame.f_locals.get("orch") if frame is not None else None
-            name = orch.name if isinstance(orch, Orchestrator) else "orchestrator"
+            orch = frame.f_locals.get(parameter) if frame is not None else None
+            name = getattr(orch, "name", None)
+            if not isinstance(name, str):
+                name = "orchestrator"
             return f"{name}(...), a direct call of orchestrator {name!r}"
     return None
 
