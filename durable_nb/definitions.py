@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from durable_nb.handles import InstanceHandle
 
     # The engine's generic parts, made of this module's definitions.
-    ScheduledCall: TypeAlias = ActivityCall[Activity]
-    ChildCall: TypeAlias = SubOrchestrationCall[Orchestrator]
-    Engine: TypeAlias = OrchestrationEngine[Activity, Orchestrator]
-    EngineStep: TypeAlias = Step[Activity, Orchestrator]
+    ScheduledCall: TypeAlias = "ActivityCall[Activity]"
+    ChildCall: TypeAlias = "SubOrchestrationCall[Orchestrator]"
+    Engine: TypeAlias = "OrchestrationEngine[Activity, Orchestrator]"
+    EngineStep: TypeAlias = "Step[Activity, Orchestrator]"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

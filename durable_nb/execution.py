@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from durable_nb import history
 from durable_nb.definitions import resolve_activity, resolve_orchestrator
@@ -31,17 +32,37 @@ from durable_nb.leases import LeaseKeeper
 from durable_nb.orchestrator_warnings import warn_if_slow, warn_runaway
 from durable_nb.parts import ChildRuns, DurableTimers
 from durable_nb.progress import Progress
+from durable_nb.resources import Resources
 from durable_nb.store import CheckpointStore
 from durable_nb.suspension import Suspension, suspended_in
 
 if TYPE_CHECKING:
     from durable_nb.definitions import ChildCall, Engine, EngineStep, Orchestrator
-    from durable_nb.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
 POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
+
+
+class Host(Protocol):
+    """What a run needs of the runtime that starts it (runtime.py's ``Runtime``)."""
+
+    @property
+    def store(self) -> CheckpointStore: ...
+
+    @property
+    def resources(self) -> Resources: ...
+
+    @property
+    def runaway_calls(self) -> int: ...
+
+    @property
+    def busy_timeout(self) -> float: ...
+
+    def run_child(self, parent: Execution, call: ChildCall) -> Awaitable[Outcome]:
+        """Run a sub-orchestration of ``parent`` as an instance of its own."""
+        ...
 
 
 class Execution:
@@ -50,7 +71,7 @@ class Execution:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Host,
         orchestrator: Orchestrator,
         arguments: dict[str, Any],
         instance_id: str,
@@ -247,7 +268,7 @@ class Execution:
         self.progress.changed()
         self.journal.set_status(status)
 
-    def _run_child(self, call: ChildCall) -> Any:
+    def _run_child(self, call: ChildCall) -> Awaitable[Outcome]:
         return self.runtime.run_child(self, call)
 
     # ------------------------------------------------------------------ ending

@@ -132,7 +132,7 @@ def test_abort_records_an_interrupted_run_with_no_strict_reference() -> None:
 
 
 def test_a_strict_run_that_ends_records_its_calls_by_position() -> None:
-    eng, events = run_to_end(chain, lambda call: 2 * call.args[0], strict=True, n=1)
+    _, events = run_to_end(chain, lambda call: 2 * call.args[0], strict=True, n=1)
     assert events[-1] == history.ExecutionFinished(T0 + 2, "completed", "", ("double", "double"))
 
 
@@ -154,7 +154,7 @@ def test_the_emitted_history_replays_with_nothing_scheduled() -> None:
 
 
 def test_statuses_are_stored_as_plain_strings_never_as_the_enum() -> None:
-    eng, events = run_to_end(chain, lambda call: 2 * call.args[0], n=1)
+    _, events = run_to_end(chain, lambda call: 2 * call.args[0], n=1)
     row: Any = history.encode(events[-1])
     assert row[2] == "completed" and type(row[2]) is str
     assert b"Status" not in pickle.dumps(row)

@@ -55,7 +55,6 @@ def _lint(contract: str) -> tuple[bool, str]:
     return done.returncode == 0, report
 
 
-@pytest.mark.xfail(strict=True, reason="lead fixes engine imports")
 def test_the_engine_imports_only_history_errors_and_the_fingerprint() -> None:
     kept, report = _lint("engine")
     assert kept, report

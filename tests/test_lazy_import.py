@@ -51,9 +51,6 @@ def test_the_engine_and_history_load_no_runtime_store_or_diskcache(module: str) 
     assert not unwanted & set(loaded), sorted(unwanted & set(loaded))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead fixes engine imports (engine/replay.py imports definitions)"
-)
 def test_the_engine_loads_only_history_errors_and_the_fingerprint() -> None:
     loaded = _loaded_after("import durable_nb.engine")
     ours = {
