@@ -11,7 +11,6 @@ which the executor calls from its worker thread and which only hands over.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import time
@@ -28,6 +27,7 @@ from durable_nb.errors import (
     add_note,
 )
 from durable_nb.progress import Progress
+from durable_nb.resources import SlotLimit
 
 if TYPE_CHECKING:
     from durable_nb.journal import Journal
@@ -35,86 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[history.Event], None]
-
-
-class Limiter:
-    """At most ``limit`` attempts of one activity at once; waiters start in order."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
-
-    def acquire_or_wait(self, start: Callable[[], None]) -> None:
-        if self.in_use < self.limit:
-            self.in_use += 1
-            start()
-        else:
-            self._waiting.append(start)
-
-    def release(self) -> None:
-        if self._waiting:
-            self._waiting.popleft()()  # the slot passes straight to the next waiter
-        else:
-            self.in_use -= 1
-
-    def forget(self, start: Callable[[], None]) -> None:
-        try:
-            self._waiting.remove(start)
-        except ValueError:
-            pass
-
-
-class LimiterChain:
-    """Several limits at once (the activity's and the global one), taken in a fixed
-    order so two calls can never wait on each other."""
-
-    def __init__(self, limiters: list[Limiter]) -> None:
-        self.limiters = limiters
-        self._pending: dict[Callable[[], None], _Acquisition] = {}
-
-    def acquire_or_wait(self, start: Callable[[], None]) -> None:
-        acquisition = _Acquisition(self, start)
-        self._pending[start] = acquisition
-        acquisition.next()
-
-    def release(self) -> None:
-        for limiter in reversed(self.limiters):
-            limiter.release()
-
-    def forget(self, start: Callable[[], None]) -> None:
-        acquisition = self._pending.pop(start, None)
-        if acquisition is not None:
-            acquisition.abandon()
-
-
-class _Acquisition:
-    def __init__(self, chain: LimiterChain, start: Callable[[], None]) -> None:
-        self.chain = chain
-        self.start = start
-        self.taken = 0
-        self.waiting_on: Limiter | None = None
-
-    def next(self) -> None:
-        if self.waiting_on is not None:
-            self.taken += 1
-        limiters = self.chain.limiters
-        if self.taken == len(limiters):
-            self.waiting_on = None
-            self.chain._pending.pop(self.start, None)
-            self.start()
-            return
-        self.waiting_on = limiters[self.taken]
-        self.waiting_on.acquire_or_wait(self.next)
-
-    def abandon(self) -> None:
-        if self.waiting_on is not None:
-            self.waiting_on.forget(self.next)
-        for limiter in reversed(self.chain.limiters[: self.taken]):
-            limiter.release()
-
-
-SlotLimit = Limiter | LimiterChain
 
 
 class _Attempt:

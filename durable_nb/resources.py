@@ -8,17 +8,98 @@ whatever executor the calls go to.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import weakref
+from collections.abc import Callable
 from typing import Any
 
-from durable_nb.dispatch import Limiter, LimiterChain, SlotLimit
 from durable_nb.engine import ActivityCall
 from durable_nb.errors import DurableNbError
 from durable_nb.executors import as_executor
 
 DEFAULT_MAX_WORKERS = 32
 DEFAULT = "threads"
+
+
+class Limiter:
+    """At most ``limit`` attempts of one activity at once; waiters start in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
+
+    def acquire_or_wait(self, start: Callable[[], None]) -> None:
+        if self.in_use < self.limit:
+            self.in_use += 1
+            start()
+        else:
+            self._waiting.append(start)
+
+    def release(self) -> None:
+        if self._waiting:
+            self._waiting.popleft()()  # the slot passes straight to the next waiter
+        else:
+            self.in_use -= 1
+
+    def forget(self, start: Callable[[], None]) -> None:
+        try:
+            self._waiting.remove(start)
+        except ValueError:
+            pass
+
+
+class LimiterChain:
+    """Several limits at once (the activity's and the global one), taken in a fixed
+    order so two calls can never wait on each other."""
+
+    def __init__(self, limiters: list[Limiter]) -> None:
+        self.limiters = limiters
+        self._pending: dict[Callable[[], None], _Acquisition] = {}
+
+    def acquire_or_wait(self, start: Callable[[], None]) -> None:
+        acquisition = _Acquisition(self, start)
+        self._pending[start] = acquisition
+        acquisition.next()
+
+    def release(self) -> None:
+        for limiter in reversed(self.limiters):
+            limiter.release()
+
+    def forget(self, start: Callable[[], None]) -> None:
+        acquisition = self._pending.pop(start, None)
+        if acquisition is not None:
+            acquisition.abandon()
+
+
+class _Acquisition:
+    def __init__(self, chain: LimiterChain, start: Callable[[], None]) -> None:
+        self.chain = chain
+        self.start = start
+        self.taken = 0
+        self.waiting_on: Limiter | None = None
+
+    def next(self) -> None:
+        if self.waiting_on is not None:
+            self.taken += 1
+        limiters = self.chain.limiters
+        if self.taken == len(limiters):
+            self.waiting_on = None
+            self.chain._pending.pop(self.start, None)
+            self.start()
+            return
+        self.waiting_on = limiters[self.taken]
+        self.waiting_on.acquire_or_wait(self.next)
+
+    def abandon(self) -> None:
+        if self.waiting_on is not None:
+            self.waiting_on.forget(self.next)
+        for limiter in reversed(self.chain.limiters[: self.taken]):
+            limiter.release()
+
+
+SlotLimit = Limiter | LimiterChain
 
 
 class Resources:

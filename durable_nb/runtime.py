@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from durable_nb import interrupts, management
 from durable_nb.blocking import block_on, refuse_original_nest_asyncio
 from durable_nb.definitions import find_orchestrator
-from durable_nb.dispatch import SlotLimit
 from durable_nb.engine.runaway import RUNAWAY_CALLS
 from durable_nb.errors import (
     DurableNbError,
@@ -28,7 +27,7 @@ from durable_nb.execution import Execution, Outcome
 from durable_nb.finality import changes_since_completed, input_digest
 from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user_frames
 from durable_nb.progress import Progress
-from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
+from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources, SlotLimit
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
