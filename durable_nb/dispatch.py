@@ -27,7 +27,7 @@ from durable_nb.errors import (
     add_note,
 )
 from durable_nb.progress import Progress
-from durable_nb.resources import SlotLimit
+from durable_nb.resources import Resources, SlotLimit
 
 if TYPE_CHECKING:
     from durable_nb.journal import Journal
@@ -58,9 +58,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        executor_for: Callable[[ActivityCall], Any],
-        limiter_for: Callable[[ActivityCall], SlotLimit | None],
-        orphans: dict[tuple[str, str], concurrent.futures.Future[Any]],
+        resources: Resources,
         progress: Progress,
         instance_id: str,
         epoch: str,
@@ -70,14 +68,12 @@ class Dispatcher:
         journal: Journal | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor_for = executor_for
-        self._limiter_for = limiter_for
-        self._orphans = orphans  # shared by the runs of this process
+        self._resources = resources  # executors, limits, leftover threads: shared
         self._progress = progress
         self._instance_id = instance_id
-        # Orphans are adopted only by a run on the same history: after continue_as_new a
-        # call with the same key is a new call.
-        self._orphan_owner = f"{instance_id}@{epoch}"
+        # Leftover threads are adopted only by a run on the same history: after
+        # continue_as_new a call with the same key is a new call.
+        self._owner = f"{instance_id}@{epoch}"
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended
@@ -102,15 +98,15 @@ class Dispatcher:
         self._run(call, number)
 
     def _run(self, call: ActivityCall, number: int) -> None:
-        orphan = self._orphans.pop((self._orphan_owner, call.key), None)
-        if orphan is not None and _worth_adopting(orphan):
+        leftover = self._resources.leftover_threads.take(self._owner, call.key)
+        if leftover is not None:
             # The same call ran in a thread of an interrupted run of this instance: take
             # its outcome instead of doing the work twice. Still running, it holds its
             # slot; already done, its result may not have reached the history this run
             # loaded (the thread's own callback writes it a moment after it is done).
-            self._adopt(call, number, orphan)
+            self._adopt(call, number, leftover)
             return
-        limiter = self._limiter_for(call)
+        limiter = self._resources.limiter_for(call)
         if limiter is None:
             self._start(call, number, None)
             return
@@ -173,7 +169,7 @@ class Dispatcher:
                 task.add_done_callback(partial(self._task_done, attempt))
                 attempt.handle = task
             else:
-                executor = self._executor_for(call)
+                executor = self._resources.executor_for(call)
                 future = executor.submit(act.fn, *call.args, **call.kwargs)
                 attempt.handle = future
                 future.add_done_callback(partial(self._thread_done, attempt))
@@ -333,43 +329,13 @@ class Dispatcher:
                 handle.cancel()
             elif isinstance(handle, concurrent.futures.Future):
                 if running_thread:
-                    self._orphan(attempt.call, handle, limiter)
+                    # A next run of this history may adopt it (LeftoverThreads.take).
+                    self._resources.leftover_threads.keep(
+                        self._owner, attempt.call.key, handle, limiter
+                    )
                 else:
                     # Its hand-over is still queued on the loop: keep the result now.
                     self._keep_if_success(attempt, handle)
-
-    def _orphan(
-        self,
-        call: ActivityCall,
-        future: concurrent.futures.Future[Any],
-        limiter: SlotLimit | None,
-    ) -> None:
-        """A thread outlives its run: a next run may adopt it; its slot is held until it ends."""
-        key = (self._orphan_owner, call.key)
-        self._orphans[key] = future
-        loop = self._loop
-
-        def ended(_: concurrent.futures.Future[Any]) -> None:
-            def on_loop() -> None:
-                if self._orphans.get(key) is future:
-                    del self._orphans[key]
-                if limiter is not None:
-                    limiter.release()
-
-            try:
-                loop.call_soon_threadsafe(on_loop)
-            except RuntimeError:  # the loop is closed: nobody waits for the slot
-                pass
-
-        future.add_done_callback(ended)
-
-
-def _worth_adopting(orphan: concurrent.futures.Future[Any]) -> bool:
-    """A thread still running, or one that succeeded; a failure is retried by a new run,
-    as every failure of an earlier run is."""
-    if not orphan.done():
-        return True
-    return not orphan.cancelled() and orphan.exception() is None
 
 
 def _as_activity_error(exc: BaseException, name: str) -> BaseException:

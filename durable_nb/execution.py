@@ -138,9 +138,7 @@ class Execution:
         )
         self.journal.unwritten.append(started)
         self._dispatcher = Dispatcher(
-            executor_for=self.runtime.executor_for,
-            limiter_for=self.runtime.limiter_for,
-            orphans=self.runtime.orphans,
+            resources=self.runtime.resources,
             progress=self.progress,
             instance_id=self.instance_id,
             epoch=record.epoch,

@@ -1,8 +1,10 @@
-"""The shared means of running activities: named executors and concurrency limits.
+"""The shared means of running activities: named executors, concurrency limits, and
+the threads still running for runs that ended.
 
 Limits live here, not in a run, because they protect something outside the
 notebook (a rate-limited API, a database): every run in the kernel shares them, on
-whatever executor the calls go to.
+whatever executor the calls go to. The limiters run on the event loop only; a slot
+given back from a worker thread is handed to the loop first.
 """
 
 from __future__ import annotations
@@ -102,8 +104,64 @@ class _Acquisition:
 SlotLimit = Limiter | LimiterChain
 
 
+class LeftoverThreads:
+    """Threads still running for runs that ended, by owner (``instance@epoch``) and call
+    key: a later run of the same history takes one over instead of running its call
+    again. A thread keeps its concurrency slot until it really ends."""
+
+    def __init__(self) -> None:
+        self._threads: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+    def keep(
+        self,
+        owner: str,
+        key: str,
+        future: concurrent.futures.Future[Any],
+        limiter: SlotLimit | None,
+    ) -> None:
+        """Register a thread that outlives its run (called on the loop); when it ends, it
+        is forgotten and its slot given back, on the loop."""
+        entry = (owner, key)
+        self._threads[entry] = future
+        loop = asyncio.get_running_loop()
+
+        def ended(_: concurrent.futures.Future[Any]) -> None:
+            def on_loop() -> None:
+                if self._threads.get(entry) is future:
+                    del self._threads[entry]
+                if limiter is not None:
+                    limiter.release()
+
+            try:
+                loop.call_soon_threadsafe(on_loop)
+            except RuntimeError:  # the loop is closed: nobody waits for the slot
+                pass
+
+        future.add_done_callback(ended)
+
+    def take(self, owner: str, key: str) -> concurrent.futures.Future[Any] | None:
+        """The thread ``owner`` left for ``key``, if worth adopting: still running (it
+        holds its slot), or succeeded (its result may not have reached the history yet).
+        A failure is dropped and the call retried by the new run, as every failure of an
+        earlier run is."""
+        future = self._threads.pop((owner, key), None)
+        if future is None or not _worth_adopting(future):
+            return None
+        return future
+
+
+def _worth_adopting(future: concurrent.futures.Future[Any]) -> bool:
+    if not future.done():
+        return True
+    return not future.cancelled() and future.exception() is None
+
+
 class Resources:
-    """Executors by name, and the per-activity and global concurrency limits."""
+    """Executors by name, the per-activity and global concurrency limits, and the
+    threads left running by runs that ended."""
 
     def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
         self.max_workers = max_workers
@@ -114,6 +172,7 @@ class Resources:
         self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Limiter]] = (
             weakref.WeakKeyDictionary()
         )
+        self.leftover_threads = LeftoverThreads()  # shared by the runs of this process
 
     def set_executor(self, value: Any, name: str | None = None) -> None:
         """Use ``value`` ("threads", "processes", an Executor, a Dask Client) as the
@@ -149,10 +208,12 @@ class Resources:
         return found
 
     def executor_for(self, call: ActivityCall) -> Any:
+        """Where a synchronous activity call runs (its --executor, or the default)."""
         return self.executor_named(call.activity.options.executor or self.default)
 
     def limiter_for(self, call: ActivityCall) -> SlotLimit | None:
-        """The limits a call must fit in: its activity's, then the global one."""
+        """The limits a call must fit in: its activity's, then the global one; shared by
+        every run on the running loop."""
         per_loop = self._limits.setdefault(asyncio.get_running_loop(), {})
         limits = []
         limit = call.activity.options.concurrency

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import time
@@ -27,12 +26,12 @@ from durable_nb.execution import Execution, Outcome
 from durable_nb.finality import changes_since_completed, input_digest
 from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user_frames
 from durable_nb.progress import Progress
-from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources, SlotLimit
+from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
     from durable_nb.definitions import Orchestrator
-    from durable_nb.engine import ActivityCall, SubOrchestrationCall
+    from durable_nb.engine import SubOrchestrationCall
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +59,6 @@ class Runtime:
         # a RunawayOrchestratorWarning is issued; 0: never.
         self.runaway_calls = RUNAWAY_CALLS
         self._active: dict[str, asyncio.Task[Outcome]] = {}
-        # Threads still running for runs that ended, by (instance, call key).
-        self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self._executions: dict[str, Execution] = {}
         # The progress of each top-level run, for its handles (a final summary to show).
         self.progress_of: weakref.WeakKeyDictionary[asyncio.Task[Outcome], Progress] = (
@@ -129,14 +126,6 @@ class Runtime:
         if self._store is None:
             self._store = DiskCacheStore(self._store_path)
         return self._store
-
-    def executor_for(self, call: ActivityCall) -> Any:
-        """Where a synchronous activity call runs (its --executor, or the default)."""
-        return self.resources.executor_for(call)
-
-    def limiter_for(self, call: ActivityCall) -> SlotLimit | None:
-        """The concurrency limits a call must fit in, shared by every run on this loop."""
-        return self.resources.limiter_for(call)
 
     def close(self) -> None:
         """Release the store and the thread pool (running threads finish first)."""
