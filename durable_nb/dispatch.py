@@ -11,7 +11,6 @@ which the executor calls from its worker thread and which only hands over.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import time
@@ -20,7 +19,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
-from durable_nb.engine import ActivityCall
 from durable_nb.errors import (
     ActivityArgumentsError,
     ActivityTimeoutError,
@@ -28,8 +26,10 @@ from durable_nb.errors import (
     add_note,
 )
 from durable_nb.progress import Progress
+from durable_nb.resources import Resources, SlotLimit
 
 if TYPE_CHECKING:
+    from durable_nb.definitions import ScheduledCall
     from durable_nb.journal import Journal
 
 logger = logging.getLogger(__name__)
@@ -37,92 +37,12 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[history.Event], None]
 
 
-class Limiter:
-    """At most ``limit`` attempts of one activity at once; waiters start in order."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
-
-    def acquire_or_wait(self, start: Callable[[], None]) -> None:
-        if self.in_use < self.limit:
-            self.in_use += 1
-            start()
-        else:
-            self._waiting.append(start)
-
-    def release(self) -> None:
-        if self._waiting:
-            self._waiting.popleft()()  # the slot passes straight to the next waiter
-        else:
-            self.in_use -= 1
-
-    def forget(self, start: Callable[[], None]) -> None:
-        try:
-            self._waiting.remove(start)
-        except ValueError:
-            pass
-
-
-class LimiterChain:
-    """Several limits at once (the activity's and the global one), taken in a fixed
-    order so two calls can never wait on each other."""
-
-    def __init__(self, limiters: list[Limiter]) -> None:
-        self.limiters = limiters
-        self._pending: dict[Callable[[], None], _Acquisition] = {}
-
-    def acquire_or_wait(self, start: Callable[[], None]) -> None:
-        acquisition = _Acquisition(self, start)
-        self._pending[start] = acquisition
-        acquisition.next()
-
-    def release(self) -> None:
-        for limiter in reversed(self.limiters):
-            limiter.release()
-
-    def forget(self, start: Callable[[], None]) -> None:
-        acquisition = self._pending.pop(start, None)
-        if acquisition is not None:
-            acquisition.abandon()
-
-
-class _Acquisition:
-    def __init__(self, chain: LimiterChain, start: Callable[[], None]) -> None:
-        self.chain = chain
-        self.start = start
-        self.taken = 0
-        self.waiting_on: Limiter | None = None
-
-    def next(self) -> None:
-        if self.waiting_on is not None:
-            self.taken += 1
-        limiters = self.chain.limiters
-        if self.taken == len(limiters):
-            self.waiting_on = None
-            self.chain._pending.pop(self.start, None)
-            self.start()
-            return
-        self.waiting_on = limiters[self.taken]
-        self.waiting_on.acquire_or_wait(self.next)
-
-    def abandon(self) -> None:
-        if self.waiting_on is not None:
-            self.waiting_on.forget(self.next)
-        for limiter in reversed(self.chain.limiters[: self.taken]):
-            limiter.release()
-
-
-SlotLimit = Limiter | LimiterChain
-
-
 class _Attempt:
     """One try of one call; finishes exactly once."""
 
     __slots__ = ("call", "finished", "handle", "kept", "limiter", "number", "timer")
 
-    def __init__(self, call: ActivityCall, number: int, limiter: SlotLimit | None) -> None:
+    def __init__(self, call: ScheduledCall, number: int, limiter: SlotLimit | None) -> None:
         self.call = call
         self.number = number
         self.limiter = limiter
@@ -138,9 +58,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        executor_for: Callable[[ActivityCall], Any],
-        limiter_for: Callable[[ActivityCall], SlotLimit | None],
-        orphans: dict[tuple[str, str], concurrent.futures.Future[Any]],
+        resources: Resources,
         progress: Progress,
         instance_id: str,
         epoch: str,
@@ -150,21 +68,19 @@ class Dispatcher:
         journal: Journal | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor_for = executor_for
-        self._limiter_for = limiter_for
-        self._orphans = orphans  # shared by the runs of this process
+        self._resources = resources  # executors, limits, leftover threads: shared
         self._progress = progress
         self._instance_id = instance_id
-        # Orphans are adopted only by a run on the same history: after continue_as_new a
-        # call with the same key is a new call.
-        self._orphan_owner = f"{instance_id}@{epoch}"
+        # Leftover threads are adopted only by a run on the same history: after
+        # continue_as_new a call with the same key is a new call.
+        self._owner = f"{instance_id}@{epoch}"
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended
         # Shared results (share=True activities): looked up before a call runs, and
         # recorded with the completion. None: every call runs.
         self._journal = journal
-        self._asking: list[ActivityCall] = []  # share=True calls to look up, in one batch
+        self._asking: list[ScheduledCall] = []  # share=True calls to look up, in one batch
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
@@ -173,7 +89,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------ starting
 
-    def dispatch(self, call: ActivityCall, number: int = 1) -> None:
+    def start(self, call: ScheduledCall) -> None:
+        """Carry out a call the engine scheduled (its first attempt)."""
+        self._attempt(call, 1)
+
+    def _attempt(self, call: ScheduledCall, number: int) -> None:
         if number == 1:
             if call.activity.options.share and self._journal is not None:
                 self._ask_shared(call)
@@ -181,16 +101,16 @@ class Dispatcher:
             self._first_started[call.key] = time.time()
         self._run(call, number)
 
-    def _run(self, call: ActivityCall, number: int) -> None:
-        orphan = self._orphans.pop((self._orphan_owner, call.key), None)
-        if orphan is not None and _worth_adopting(orphan):
+    def _run(self, call: ScheduledCall, number: int) -> None:
+        leftover = self._resources.leftover_threads.take(self._owner, call.key)
+        if leftover is not None:
             # The same call ran in a thread of an interrupted run of this instance: take
             # its outcome instead of doing the work twice. Still running, it holds its
             # slot; already done, its result may not have reached the history this run
             # loaded (the thread's own callback writes it a moment after it is done).
-            self._adopt(call, number, orphan)
+            self._adopt(call, number, leftover)
             return
-        limiter = self._limiter_for(call)
+        limiter = self._resources.limiter_for(call)
         if limiter is None:
             self._start(call, number, None)
             return
@@ -202,7 +122,7 @@ class Dispatcher:
         self._queued[start] = limiter
         limiter.acquire_or_wait(start)
 
-    def _ask_shared(self, call: ActivityCall) -> None:
+    def _ask_shared(self, call: ScheduledCall) -> None:
         """Look a share=True call up among the shared results before running it. The
         calls one step schedules are looked up together, on the loop's next turn: a few
         queries for a whole fan-out, and none of them interleaved with starting threads
@@ -223,14 +143,13 @@ class Dispatcher:
         for call in calls:
             event = found.get(call.key)
             if event is not None:
-                self._progress.reused(call.activity.name)
-                self._post(event)
+                self._post(event)  # counted as cached when it is written
             else:
                 self._first_started[call.key] = time.time()
                 self._run(call, 1)
 
     def _adopt(
-        self, call: ActivityCall, number: int, future: concurrent.futures.Future[Any]
+        self, call: ScheduledCall, number: int, future: concurrent.futures.Future[Any]
     ) -> None:
         attempt = _Attempt(call, number, None)
         attempt.handle = future
@@ -238,7 +157,7 @@ class Dispatcher:
         self._progress.attempt_started(call.activity.name)
         future.add_done_callback(partial(self._thread_done, attempt))
 
-    def _start(self, call: ActivityCall, number: int, limiter: SlotLimit | None) -> None:
+    def _start(self, call: ScheduledCall, number: int, limiter: SlotLimit | None) -> None:
         if self.stopped:
             if limiter is not None:
                 limiter.release()
@@ -253,7 +172,7 @@ class Dispatcher:
                 task.add_done_callback(partial(self._task_done, attempt))
                 attempt.handle = task
             else:
-                executor = self._executor_for(call)
+                executor = self._resources.executor_for(call)
                 future = executor.submit(act.fn, *call.args, **call.kwargs)
                 attempt.handle = future
                 future.add_done_callback(partial(self._thread_done, attempt))
@@ -320,7 +239,6 @@ class Dispatcher:
         name = call.activity.name
         if error is None:
             self._first_started.pop(call.key, None)
-            self._progress.ran(name)
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
             self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
@@ -343,13 +261,12 @@ class Dispatcher:
             return
         self._first_started.pop(call.key, None)
         _annotate(error, name, attempt.number, self._instance_id, call.key)
-        self._progress.failed(name)
         kind = type(error).__name__
         self._post(
             history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
         )
 
-    def _explain_bad_arguments(self, call: ActivityCall, error: BaseException) -> BaseException:
+    def _explain_bad_arguments(self, call: ScheduledCall, error: BaseException) -> BaseException:
         """A TypeError because the call does not fit the activity's signature becomes an
         ActivityArgumentsError saying which call, and is not retried (nor is it the
         activity's fault)."""
@@ -366,13 +283,13 @@ class Dispatcher:
         explained.__cause__ = error
         return explained
 
-    def _retry_later(self, delay: float, call: ActivityCall, number: int) -> None:
+    def _retry_later(self, delay: float, call: ScheduledCall, number: int) -> None:
         timer: asyncio.TimerHandle
 
         def fire() -> None:
             self._retry_timers.discard(timer)
             self._progress.retry_started(call.activity.name)
-            self.dispatch(call, number)
+            self._attempt(call, number)
 
         timer = self._loop.call_later(delay, fire)
         self._retry_timers.add(timer)
@@ -413,43 +330,13 @@ class Dispatcher:
                 handle.cancel()
             elif isinstance(handle, concurrent.futures.Future):
                 if running_thread:
-                    self._orphan(attempt.call, handle, limiter)
+                    # A next run of this history may adopt it (LeftoverThreads.take).
+                    self._resources.leftover_threads.keep(
+                        self._owner, attempt.call.key, handle, limiter
+                    )
                 else:
                     # Its hand-over is still queued on the loop: keep the result now.
                     self._keep_if_success(attempt, handle)
-
-    def _orphan(
-        self,
-        call: ActivityCall,
-        future: concurrent.futures.Future[Any],
-        limiter: SlotLimit | None,
-    ) -> None:
-        """A thread outlives its run: a next run may adopt it; its slot is held until it ends."""
-        key = (self._orphan_owner, call.key)
-        self._orphans[key] = future
-        loop = self._loop
-
-        def ended(_: concurrent.futures.Future[Any]) -> None:
-            def on_loop() -> None:
-                if self._orphans.get(key) is future:
-                    del self._orphans[key]
-                if limiter is not None:
-                    limiter.release()
-
-            try:
-                loop.call_soon_threadsafe(on_loop)
-            except RuntimeError:  # the loop is closed: nobody waits for the slot
-                pass
-
-        future.add_done_callback(ended)
-
-
-def _worth_adopting(orphan: concurrent.futures.Future[Any]) -> bool:
-    """A thread still running, or one that succeeded; a failure is retried by a new run,
-    as every failure of an earlier run is."""
-    if not orphan.done():
-        return True
-    return not orphan.cancelled() and orphan.exception() is None
 
 
 def _as_activity_error(exc: BaseException, name: str) -> BaseException:

@@ -10,8 +10,8 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from durable_nb.engine import Outcome
 from durable_nb.errors import InstanceNotFinishedError, InstanceTerminatedError
-from durable_nb.execution import Outcome
 from durable_nb.store import InstanceRecord
 
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from durable_nb import interrupts, management
 from durable_nb.blocking import block_on, refuse_original_nest_asyncio
 from durable_nb.definitions import find_orchestrator
-from durable_nb.dispatch import SlotLimit
+from durable_nb.engine import Outcome
 from durable_nb.engine.awaited import runs_an_orchestrator
 from durable_nb.engine.runaway import RUNAWAY_CALLS
 from durable_nb.errors import (
@@ -25,16 +24,17 @@ from durable_nb.errors import (
     InstanceBusyError,
     InstanceNotFoundError,
 )
-from durable_nb.execution import Execution, Outcome
+from durable_nb.execution import Execution
 from durable_nb.finality import changes_since_completed, input_digest
 from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user_frames
+from durable_nb.history import Status
 from durable_nb.progress import Progress
 from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
-    from durable_nb.definitions import Orchestrator
-    from durable_nb.engine import ActivityCall, SubOrchestrationCall
+    from durable_nb.definitions import ChildCall, Orchestrator
+
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ class Runtime:
         # a RunawayOrchestratorWarning is issued; 0: never.
         self.runaway_calls = RUNAWAY_CALLS
         self._active: dict[str, asyncio.Task[Outcome]] = {}
-        # Threads still running for runs that ended, by (instance, call key).
-        self.orphans: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self._executions: dict[str, Execution] = {}
         # The progress of each top-level run, for its handles (a final summary to show).
         self.progress_of: weakref.WeakKeyDictionary[asyncio.Task[Outcome], Progress] = (
@@ -132,14 +130,6 @@ class Runtime:
             self._store = DiskCacheStore(self._store_path)
         return self._store
 
-    def executor_for(self, call: ActivityCall) -> Any:
-        """Where a synchronous activity call runs (its --executor, or the default)."""
-        return self.resources.executor_for(call)
-
-    def limiter_for(self, call: ActivityCall) -> SlotLimit | None:
-        """The concurrency limits a call must fit in, shared by every run on this loop."""
-        return self.resources.limiter_for(call)
-
     def close(self) -> None:
         """Release the store and the thread pool (running threads finish first)."""
         if self._store is not None:
@@ -204,7 +194,9 @@ class Runtime:
         from durable_nb.widgets import attach_view
 
         attach_view(progress, self.progress_mode)
-        task = asyncio.ensure_future(self._drive(orch, arguments, instance_id, progress, None))
+        task = asyncio.ensure_future(
+            self._run_generations(orch, arguments, instance_id, progress, None)
+        )
         self.progress_of[task] = progress
         self._active[instance_id] = task
         task.add_done_callback(lambda _t: self._forget(instance_id, task))
@@ -242,7 +234,7 @@ class Runtime:
                 )
         return running
 
-    async def _drive(
+    async def _run_generations(
         self,
         orch: Orchestrator,
         arguments: dict[str, Any],
@@ -256,7 +248,7 @@ class Runtime:
         except FingerprintError:  # an explicit instance id spared digesting the input
             caller_input = None
         record = self.store.get_instance(instance_id)
-        if record is not None and record.status == "completed":
+        if record is not None and record.status == Status.COMPLETED:
             changed = changes_since_completed(
                 record, orch, arguments, caller_input, self.store.read_history
             )
@@ -282,13 +274,13 @@ class Runtime:
             finally:
                 if self._executions.get(instance_id) is execution:
                     del self._executions[instance_id]
-            if outcome.status != "continued_as_new" or outcome.new_input is None:
+            if outcome.status != Status.CONTINUED_AS_NEW or outcome.new_input is None:
                 return outcome
             arguments = orch.bind_input(*outcome.new_input)
             record = self.store.get_instance(instance_id)
             assert record is not None
             record.input, record.generation = arguments, record.generation + 1
-            record.status = "running"
+            record.status = Status.RUNNING.value
             self.store.reset_history(record)
 
     def _recorded_outcome(self, record: InstanceRecord, progress: Progress) -> Outcome:
@@ -304,9 +296,9 @@ class Runtime:
             row = progress.row(name)
             row.total = row.cached = total
         progress.finish("completed", "the recorded outcome: completed before, nothing changed")
-        return Outcome("completed", output=record.output)
+        return Outcome(Status.COMPLETED, output=record.output)
 
-    async def run_child(self, parent: Execution, call: SubOrchestrationCall) -> Outcome:
+    async def run_child(self, parent: Execution, call: ChildCall) -> Outcome:
         """Run a sub-orchestration as its own instance; its rows join the parent's view."""
         instance_id = call.instance_id
         running = self._active.get(instance_id)
@@ -316,7 +308,7 @@ class Runtime:
             )
         progress = parent.progress.child(call.orchestrator.name, instance_id)
         task = asyncio.ensure_future(
-            self._drive(
+            self._run_generations(
                 call.orchestrator, call.arguments, instance_id, progress, parent.instance_id
             )
         )

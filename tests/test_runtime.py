@@ -9,6 +9,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -459,11 +460,12 @@ def test_text_progress_summary(
     assert "square: 3/3 (3 ran)" in err and "square: 3/3 (3 cached)" in err
 
 
-def _run_with_orphan(
-    rt: Runtime, effects: SideEffects, orphan: concurrent.futures.Future[int]
+def _run_with_leftover_thread(
+    rt: Runtime, effects: SideEffects, end: Callable[[concurrent.futures.Future[int]], None]
 ) -> int:
     """Run an instance of one call whose thread, left by an earlier run of the instance
-    (same epoch), ended as ``orphan`` before its outcome reached the history."""
+    (same epoch, on a loop since closed), ended by ``end`` before its outcome reached
+    the history."""
 
     @dn.activity
     def slow_square(i: int) -> int:
@@ -478,7 +480,17 @@ def _run_with_orphan(
     rt.store.put_instance(record)
     digest = dn.fingerprint.arguments_digest("t", (7,), {})
     key = f"slow_square/{slow_square.source_digest[:16]}/{digest}#0"
-    rt.orphans[(f"{record.instance_id}@{record.epoch}", key)] = orphan
+    thread: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    async def earlier_run_ends() -> None:
+        owner = f"{record.instance_id}@{record.epoch}"
+        rt.resources.leftover_threads.keep(owner, key, thread, None)
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: nest_asyncio2's may keep its loop
+    loop.run_until_complete(earlier_run_ends())
+    loop.close()
+    end(thread)  # its loop is closed: the thread stays registered
+    assert len(rt.resources.leftover_threads) == 1
     result: int = one.run()
     return result
 
@@ -489,11 +501,9 @@ def test_a_thread_that_ended_after_its_run_is_adopted_not_rerun(
     """A call's thread outlived its interrupted run and is done, but its callback has not
     yet written the late result when the next run loads the history: the next run takes
     the thread's outcome instead of running the call again."""
-    done: concurrent.futures.Future[int] = concurrent.futures.Future()
-    done.set_result(49)  # the thread's outcome, not yet in history
-    assert _run_with_orphan(rt, effects, done) == 49
+    assert _run_with_leftover_thread(rt, effects, lambda thread: thread.set_result(49)) == 49
     assert effects.lines() == []  # not run again
-    assert rt.orphans == {}
+    assert len(rt.resources.leftover_threads) == 0
 
 
 def test_a_thread_that_failed_after_its_run_is_retried_not_adopted(
@@ -501,9 +511,11 @@ def test_a_thread_that_failed_after_its_run_is_retried_not_adopted(
 ) -> None:
     """The failure of a call's thread that outlived its run is not taken over: a new run
     retries failures."""
-    failed: concurrent.futures.Future[int] = concurrent.futures.Future()
-    failed.set_exception(ValueError("flaky upstream"))
-    assert _run_with_orphan(rt, effects, failed) == 49
+
+    def fail(thread: concurrent.futures.Future[int]) -> None:
+        thread.set_exception(ValueError("flaky upstream"))
+
+    assert _run_with_leftover_thread(rt, effects, fail) == 49
     assert effects.lines() == ["7"]  # run again
 
 
