@@ -66,7 +66,7 @@ def test_a_history_of_an_older_scheme_replays_without_scheduling() -> None:
     eng.load(old_history())
     step = eng.start(started(run=2))
     assert step.scheduled == [] and eng.output == (132.0, ["#0", "#1", "#2"])
-    assert step.cached == ["scale", "label", "label", "label"]
+    assert step.replayed == ["scale", "label", "label", "label"]
 
 
 def test_a_history_of_both_schemes_replays_without_scheduling() -> None:
