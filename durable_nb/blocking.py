@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from durable_nb.errors import DurableNbError
+from durable_nb.errors import EventLoopError
 
 
 def _patched_by_nest_asyncio(loop: asyncio.AbstractEventLoop) -> bool:
@@ -27,7 +27,7 @@ def refuse_original_nest_asyncio(name: str) -> None:
     except RuntimeError:
         return
     if _patched_by_nest_asyncio(loop):
-        raise DurableNbError(
+        raise EventLoopError(
             f"{name}.run() refused: this kernel's event loop was patched by the original "
             "nest_asyncio package (nest_asyncio.apply()), and re-entering the loop under "
             "that patch makes the kernel lose the cells queued after this one. Nothing was "

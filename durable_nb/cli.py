@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from durable_nb.errors import DurableNbError
+from durable_nb.errors import DurableNbError, StoreError, VerbUsageError
 from durable_nb.store import DiskCacheStore
 from durable_nb.store_folder import STORE_ENV, default_location
-from durable_nb.verbs import VerbUsageError, add_verbs, run_verb
+from durable_nb.verbs import add_verbs, run_verb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -84,7 +84,10 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 def _open_store(folder: Path | None) -> DiskCacheStore:
     path = folder or default_location()
     if not path.is_dir():
-        raise DurableNbError(f"no checkpoint store at {path.resolve()}; pass --store DIR")
+        raise StoreError(
+            f"no checkpoint store at {path.resolve()}; pass --store DIR",
+            location=str(path.resolve()),
+        )
     return DiskCacheStore(path)
 
 

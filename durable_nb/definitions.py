@@ -16,6 +16,7 @@ from durable_nb.errors import (
     ActivityNotFoundError,
     DefinitionError,
     OrchestratorInputError,
+    OrchestratorNotFoundError,
 )
 from durable_nb.fingerprint import KEY_SCHEME, arguments_digest, function_digest, node_digest
 from durable_nb.options import ActivityOptions
@@ -84,7 +85,8 @@ class Activity:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise DefinitionError(
                 f"activity {getattr(fn, '__name__', fn)!r} is a generator; activities must "
-                "return their result (did you mean %%orchestrator?)"
+                "return their result (did you mean %%orchestrator?)",
+                activity=getattr(fn, "__name__", None),
             )
         self.fn = fn
         self.name: str = name or fn.__name__
@@ -144,10 +146,13 @@ def _by_name(registry: dict[str, T], name: str, kind: str) -> T:
     found = registry.get(name)
     if found is None:
         known = ", ".join(sorted(registry)) or "none yet"
-        raise ActivityNotFoundError(
+        message = (
             f"no {kind} is registered under the name {name!r} (registered: {known}); "
             f"run its %%{kind} cell first, or pass the {kind} itself"
         )
+        if kind == "orchestrator":
+            raise OrchestratorNotFoundError(message, orchestrator=name)
+        raise ActivityNotFoundError(message, activity=name)
     return found
 
 
@@ -169,7 +174,8 @@ def resolve_activity(ref: Any) -> Activity:
     if isinstance(ref, Orchestrator):
         raise DefinitionError(
             f"{ref.name!r} is an orchestrator, not an activity; orchestrators cannot be "
-            "called with ctx.call_activity"
+            "called with ctx.call_activity",
+            orchestrator=ref.name,
         )
     if callable(ref):
         wrapped = _WRAPPED.get(ref)
@@ -205,7 +211,8 @@ def resolve_orchestrator(ref: Any) -> Orchestrator:
     if isinstance(ref, Activity):
         raise DefinitionError(
             f"{ref.name!r} is an activity; call it with ctx.call_activity, not "
-            "ctx.call_sub_orchestrator"
+            "ctx.call_sub_orchestrator",
+            activity=ref.name,
         )
     raise DefinitionError(
         f"ctx.call_sub_orchestrator expects an orchestrator or its name, got {ref!r}"
@@ -245,7 +252,8 @@ def bind_orchestrator_input(
         takes = f"{shown} and no input" if len(params) == 1 else shown
         source = f"{via}(...)" if via else "the call that runs it"
         raise OrchestratorInputError(
-            f"orchestrator {name!r} takes {takes}: {exc} in {source}. {_INPUT_HINTS[via]}"
+            f"orchestrator {name!r} takes {takes}: {exc} in {source}. {_INPUT_HINTS[via]}",
+            orchestrator=name,
         ) from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
@@ -268,7 +276,8 @@ class Orchestrator:
         if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
             raise DefinitionError(
                 f"orchestrator {name!r} must be a generator function (using yield ctx....) "
-                "or an async def (using await ctx....); a plain function cannot be replayed"
+                "or an async def (using await ctx....); a plain function cannot be replayed",
+                orchestrator=name,
             )
         params = list(inspect.signature(fn).parameters.values())
         if not params or params[0].kind not in (
@@ -277,7 +286,8 @@ class Orchestrator:
         ):
             raise DefinitionError(
                 f"orchestrator {name!r} must take the context as its first parameter, "
-                f"e.g. def {name}(ctx, ...)"
+                f"e.g. def {name}(ctx, ...)",
+                orchestrator=name,
             )
         self.fn = fn
         self.name: str = name

@@ -24,7 +24,7 @@ import types
 import uuid
 from typing import Any, Protocol
 
-from durable_nb.errors import DurableNbError, ResultNotStorableError
+from durable_nb.errors import ActivityLostError, ConfigurationError, ResultNotStorableError
 
 
 class ActivityExecutor(Protocol):
@@ -47,7 +47,8 @@ def unsendable_result(fn: Any, type_name: str, why: object) -> ResultNotStorable
         f"activity {name!r} returned a {type_name}, which cannot be sent back from its "
         f"worker process ({why}); return plain data (numbers, strings, lists, dicts, "
         "arrays, DataFrames), or run this activity on threads (configure(executors=...) "
-        "and %%activity --executor NAME)"
+        "and %%activity --executor NAME)",
+        activity=name,
     )
 
 
@@ -199,9 +200,11 @@ class DaskExecutor:
             else:  # distributed before 2023.9
                 self.client.register_worker_plugin(_IgnoreSigint(), name="durable_nb-ignore-sigint")
         except Exception as exc:
-            raise DurableNbError(
+            raise ConfigurationError(
                 f"could not make the Dask workers ignore the kernel's interrupt ({exc}); "
-                "start the cluster with durable_nb.executors.local_cluster() instead"
+                "start the cluster with durable_nb.executors.local_cluster() instead",
+                setting="executor",
+                value=self.client,
             ) from exc
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -221,9 +224,10 @@ class DaskExecutor:
                     # Not our doing: client.restart() or a lost worker. Fail the attempt,
                     # so the retry policy decides, instead of waiting forever.
                     outer.set_exception(
-                        DurableNbError(
+                        ActivityLostError(
                             "the Dask task was cancelled by the cluster (client.restart(), "
-                            "or its worker was lost); give the activity --retries to rerun it"
+                            "or its worker was lost); give the activity --retries to rerun it",
+                            activity=getattr(fn, "__name__", None),
                         )
                     )
                     return
@@ -313,15 +317,19 @@ def as_executor(value: Any) -> Any:
     if value == "processes":
         return ProcessExecutor()
     if isinstance(value, str):
-        raise DurableNbError(
+        raise ConfigurationError(
             f"unknown executor {value!r}: use 'threads', 'processes', a "
-            "concurrent.futures.Executor or a distributed.Client"
+            "concurrent.futures.Executor or a distributed.Client",
+            setting="executor",
+            value=value,
         )
     if type(value).__name__ == "Client" and hasattr(value, "get_executor"):
         return DaskExecutor(value)
     if callable(getattr(value, "submit", None)):
         return value
-    raise DurableNbError(
+    raise ConfigurationError(
         f"{value!r} cannot run activities: an executor needs a submit(fn, *args) method "
-        "returning a concurrent.futures.Future"
+        "returning a concurrent.futures.Future",
+        setting="executor",
+        value=value,
     )

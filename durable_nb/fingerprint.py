@@ -220,7 +220,7 @@ def value_digest(value: Any, *, scheme: int = KEY_SCHEME) -> str:
 
         return "j" + str(joblib.hash(value))
     except RecursionError as exc:
-        raise TypeError("value is nested too deeply to fingerprint") from exc
+        raise FingerprintError("value is nested too deeply to fingerprint") from exc
     return digest_bytes(b"".join(out))
 
 
@@ -244,5 +244,6 @@ def _one(owner: str, where: str, value: Any, scheme: int) -> str:
         raise FingerprintError(
             f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
             f"({type(exc).__name__}: {exc}). Pass plain data (numbers, strings, lists, dicts, "
-            "numpy arrays, DataFrames) or an identifier the activity can resolve itself."
+            "numpy arrays, DataFrames) or an identifier the activity can resolve itself.",
+            argument=where,
         ) from exc

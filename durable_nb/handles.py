@@ -42,7 +42,7 @@ class InstanceHandle:
             from durable_nb.widgets import show_final_summary
 
             show_final_summary(progress)  # in this cell: the one that started it is over
-        return unwrap(outcome)
+        return unwrap(outcome, self.instance_id)
 
     def done(self) -> bool:
         return self._task.done()
@@ -53,9 +53,10 @@ class InstanceHandle:
         if not self._task.done():
             raise InstanceNotFinishedError(
                 f"instance {self.instance_id!r} is still running; await the handle or "
-                "check handle.done() first"
+                "check handle.done() first",
+                instance_id=self.instance_id,
             )
-        return unwrap(self._task.result())
+        return unwrap(self._task.result(), self.instance_id)
 
     def status(self) -> InstanceRecord:
         """The stored record: status, custom status, counts, times."""
@@ -97,12 +98,15 @@ def interrupted_message(runtime: Runtime, instance_id: str) -> str:
     )
 
 
-def unwrap(outcome: Outcome) -> Any:
+def unwrap(outcome: Outcome, instance_id: str | None = None) -> Any:
+    """The output of a run, or the error it ended with."""
     __tracebackhide__ = True
     if outcome.status == "terminated":
         raise InstanceTerminatedError(
             f"the instance was {outcome.message}; run it again to resume it, or pass "
-            "fresh=True to start over"
+            "fresh=True to start over",
+            instance_id=instance_id,
+            status=outcome.status,
         )
     if outcome.failure is not None:
         failure = outcome.failure

@@ -12,7 +12,15 @@ import time
 from typing import Any
 
 from durable_nb import history
-from durable_nb.errors import DurableNbError, InstanceNotFoundError
+from durable_nb.definitions import Orchestrator, find_orchestrator
+from durable_nb.errors import (
+    ConfigurationError,
+    DurableNbError,
+    InstanceFinishedError,
+    InstanceInputMissingError,
+    InstanceNotFoundError,
+    OrchestratorNotFoundError,
+)
 from durable_nb.leases import holder_alive
 from durable_nb.store import CheckpointStore, InstanceRecord
 
@@ -26,14 +34,18 @@ def parse_age(text: str) -> float:
     """Seconds in ``90``, ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``."""
     match = _AGE.match(text)
     if match is None:
-        raise ValueError(f"an age looks like 90s, 15m, 2h, 7d or 1w; got {text!r}")
+        raise ConfigurationError(
+            f"an age looks like 90s, 15m, 2h, 7d or 1w; got {text!r}", setting="age", value=text
+        )
     return float(match.group(1)) * _UNIT[match.group(2)]
 
 
 def _record(store: CheckpointStore, instance_id: str) -> InstanceRecord:
     record = store.get_instance(instance_id)
     if record is None:
-        raise InstanceNotFoundError(f"no instance {instance_id!r} in {store.location}")
+        raise InstanceNotFoundError(
+            f"no instance {instance_id!r} in {store.location}", instance_id=instance_id
+        )
     return record
 
 
@@ -45,28 +57,65 @@ def is_running(store: CheckpointStore, instance_id: str) -> bool:
 def raise_event(store: CheckpointStore, instance_id: str, name: str, value: Any = None) -> None:
     """Deliver an event to an instance, running or not; it waits in the store until used."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"an event name must be a non-empty string, got {name!r}")
+        raise ConfigurationError(
+            f"an event name must be a non-empty string, got {name!r}",
+            setting="name",
+            value=name,
+            instance_id=instance_id,
+        )
     record = _record(store, instance_id)
     if record.status in FINISHED:
-        raise DurableNbError(
+        raise InstanceFinishedError(
             f"instance {instance_id!r} is {record.status}; an event raised now would never "
-            "be received"
+            "be received",
+            instance_id=instance_id,
+            status=record.status,
         )
     try:
         store.append(instance_id, [history.EventRaised(time.time(), name, value)])
     except Exception as exc:
         if isinstance(exc, DurableNbError):
             raise
-        raise DurableNbError(
+        raise ConfigurationError(
             f"could not raise event {name!r} to {instance_id!r}: the value of type "
-            f"{type(value).__qualname__} cannot be stored ({exc}); send plain data"
+            f"{type(value).__qualname__} cannot be stored ({exc}); send plain data",
+            setting="value",
+            value=value,
+            instance_id=instance_id,
         ) from exc
+
+
+def rewind_target(store: CheckpointStore, instance_id: str) -> tuple[Orchestrator, dict[str, Any]]:
+    """What a rewind of the instance runs: its orchestrator, defined in this kernel, and
+    its stored input."""
+    record = _record(store, instance_id)
+    orch = find_orchestrator(record.orchestrator)
+    if orch is None:
+        raise OrchestratorNotFoundError(
+            f"cannot rewind {instance_id!r}: orchestrator {record.orchestrator!r} is not "
+            "defined in this kernel; run its %%orchestrator cell first",
+            orchestrator=record.orchestrator,
+            instance_id=instance_id,
+        )
+    if record.input is None:
+        raise InstanceInputMissingError(
+            f"cannot rewind {instance_id!r}: its input was not stored (it could not be "
+            "pickled); call the orchestrator again with the same arguments instead",
+            instance_id=instance_id,
+            status=record.status,
+        )
+    return orch, dict(record.input)
 
 
 def request(store: CheckpointStore, instance_id: str, action: str, reason: str = "") -> str:
     """Ask an instance to terminate, suspend or resume; returns what happened."""
     if action not in ACTIONS:
-        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+        raise ConfigurationError(
+            f"action must be one of {ACTIONS}, got {action!r}",
+            setting="action",
+            value=action,
+            instance_id=instance_id,
+        )
     record = _record(store, instance_id)
     if record.status in FINISHED:
         return f"{instance_id} is already {record.status}; nothing to {action}"

@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb import interrupts, management
 from durable_nb.blocking import block_on, refuse_original_nest_asyncio
-from durable_nb.definitions import find_orchestrator
 from durable_nb.engine import Outcome
 from durable_nb.engine.awaited import runs_an_orchestrator
 from durable_nb.engine.runaway import RUNAWAY_CALLS
 from durable_nb.errors import (
-    DurableNbError,
+    EventLoopError,
     FingerprintError,
     InstanceBusyError,
-    InstanceNotFoundError,
 )
 from durable_nb.execution import Execution
 from durable_nb.finality import changes_since_completed, input_digest
@@ -30,6 +28,7 @@ from durable_nb.handles import InstanceHandle, interrupted_message, unwrap, user
 from durable_nb.history import Status
 from durable_nb.progress import Progress
 from durable_nb.resources import DEFAULT_MAX_WORKERS, Resources
+from durable_nb.settings import check_instance_id, check_settings
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 
 if TYPE_CHECKING:
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_MODES = ("auto", "widget", "text", "none")
 
 
 class Runtime:
@@ -84,24 +81,18 @@ class Runtime:
         runaway_calls: int | None = None,
     ) -> None:
         """Change where checkpoints live, how activities run and how progress shows."""
+        check_settings(
+            progress=progress,
+            max_workers=max_workers,
+            max_in_flight=max_in_flight,
+            busy_timeout=busy_timeout,
+            runaway_calls=runaway_calls,
+        )
         if runaway_calls is not None:
-            if isinstance(runaway_calls, bool) or not isinstance(runaway_calls, int):
-                raise TypeError(
-                    "runaway_calls must be a whole number of calls (0 turns the check off), "
-                    f"got {runaway_calls!r}"
-                )
-            if runaway_calls < 0:
-                raise ValueError(
-                    f"runaway_calls must be >= 0 (0 turns the check off), got {runaway_calls}"
-                )
             self.runaway_calls = runaway_calls
         if busy_timeout is not None:
-            if busy_timeout < 0:
-                raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout}")
             self.busy_timeout = float(busy_timeout)
         if progress is not None:
-            if progress not in PROGRESS_MODES:
-                raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}")
             self.progress_mode = progress
         if store is not None:
             if self._store is not None:
@@ -115,12 +106,8 @@ class Runtime:
         for name, value in (executors or {}).items():
             self.resources.set_executor(value, name)
         if max_workers is not None:
-            if max_workers < 1:
-                raise ValueError(f"max_workers must be >= 1, got {max_workers}")
             self.resources.max_workers = max_workers
         if max_in_flight is not None:
-            if max_in_flight < 1:
-                raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
             self.resources.max_in_flight = max_in_flight
 
     @property
@@ -154,9 +141,7 @@ class Runtime:
             instance_id = next(
                 (found for found in ids[1:] if self.store.get_instance(found)), ids[0]
             )
-        elif not isinstance(instance_id, str) or not instance_id:
-            raise ValueError(f"instance_id must be a non-empty string, got {instance_id!r}")
-        return arguments, instance_id
+        return arguments, check_instance_id(instance_id)
 
     def _launch(
         self,
@@ -176,7 +161,8 @@ class Runtime:
             if refused and "running" in refused[0]:
                 raise InstanceBusyError(
                     f"instance {instance_id!r} is running in another kernel; fresh=True "
-                    "cannot start it over while it runs"
+                    "cannot start it over while it runs",
+                    instance_id=instance_id,
                 )
         if self.store.get_instance(instance_id) is None:
             # The record exists from the start, so status() and raise_event() work in
@@ -217,7 +203,8 @@ class Runtime:
             raise InstanceBusyError(
                 f"instance {instance_id!r} is running in this process; fresh=True cannot "
                 "start it over while it runs: cancel it (handle.cancel(), or interrupt the "
-                "cell awaiting it) or wait for it to end, then start it fresh"
+                "cell awaiting it) or wait for it to end, then start it fresh",
+                instance_id=instance_id,
             )
         execution = self._executions.get(instance_id)
         if execution is not None:
@@ -230,7 +217,8 @@ class Runtime:
                 what = f"orchestrator {other!r}" if other != orch.name else "another input"
                 raise InstanceBusyError(
                     f"instance {instance_id!r} is running in this process with {what}; "
-                    "wait for it to end, or choose another instance_id"
+                    "wait for it to end, or choose another instance_id",
+                    instance_id=instance_id,
                 )
         return running
 
@@ -304,7 +292,8 @@ class Runtime:
         running = self._active.get(instance_id)
         if running is not None and not running.done():
             raise InstanceBusyError(
-                f"sub-orchestration {instance_id!r} is already running in this kernel"
+                f"sub-orchestration {instance_id!r} is already running in this kernel",
+                instance_id=instance_id,
             )
         progress = parent.progress.child(call.orchestrator.name, instance_id)
         task = asyncio.ensure_future(
@@ -337,25 +326,14 @@ class Runtime:
     def rewind(self, instance_id: str) -> InstanceHandle:
         """Run a failed (or terminated, or interrupted) instance again in the background:
         every success is replayed, the failures run again."""
-        record = self.store.get_instance(instance_id)
-        if record is None:
-            raise InstanceNotFoundError(f"no instance {instance_id!r} in {self.store.location}")
-        orch = find_orchestrator(record.orchestrator)
-        if orch is None:
-            raise DurableNbError(
-                f"cannot rewind {instance_id!r}: orchestrator {record.orchestrator!r} is not "
-                "defined in this kernel; run its %%orchestrator cell first"
-            )
-        if record.input is None:
-            raise DurableNbError(
-                f"cannot rewind {instance_id!r}: its input was not stored (it could not be "
-                "pickled); call the orchestrator again with the same arguments instead"
-            )
+        orch, arguments = management.rewind_target(self.store, instance_id)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            raise DurableNbError("rewind needs a running event loop, as in a kernel") from None
-        task = self._launch(orch, dict(record.input), instance_id, fresh=False, background=True)
+            raise EventLoopError(
+                "rewind needs a running event loop, as in a kernel", instance_id=instance_id
+            ) from None
+        task = self._launch(orch, arguments, instance_id, fresh=False, background=True)
         return InstanceHandle(instance_id, task, self)
 
     def _forget(self, instance_id: str, task: asyncio.Task[Outcome]) -> None:
@@ -384,7 +362,7 @@ class Runtime:
                 if by_ctrl_c():  # Ctrl-C outside a kernel (terminal IPython)
                     raise KeyboardInterrupt(message) from None
                 raise asyncio.CancelledError(message) from None
-        return unwrap(outcome)
+        return unwrap(outcome, instance_id)
 
     def run_blocking(
         self,
@@ -422,7 +400,7 @@ class Runtime:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            raise DurableNbError(
+            raise EventLoopError(
                 f"{orch.name}.start() needs a running event loop, as in a Jupyter kernel; "
                 f"in a script use {orch.name}.run(...) or await {orch.name}(...)"
             ) from None

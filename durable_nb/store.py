@@ -219,7 +219,10 @@ class DiskCacheStore:
         import diskcache
 
         if serializer not in SERIALIZERS:
-            raise StoreError(f"serializer must be one of {SERIALIZERS}, got {serializer!r}")
+            raise StoreError(
+                f"serializer must be one of {SERIALIZERS}, got {serializer!r}",
+                location=None if directory is None else str(directory),
+            )
         self.serializer = serializer
         self._dumps: Callable[[Any], bytes] = _json_dumps if serializer == "json" else _pickle_dumps
         self._loads: Callable[[bytes], Any] = json.loads if serializer == "json" else pickle.loads
@@ -238,13 +241,15 @@ class DiskCacheStore:
         except (OSError, diskcache.Timeout) as exc:
             raise StoreError(
                 f"cannot open the checkpoint store at {self.location}: {exc}. "
-                f"Check the folder exists and is writable, or point {STORE_ENV} elsewhere."
+                f"Check the folder exists and is writable, or point {STORE_ENV} elsewhere.",
+                location=self.location,
             ) from exc
         except Exception as exc:  # sqlite3.DatabaseError on a damaged file
             raise StoreError(
                 f"the checkpoint store at {self.location} cannot be read ({exc}). "
                 f"`durable-nb doctor --store {self.location}` tells more; moving the folder "
-                "aside starts afresh (checkpointed work then runs again)."
+                "aside starts afresh (checkpointed work then runs again).",
+                location=self.location,
             ) from exc
         self.versions = open_versions(
             self._cache,

@@ -28,7 +28,8 @@ def check_private(path: Path) -> None:
             f"the checkpoint store at {path.resolve()} can be written by other users "
             f"(mode {mode:o}, owner uid {info.st_uid}); whoever can write there could make "
             "this kernel run their code when it loads checkpoints. If you trust its "
-            f"contents, make it yours and private (chmod 700 {path}), or use another folder."
+            f"contents, make it yours and private (chmod 700 {path}), or use another folder.",
+            location=str(path.resolve()),
         )
     if mode & 0o077:
         path.chmod(0o700)  # readable by others: ours, so make it private

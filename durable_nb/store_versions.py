@@ -64,20 +64,23 @@ def open_versions(
     elif not isinstance(found, int) or found > FORMAT_VERSION:
         raise StoreError(
             f"the checkpoint store at {location} has format {found!r}, newer than "
-            f"this durable_nb understands ({FORMAT_VERSION}); upgrade durable_nb."
+            f"this durable_nb understands ({FORMAT_VERSION}); upgrade durable_nb.",
+            location=location,
         )
     stored = cache.get("serializer", "pickle")
     if stored != serializer:
         raise StoreError(
             f"the checkpoint store at {location} was written with the {stored} "
-            f"serializer; open it with serializer={stored!r}, or use another folder"
+            f"serializer; open it with serializer={stored!r}, or use another folder",
+            location=location,
         )
     newer = [scheme for scheme in schemes_found if scheme > KEY_SCHEME]
     if newer:
         raise StoreError(
             f"the checkpoint store at {location} holds results keyed by key scheme "
             f"{max(newer)}, newer than this durable_nb understands ({KEY_SCHEME}); "
-            "upgrade durable_nb"
+            "upgrade durable_nb",
+            location=location,
         )
     if found == 1:
         _upgrade_from_format_1(cache, tables, dumps, epoch_of)

@@ -133,18 +133,21 @@ class StoreTables:
             )
             raise StoreError(
                 f"the checkpoint store database {self._database} could not be used ({exc}): "
-                f"{advice}. Results checkpointed before are kept."
+                f"{advice}. Results checkpointed before are kept.",
+                location=os.path.dirname(self._database),
             ) from exc
         except sqlite3.DataError as exc:
             raise StoreError(
                 f"the checkpoint store database {self._database} refused a value ({exc}); "
                 "return smaller results from each activity, or arrays and frames, which "
-                "are stored in files of their own"
+                "are stored in files of their own",
+                location=os.path.dirname(self._database),
             ) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"the checkpoint store database {self._database} is damaged ({exc}); "
-                f"`durable-nb doctor --store {os.path.dirname(self._database)}` tells what to do"
+                f"`durable-nb doctor --store {os.path.dirname(self._database)}` tells what to do",
+                location=os.path.dirname(self._database),
             ) from exc
 
     # ------------------------------------------------------------ history

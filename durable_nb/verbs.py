@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
-from durable_nb.errors import DurableNbError, InstanceNotFoundError
+from durable_nb.errors import InstanceNotFoundError, VerbUsageError
 from durable_nb.report import list_instances_text, show_instance_text
 from durable_nb.store import CheckpointStore
 
@@ -26,10 +26,6 @@ STATUSES = (
     "terminated",
     "continued_as_new",
 )
-
-
-class VerbUsageError(DurableNbError):
-    """A management verb was called with arguments that do not fit."""
 
 
 def _age(text: str) -> float:
@@ -103,10 +99,15 @@ def run_verb(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime 
     handler = _HANDLERS[args.verb]
     try:
         return handler(args, store, runtime)
-    except InstanceNotFoundError:
+    except (InstanceNotFoundError, VerbUsageError):
         raise
-    except ValueError as exc:
-        raise VerbUsageError(str(exc)) from None
+    except ValueError as exc:  # a ConfigurationError keeps its context
+        raise VerbUsageError(
+            str(exc),
+            setting=getattr(exc, "setting", None),
+            value=getattr(exc, "value", None),
+            instance_id=getattr(exc, "instance_id", None),
+        ) from None
 
 
 def _list(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
@@ -126,7 +127,9 @@ def _selected(args: argparse.Namespace, store: CheckpointStore) -> list[Any]:
 def _show(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
     record = store.get_instance(args.instance_id)
     if record is None:
-        raise InstanceNotFoundError(f"no instance {args.instance_id!r} in {store.location}")
+        raise InstanceNotFoundError(
+            f"no instance {args.instance_id!r} in {store.location}", instance_id=args.instance_id
+        )
     return show_instance_text(record, store.read_history(args.instance_id))
 
 

@@ -79,7 +79,7 @@ def test_run_under_the_original_nest_asyncio_refuses_and_queued_cells_run(
         assert_queued_cells_ran(second, third)
         error = run.error
         assert error is not None, run.describe()
-        assert error["ename"] == "DurableNbError", run.describe()
+        assert error["ename"] == "EventLoopError", run.describe()
         message = error["evalue"]
         assert "nest_asyncio" in message and "await total(...)" in message, message
         assert "nest_asyncio2.apply()" in message, message
@@ -88,7 +88,7 @@ def test_run_under_the_original_nest_asyncio_refuses_and_queued_cells_run(
         # as after any failing cell, or run if they reached the kernel after the abort
         # window), not lost; the kernel goes on.
         run, second, third = run_with_two_queued(k, "result = total.run(5)")
-        assert run.error is not None and run.error["ename"] == "DurableNbError"
+        assert run.error is not None and run.error["ename"] == "EventLoopError"
         assert {second.status, third.status} <= {"aborted", "ok"}, (second, third)
         # Nothing was started, and the awaited form works.
         assert k.eval("await total(5)", timeout=CELL_TIMEOUT) == 20
