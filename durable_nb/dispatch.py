@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from durable_nb import history
 from durable_nb.errors import (
     ActivityArgumentsError,
+    ActivityInterruptError,
     ActivityTimeoutError,
     DurableNbError,
     add_note,
@@ -214,7 +215,12 @@ class Dispatcher:
         call = attempt.call
         error = ActivityTimeoutError(
             f"activity {call.activity.name!r} (instance {self._instance_id}, call {call.key}) "
-            f"attempt {attempt.number} ran longer than its timeout of {timeout:g} s"
+            f"attempt {attempt.number} ran longer than its timeout of {timeout:g} s",
+            activity=call.activity.name,
+            call=call.key,
+            attempt=attempt.number,
+            timeout=timeout,
+            instance_id=self._instance_id,
         )
         if isinstance(attempt.handle, asyncio.Task):
             attempt.handle.cancel()
@@ -248,7 +254,7 @@ class Dispatcher:
         first_started = self._first_started.get(call.key, now)
         error = self._explain_bad_arguments(call, error)
         retry = options.should_retry(error, attempt.number, first_started, now)
-        error = _as_activity_error(error, name)
+        error = _as_activity_error(error, call, attempt.number, self._instance_id)
         if retry:
             delay = options.delay_before(attempt.number + 1)
             kind, text = type(error).__name__, str(error)
@@ -278,7 +284,10 @@ class Dispatcher:
         explained = ActivityArgumentsError(
             f"activity {call.activity.name!r} (instance {self._instance_id}, call "
             f"{call.key}) cannot take the arguments it was called with: {why}. Fix the "
-            "ctx.call_activity(...) call in the orchestrator, or the activity's signature."
+            "ctx.call_activity(...) call in the orchestrator, or the activity's signature.",
+            activity=call.activity.name,
+            call=call.key,
+            instance_id=self._instance_id,
         )
         explained.__cause__ = error
         return explained
@@ -339,14 +348,21 @@ class Dispatcher:
                     self._keep_if_success(attempt, handle)
 
 
-def _as_activity_error(exc: BaseException, name: str) -> BaseException:
+def _as_activity_error(
+    exc: BaseException, call: ScheduledCall, attempt: int, instance_id: str
+) -> BaseException:
     """KeyboardInterrupt or SystemExit raised *inside* an activity are failures of that
     activity, not signals to this process; everything else is passed through as is."""
     if isinstance(exc, Exception):
         return exc
-    error = DurableNbError(
+    name = call.activity.name
+    error = ActivityInterruptError(
         f"activity {name!r} raised {type(exc).__name__}; activities must signal failure "
-        "with an Exception, so it was recorded as a failure"
+        "with an Exception, so it was recorded as a failure",
+        activity=name,
+        call=call.key,
+        attempt=attempt,
+        instance_id=instance_id,
     )
     error.__cause__ = exc
     return error

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import KEY_SCHEME
+from durable_nb.history import Status
 from durable_nb.leases import describe, holder_alive
 from durable_nb.store import DiskCacheStore, InstanceRecord
 from durable_nb.store_versions import FORMAT_VERSION, peek_versions
@@ -158,15 +159,15 @@ def diagnose(folder: Path, fix: bool = False) -> Report:
                     store.swap_lease(record.instance_id, lease["owner"], None)
                     text += "; lease released"
                 report.add("warn", text + ("" if fix else "; `doctor --fix` releases it"))
-            if record.status in ("running", "suspended") and (
+            if record.status in (Status.RUNNING, Status.SUSPENDED) and (
                 lease is None or not holder_alive(lease, now)
             ):
                 text = (
                     f"{record.instance_id} is marked {record.status} but no kernel runs it "
                     "(it died); rerun its cell to resume"
                 )
-                if fix and record.status == "running":
-                    record.status = "interrupted"
+                if fix and record.status == Status.RUNNING:
+                    record.status = Status.INTERRUPTED.value
                     store.put_instance(record)
                     text += "; marked interrupted"
                 report.add("warn", text)

@@ -22,6 +22,7 @@ from durable_nb import history
 from durable_nb.definitions import find_activity, find_orchestrator
 from durable_nb.errors import FingerprintError
 from durable_nb.fingerprint import KEY_SCHEME, SCHEMES, arguments_digest
+from durable_nb.history import Status
 
 if TYPE_CHECKING:
     from durable_nb.definitions import Activity, Orchestrator
@@ -91,7 +92,7 @@ def changes_since_completed(
     complete, its output could not be kept, or the input cannot be digested).
     ``caller_input`` is :func:`input_digest` of ``arguments``, already computed by the
     caller (None: it could not be)."""
-    if record.status != "completed" or caller_input is None:
+    if record.status != Status.COMPLETED or caller_input is None:
         return None
     made_of = record.completed_with or _read_off_history(read_history(record.instance_id))
     if made_of is None or made_of["scheme"] not in SCHEMES:

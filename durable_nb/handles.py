@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb.engine import Outcome
 from durable_nb.errors import InstanceNotFinishedError, InstanceTerminatedError
+from durable_nb.history import Status
 from durable_nb.store import InstanceRecord
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def interrupted_message(runtime: Runtime, instance_id: str) -> str:
 def unwrap(outcome: Outcome, instance_id: str | None = None) -> Any:
     """The output of a run, or the error it ended with."""
     __tracebackhide__ = True
-    if outcome.status == "terminated":
+    if outcome.status == Status.TERMINATED:
         raise InstanceTerminatedError(
             f"the instance was {outcome.message}; run it again to resume it, or pass "
             "fresh=True to start over",

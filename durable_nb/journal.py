@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
-from durable_nb.errors import DurableNbError, ResultNotStorableError, StoreError
+from durable_nb.errors import InstanceConflictError, ResultNotStorableError, StoreError
 from durable_nb.history import Status
 from durable_nb.progress import Progress
 from durable_nb.store import CheckpointStore, InstanceRecord, shared_digest
@@ -178,7 +178,9 @@ class Journal:
             raise StoreError(
                 f"could not write the checkpoints of instance {self.instance_id!r} to "
                 f"{self.store.location}: {exc}. Results checkpointed before are kept; fix "
-                "the store (disk space, permissions) and rerun to resume."
+                "the store (disk space, permissions) and rerun to resume.",
+                location=str(self.store.location),
+                instance_id=self.instance_id,
             ) from exc
         self.chunks += 1
         self._share.difference_update(share)
@@ -203,17 +205,18 @@ class Journal:
         for event in chunk:
             if not isinstance(event, (history.TaskCompleted, history.SubOrchestrationCompleted)):
                 continue
-            try:
-                pickle.dumps(event.result, protocol=pickle.HIGHEST_PROTOCOL)
-                if not self.store.storable(event.result):
-                    raise TypeError(f"{type(event.result).__qualname__} is not JSON data")
-            except Exception as why:
-                name = getattr(event, "activity", None) or getattr(event, "instance_id", "?")
+            why = _why_unstorable(event.result, self.store)
+            if why is not None:
+                activity = getattr(event, "activity", None)
+                name = activity or getattr(event, "instance_id", "?")
                 error = ResultNotStorableError(
                     f"{name!r} (instance {self.instance_id}, call {event.key}) returned a "
                     f"{type(event.result).__qualname__}, which cannot be checkpointed ({why}); "
                     "return plain data (numbers, strings, lists, dicts, arrays, DataFrames) "
-                    "instead"
+                    "instead",
+                    activity=activity,
+                    call=event.key,
+                    instance_id=self.instance_id,
                 )
                 if isinstance(event, history.TaskCompleted):
                     replaced[id(event)] = history.TaskFailed(
@@ -247,10 +250,13 @@ class Journal:
         if record is None:
             record = InstanceRecord(self.instance_id, orchestrator, created_at=now)
         elif record.orchestrator != orchestrator:
-            raise DurableNbError(
+            raise InstanceConflictError(
                 f"instance id {self.instance_id!r} belongs to orchestrator "
                 f"{record.orchestrator!r}, not {orchestrator!r}; choose another "
-                "instance_id or purge the old instance (%durable purge ID)"
+                "instance_id or purge the old instance (%durable purge ID)",
+                instance_id=self.instance_id,
+                orchestrator=orchestrator,
+                owner=record.orchestrator,
             )
         record.runs += 1
         record.status, record.started_at, record.updated_at = Status.RUNNING.value, now, now
@@ -314,3 +320,14 @@ class Journal:
             if not self.store.storable(record.input):
                 record.input = None
             self.store.put_instance(record)
+
+
+def _why_unstorable(value: Any, store: CheckpointStore) -> str | None:
+    """Why ``value`` cannot be checkpointed in ``store``, or None if it can."""
+    try:
+        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return str(exc)
+    if not store.storable(value):
+        return f"{type(value).__qualname__} is not JSON data"
+    return None

@@ -88,7 +88,8 @@ class LeaseKeeper:
                 raise InstanceBusyError(
                     f"instance {self.instance_id!r} is being run by {describe(current, now)}; "
                     "wait for that run to end, or stop that kernel (its lease is taken over "
-                    f"{self.ttl:g} s after its last heartbeat)"
+                    f"{self.ttl:g} s after its last heartbeat)",
+                    instance_id=self.instance_id,
                 )
             if current is not None:
                 logger.info("taking over the lease of %s from %s", self.instance_id, current)
@@ -98,7 +99,8 @@ class LeaseKeeper:
                 self.held, self._last_renewal = True, now
                 return
         raise InstanceBusyError(
-            f"instance {self.instance_id!r}: could not take its lease (others keep taking it)"
+            f"instance {self.instance_id!r}: could not take its lease (others keep taking it)",
+            instance_id=self.instance_id,
         )
 
     def renew_if_due(self) -> bool:

@@ -21,11 +21,18 @@ from durable_nb.errors import (
     InstanceNotFoundError,
     OrchestratorNotFoundError,
 )
+from durable_nb.history import Status
 from durable_nb.leases import holder_alive
 from durable_nb.store import CheckpointStore, InstanceRecord
 
 ACTIONS = ("terminate", "suspend", "resume")
-FINISHED = ("completed", "failed", "terminated")
+FINISHED = tuple(s.value for s in Status if s.is_final)
+# What a request makes of an instance nobody runs (a later run honours suspend/resume).
+_STATUS_AFTER = {
+    "terminate": Status.TERMINATED,
+    "suspend": Status.SUSPENDED,
+    "resume": Status.PENDING,
+}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -125,7 +132,7 @@ def request(store: CheckpointStore, instance_id: str, action: str, reason: str =
     if is_running(store, instance_id):
         return f"asked the running {instance_id} to {action}"
     # Nobody runs it: the record says so at once; a later run honours suspend/resume.
-    record.status = {"terminate": "terminated", "suspend": "suspended", "resume": "pending"}[action]
+    record.status = _STATUS_AFTER[action].value
     record.updated_at = time.time()
     if action == "terminate":
         record.error = f"terminated: {reason or 'requested'}"
@@ -175,11 +182,11 @@ def rewind(store: CheckpointStore, instance_id: str) -> str:
     """Without a kernel: mark a failed, terminated or interrupted instance as pending, so
     that the next run of its notebook cell resumes it (successes replay, failures rerun)."""
     record = _record(store, instance_id)
-    if record.status not in ("failed", "terminated", "interrupted"):
+    if record.status not in (Status.FAILED, Status.TERMINATED, Status.INTERRUPTED):
         return (
             f"{instance_id} is {record.status}; only failed, terminated or interrupted ones rewind"
         )
-    record.status, record.error, record.updated_at = "pending", None, time.time()
+    record.status, record.error, record.updated_at = Status.PENDING.value, None, time.time()
     store.put_instance(record)
     return (
         f"{instance_id} is pending again; run its notebook cell (or %durable rewind in the "

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from durable_nb import history
 from durable_nb.engine import Outcome, SubOrchestrationCall, TimerCall
-from durable_nb.errors import InstanceBusyError, add_note
+from durable_nb.errors import SubOrchestrationEndedError, add_note
 from durable_nb.history import Status
 from durable_nb.progress import Progress
 
@@ -94,9 +94,11 @@ class ChildRuns:
             return
         if error is None:
             assert outcome is not None
-            error = outcome.failure or InstanceBusyError(
+            error = outcome.failure or SubOrchestrationEndedError(
                 f"sub-orchestration {call.instance_id!r} of instance {self._parent_id!r} "
-                f"ended as {outcome.status}: {outcome.message}"
+                f"ended as {outcome.status}: {outcome.message}",
+                instance_id=call.instance_id,
+                status=outcome.status.value,
             )
         add_note(error, f"durable_nb: in sub-orchestration {call.instance_id}")
         self._post(

@@ -215,7 +215,7 @@ class Progress:
 
     def finish(self, status: str, message: str = "") -> None:
         """The run ended; listeners are always told."""
-        self.status, self.message = status, message
+        self.status, self.message = str(status), message  # a Status is stored as its value
         self.finished = self._clock()
         self._notify()
 

@@ -87,6 +87,8 @@ class RecordValues:
         data: dict[str, Any] = {}
         for name in (f.name for f in dataclasses.fields(record)):
             value = raw_field(record, name) if name in RECORD_FIELDS else getattr(record, name)
+            if name == "status":
+                value = str(value)  # the plain value, even if given a Status
             if name in RECORD_FIELDS:
                 key = self._large_key(prefix, name, value, history_refs)
                 if key is not None:

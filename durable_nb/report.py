@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
 
+from durable_nb.history import Status
 from durable_nb.store import InstanceRecord
 
 
@@ -61,7 +62,7 @@ def show_instance_text(record: InstanceRecord, events: Sequence[Any]) -> str:
         lines.append(f"custom status: {record.custom_status!r}")
     if record.error:
         lines.append(f"error:         {record.error}")
-    if record.status == "completed":
+    if record.status == Status.COMPLETED:
         lines.append(f"output:        {repr(record.output)[:200]}")
     per_activity: dict[str, dict[str, int]] = {}
     for event in events:

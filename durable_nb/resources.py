@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from durable_nb.errors import DurableNbError
+from durable_nb.errors import ConfigurationError
 from durable_nb.executors import as_executor
 
 if TYPE_CHECKING:
@@ -201,9 +201,11 @@ class Resources:
             found = as_executor("processes")
         else:
             known = ", ".join(sorted({DEFAULT, "processes", *self._executors}))
-            raise DurableNbError(
+            raise ConfigurationError(
                 f"no executor named {name!r} (known: {known}); register it with "
-                f"durable_nb.configure(executors={{{name!r}: ...}})"
+                f"durable_nb.configure(executors={{{name!r}: ...}})",
+                setting="executor",
+                value=name,
             )
         self._executors[name] = found
         self._made.add(name)

@@ -283,7 +283,7 @@ class Runtime:
         for name, total in (made_of.get("rows") or {"(recorded outcome)": calls}).items():
             row = progress.row(name)
             row.total = row.cached = total
-        progress.finish("completed", "the recorded outcome: completed before, nothing changed")
+        progress.finish(Status.COMPLETED, "the recorded outcome: completed before, nothing changed")
         return Outcome(Status.COMPLETED, output=record.output)
 
     async def run_child(self, parent: Execution, call: ChildCall) -> Outcome:

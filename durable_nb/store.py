@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
+from durable_nb.history import Status
 from durable_nb.record_values import RecordValues, record_tag
 from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
@@ -79,7 +80,7 @@ class InstanceRecord:
     instance_id: str
     orchestrator: str
     # pending | running | suspended | completed | failed | interrupted | terminated
-    status: str = "pending"
+    status: str = Status.PENDING.value
     created_at: float = 0.0
     updated_at: float = 0.0
     started_at: float = 0.0
@@ -106,7 +107,9 @@ class InstanceRecord:
         return f"{self.created_at!r}/{self.generation}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["status"] = str(self.status)  # the plain value, even if given a Status
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceRecord:

@@ -10,22 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
 from durable_nb.errors import InstanceNotFoundError, VerbUsageError
+from durable_nb.history import Status
 from durable_nb.report import list_instances_text, show_instance_text
 from durable_nb.store import CheckpointStore
 
 if TYPE_CHECKING:
     from durable_nb.runtime import Runtime
 
-STATUSES = (
-    "pending",
-    "running",
-    "suspended",
-    "completed",
-    "failed",
-    "interrupted",
-    "terminated",
-    "continued_as_new",
-)
+STATUSES = tuple(status.value for status in Status)
 
 
 def _age(text: str) -> float:

@@ -219,3 +219,16 @@ def test_a_batch_too_big_for_one_row_is_split_in_order(
     assert [e.key for e in s.read_history("i")] == [e.key for e in events]  # type: ignore[attr-defined]
     assert all(len(data) <= 4096 for _, data in s._tables.read(s._prefix("i")))
     s.close()
+
+
+def test_a_record_given_a_status_member_stores_the_plain_string(tmp_path: Path) -> None:
+    """Stores never depend on the Status class: a record keeps its value."""
+    from durable_nb.history import Status
+
+    store = DiskCacheStore(tmp_path / "store")
+    record = InstanceRecord("i-1", "orch", status=Status.SUSPENDED)
+    assert type(record.to_dict()["status"]) is str
+    store.put_instance(record)
+    loaded = store.get_instance("i-1")
+    assert loaded is not None and type(loaded.status) is str and loaded.status == "suspended"
+    store.close()

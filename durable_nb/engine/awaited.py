@@ -62,7 +62,9 @@ def not_a_task(name: str, instance_id: str, coroutine: Any, yielded: Any) -> Orc
         yielded.close()  # it will never run: no "never awaited" warning on top
     return OrchestratorError(
         f"orchestrator {name!r} (instance {instance_id}) waited on {what}, "
-        f"which is not a durable task; {hint}"
+        f"which is not a durable task; {hint}",
+        orchestrator=name,
+        instance_id=instance_id,
     )
 
 

@@ -27,9 +27,9 @@ from durable_nb import history
 from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.context import OrchestrationContext
 from durable_nb.engine.protocols import A, BindInput, O
-from durable_nb.engine.results import ResultBook
+from durable_nb.engine.results import ResultBook, failure_known_by_name
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
-from durable_nb.engine.step import Outcome, Step
+from durable_nb.engine.step import Outcome, Step, end_message, finished_event
 from durable_nb.engine.strict import check_position
 from durable_nb.engine.tasks import (
     ActivityCall,
@@ -209,19 +209,11 @@ class OrchestrationEngine(Generic[A, O]):
         return step
 
     def _end_message(self) -> str:
-        if self.status == Status.TERMINATED:
-            return f"terminated: {self.terminated_reason}"
-        if self.status == Status.FAILED and self.failure is not None:
-            return f"{type(self.failure).__name__}: {self.failure}"
-        return ""
+        return end_message(self.status, self.failure, self.terminated_reason)
 
     def _finished_event(self, message: str, at: float) -> history.ExecutionFinished:
-        # Strict mode's reference for the next run: the calls of a run that ended (a
-        # partial, interrupted run is no reference).
-        whole = self.strict and self.status != Status.INTERRUPTED
-        return history.ExecutionFinished(
-            at, self.status.value, message, tuple(self.calls) if whole else None
-        )
+        calls = tuple(self.calls) if self.strict else None
+        return finished_event(self.status, message, calls, at)
 
     # ------------------------------------------------------------ ctx support
 
@@ -321,7 +313,9 @@ class OrchestrationEngine(Generic[A, O]):
         if not isinstance(name, str) or not name:
             raise OrchestratorError(
                 f"orchestrator {self.name!r}: the event name must be a non-empty string, "
-                f"got {name!r}"
+                f"got {name!r}",
+                orchestrator=self.name,
+                instance_id=self.instance_id,
             )
         timer: TimerCall | None = None
         if timeout is not None:
@@ -393,7 +387,7 @@ class OrchestrationEngine(Generic[A, O]):
             return  # failures are retried on the next run, never replayed
         task = self._pending.pop(event.key, None)
         if task is not None:
-            error = event.error or RuntimeError(f"{event.error_type}: {event.message}")
+            error = event.error or failure_known_by_name(event, self.instance_id)
             task._fail(error, event.timestamp, self._position_in_history)
 
     def _on_finished(self, event: history.ExecutionFinished) -> None:

@@ -7,6 +7,10 @@ which), so a call missing under its current key is looked up again under each ol
 scheme the history holds: its key recomputed there, with the same occurrence (the
 calls of one triple are the calls of one triple in every scheme). Keys are reproduced,
 never matched by name, so an edit made during an upgrade is still seen.
+
+Failures are not results: they are retried, never replayed. A live run receives a
+failure's exception; one recorded by another process is known by name only
+(:func:`failure_known_by_name`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from durable_nb import history
+from durable_nb.errors import ActivityFailedError
 from durable_nb.fingerprint import KEY_SCHEME, SCHEMES
 
 Hit = tuple[Any, float, int]  # value, completion time, position in history
@@ -51,3 +57,15 @@ class ResultBook:
             if hit is not None:
                 break
         return hit
+
+
+def failure_known_by_name(event: history.TaskFailed, instance_id: str) -> ActivityFailedError:
+    """A failure whose exception object is not at hand (written by another process)."""
+    return ActivityFailedError(
+        f"{event.error_type}: {event.message}",
+        activity=event.activity,
+        call=event.key,
+        attempt=event.attempts,
+        error_type=event.error_type,
+        instance_id=instance_id,
+    )

@@ -48,3 +48,22 @@ class Outcome:
     failure: BaseException | None = None
     message: str = ""
     new_input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+
+def end_message(status: history.Status, failure: BaseException | None, reason: str) -> str:
+    """The message an ended run records (``ExecutionFinished.message``, the record's error)."""
+    if status == history.Status.TERMINATED:
+        return f"terminated: {reason}"
+    if status == history.Status.FAILED and failure is not None:
+        return f"{type(failure).__name__}: {failure}"
+    return ""
+
+
+def finished_event(
+    status: history.Status, message: str, calls: tuple[str, ...] | None, at: float
+) -> history.ExecutionFinished:
+    """The event that ends a run. ``calls`` (strict mode) is the next run's reference,
+    except after an interrupted run: a partial run is no reference."""
+    if status == history.Status.INTERRUPTED:
+        calls = None
+    return history.ExecutionFinished(at, status.value, message, calls)

@@ -25,5 +25,10 @@ def check_position(
         f"{name!r} at call position {position}, but the recorded run called "
         f"{reference[position]!r} there. Strict mode requires the same calls in the "
         "same order; drop strict=True to match results by call key, or start afresh "
-        "with fresh=True."
+        "with fresh=True.",
+        orchestrator=orchestrator,
+        position=position,
+        activity=name,
+        recorded=reference[position],
+        instance_id=instance_id,
     )

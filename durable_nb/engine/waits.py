@@ -27,7 +27,11 @@ def event_timeout(
     return EventTimeoutError(
         f"orchestrator {orchestrator!r} (instance {instance_id}) waited for event "
         f"{name!r} longer than its timeout ({timeout}); raise it sooner, or catch "
-        "TimeoutError in the orchestrator to go on without it"
+        "TimeoutError in the orchestrator to go on without it",
+        orchestrator=orchestrator,
+        event=name,
+        timeout=timeout,
+        instance_id=instance_id,
     )
 
 
@@ -38,7 +42,8 @@ def fire_time(when: Any, now: float, orchestrator: str) -> float:
         if when.tzinfo is None:
             raise OrchestratorError(
                 f"orchestrator {orchestrator!r}: create_timer got a naive datetime; use an "
-                "aware one, e.g. ctx.current_utc_datetime + timedelta(minutes=5)"
+                "aware one, e.g. ctx.current_utc_datetime + timedelta(minutes=5)",
+                orchestrator=orchestrator,
             )
         return when.timestamp()
     if isinstance(when, _dt.timedelta):
@@ -47,7 +52,8 @@ def fire_time(when: Any, now: float, orchestrator: str) -> float:
         return now + float(when)
     raise OrchestratorError(
         f"orchestrator {orchestrator!r}: a timer needs seconds >= 0, a timedelta or an aware "
-        f"datetime, got {when!r}"
+        f"datetime, got {when!r}",
+        orchestrator=orchestrator,
     )
 
 
