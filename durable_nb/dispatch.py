@@ -62,7 +62,7 @@ class Dispatcher:
         resources: Resources,
         progress: Progress,
         instance_id: str,
-        epoch: str,
+        history_id: str,
         post: Emit,
         note: Emit,
         keep_late: Emit,
@@ -74,7 +74,7 @@ class Dispatcher:
         self._instance_id = instance_id
         # Leftover threads are adopted only by a run on the same history: after
         # continue_as_new a call with the same key is a new call.
-        self._owner = f"{instance_id}@{epoch}"
+        self._owner = f"{instance_id}@{history_id}"
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended

@@ -137,7 +137,7 @@ class Execution:
             resources=self.runtime.resources,
             progress=self.progress,
             instance_id=self.instance_id,
-            epoch=record.epoch,
+            history_id=record.history_id,
             post=self._post,
             note=journal.buffer,
             keep_late=journal.keep_late,

@@ -42,7 +42,7 @@ class Status(str, Enum):
 _FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.TERMINATED})
 
 
-class LazyValue:
+class LargeValue:
     """A result kept outside its history chunk (a large array or DataFrame), read from
     the store only when an orchestrator receives it, and then only once."""
 

@@ -52,7 +52,7 @@ class Journal:
         self._record_dirty = False
         self.chunks = 0  # chunks of the instance: loaded and written by this run
         self._next = 0  # the number the next chunk gets if nobody else appends
-        self.epoch = ""  # the instance's epoch this run writes into (set once it is known)
+        self.history_id = ""  # the history this run writes into (set once it is known)
         self._share: set[str] = set()  # call keys whose completions are to be shared
 
     def load(self) -> list[history.Event]:
@@ -144,7 +144,7 @@ class Journal:
         of the new history is a new call, even with the same arguments. May run in a
         worker thread; its chunk is foreign to any live run."""
         try:
-            if not self.store.append_late(self.instance_id, self.epoch, [event]):
+            if not self.store.append_late(self.instance_id, self.history_id, [event]):
                 logger.info(
                     "dropped a late result of %s: its history started over", self.instance_id
                 )
@@ -265,7 +265,7 @@ class Journal:
         record.input = arguments
         self._put_record(record)
         self.record = record
-        self.epoch = record.epoch
+        self.history_id = record.history_id
         return record
 
     def set_status(self, status: Status) -> None:

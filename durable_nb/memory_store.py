@@ -62,11 +62,13 @@ class MemoryStore:
         found = {d: self.find_shared(activity, d, newer_than) for d in digests}
         return {digest: shared for digest, shared in found.items() if shared is not None}
 
-    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
+    def append_late(
+        self, instance_id: str, history_id: str, events: Sequence[history.Event]
+    ) -> bool:
         chunk = [history.encode(event) for event in events]
         with self._lock:
             data = self._records.get(instance_id)
-            if data is None or InstanceRecord.from_dict(dict(data)).epoch != epoch:
+            if data is None or InstanceRecord.from_dict(dict(data)).history_id != history_id:
                 return False
             self._chunks.setdefault(instance_id, []).append(chunk)
         return True

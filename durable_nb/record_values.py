@@ -5,9 +5,9 @@ whenever it changes (at each step's flush, at the end of a run). One of at least
 ``LARGE_RESULT_BYTES`` (estimated) goes to a file of its own, as large activity results
 do, and the record holds a :class:`LargeRef` to it:
 
-* A record's own value file has the key ``"<prefix>:v:record:<random>"`` and the tag
-  ``"<prefix>:r"``: a purge evicts the tag. It is written once: the record then holds
-  it as a loaded :class:`StoredValue`, and writing the record again refers to the same
+* A record's own value file has the key ``"<stream>:v:record:<random>"`` and the tag
+  ``"<stream>:r"``: a purge evicts the tag. It is written once: the record then holds
+  it as a loaded :class:`LargeValueFile`, and writing the record again refers to the same
   file. When a write replaces the record, the files the old record referred to and the
   new one does not are deleted.
 * An output or custom status that *is* a large value of the instance's own history
@@ -16,7 +16,7 @@ do, and the record holds a :class:`LargeRef` to it:
   The history's files go with a purge or a new generation; the record written with a
   new generation (``reset_history``) refers to no history file, so a reference
   cannot outlive its file.
-* Reading a record puts a :class:`StoredValue` in each such field, loaded when the
+* Reading a record puts a :class:`LargeValueFile` in each such field, loaded when the
   field is read (:class:`~durable_nb.store_values.LazyField`): a list or a status never
   loads a large output.
 
@@ -37,7 +37,7 @@ from durable_nb import history
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
     LargeRef,
-    StoredValue,
+    LargeValueFile,
     estimate_size,
     raw_field,
     set_raw_field,
@@ -48,9 +48,9 @@ RECORD_FIELDS = ("input", "output", "custom_status")
 _RECORD_KEY = ":v:record:"
 
 
-def record_tag(prefix: str) -> str:
-    """The tag of an instance's record value files (its history's are ``prefix:v``)."""
-    return prefix + ":r"
+def record_tag(stream: str) -> str:
+    """The tag of an instance's record value files (its history's are ``stream:v``)."""
+    return stream + ":r"
 
 
 class RecordValues:
@@ -65,7 +65,7 @@ class RecordValues:
     ) -> None:
         self._cache, self._dumps, self._loads, self._json = cache, dumps, loads, json
         # Large history results seen by this process, by key: the value itself when it
-        # was written here, its StoredValue when read back. Weak: only what is alive.
+        # was written here, its LargeValueFile when read back. Weak: only what is alive.
         self._results: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()  # late results are written from worker threads
 
@@ -78,7 +78,7 @@ class RecordValues:
         except TypeError:  # bytes and the like cannot be referred to weakly
             pass
 
-    def dumps(self, record: Any, prefix: str, history_refs: bool = True) -> bytes:
+    def dumps(self, record: Any, stream: str, history_refs: bool = True) -> bytes:
         """The record serialised, its large values as LargeRefs (written to their files
         first; a JSON store keeps them inline). ``history_refs=False``: refer to no
         history file (for a record about to replace its history)."""
@@ -90,22 +90,22 @@ class RecordValues:
             if name == "status":
                 value = str(value)  # the plain value, even if given a Status
             if name in RECORD_FIELDS:
-                key = self._large_key(prefix, name, value, history_refs)
+                key = self._large_key(stream, name, value, history_refs)
                 if key is not None:
-                    if isinstance(value, StoredValue) and value.key != key:
+                    if isinstance(value, LargeValueFile) and value.key != key:
                         value = value.load()  # loaded already: it was written again
-                    if not isinstance(value, StoredValue):
-                        set_raw_field(record, name, StoredValue.holding(self._cache, key, value))
+                    if not isinstance(value, LargeValueFile):
+                        set_raw_field(record, name, LargeValueFile.holding(self._cache, key, value))
                     value = LargeRef(key)
-                elif isinstance(value, history.LazyValue):
+                elif isinstance(value, history.LargeValue):
                     value = value.load()
             data[name] = value
         return self._dumps(data)
 
-    def _large_key(self, prefix: str, name: str, value: Any, history_refs: bool) -> str | None:
-        own = prefix + ":v:"
-        if isinstance(value, StoredValue):
-            if value.key.startswith(prefix + _RECORD_KEY):
+    def _large_key(self, stream: str, name: str, value: Any, history_refs: bool) -> str | None:
+        own = stream + ":v:"
+        if isinstance(value, LargeValueFile):
+            if value.key.startswith(stream + _RECORD_KEY):
                 return value.key
             if history_refs and name != "input" and value.key.startswith(own):
                 return value.key
@@ -117,11 +117,11 @@ class RecordValues:
                 known_results = list(self._results.items())
             for key, known in known_results:
                 if key.startswith(own) and (
-                    known is value or (isinstance(known, StoredValue) and known.holds(value))
+                    known is value or (isinstance(known, LargeValueFile) and known.holds(value))
                 ):
                     return key
-        key = f"{prefix}{_RECORD_KEY}{uuid.uuid4().hex}"
-        write_large(self._cache, key, value, tag=record_tag(prefix))
+        key = f"{stream}{_RECORD_KEY}{uuid.uuid4().hex}"
+        write_large(self._cache, key, value, tag=record_tag(stream))
         return key
 
     def loads(self, stored: bytes) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class RecordValues:
         for name in RECORD_FIELDS:
             value = data.get(name)
             if isinstance(value, LargeRef):
-                data[name] = StoredValue(self._cache, value.key)
+                data[name] = LargeValueFile(self._cache, value.key)
         return data
 
     def drop_replaced(self, old: bytes | None, new: bytes) -> None:

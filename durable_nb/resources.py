@@ -107,7 +107,7 @@ SlotLimit = Limiter | LimiterChain
 
 
 class LeftoverThreads:
-    """Threads still running for runs that ended, by owner (``instance@epoch``) and call
+    """Threads still running for runs that ended, by owner (``instance@history_id``) and call
     key: a later run of the same history takes one over instead of running its call
     again. A thread keeps its concurrency slot until it really ends."""
 

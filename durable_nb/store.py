@@ -48,8 +48,8 @@ from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
     JsonValueDisk,
     LargeRef,
+    LargeValueFile,
     LazyField,
-    StoredValue,
     ValueDisk,
     size_of,
     sweep_intents,
@@ -101,7 +101,7 @@ class InstanceRecord:
     completed_with: dict[str, Any] | None = None
 
     @property
-    def epoch(self) -> str:
+    def history_id(self) -> str:
         """Which history the instance is on: it changes when the history starts over
         (continue_as_new, or a purge and a new instance under the same id)."""
         return f"{self.created_at!r}/{self.generation}"
@@ -162,9 +162,11 @@ class CheckpointStore(Protocol):
     ) -> dict[str, SharedResult]:
         """:meth:`find_shared` for many digests at once, by digest (misses left out)."""
 
-    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
+    def append_late(
+        self, instance_id: str, history_id: str, events: Sequence[history.Event]
+    ) -> bool:
         """Append as :meth:`append` does, but only while the instance's history is still
-        the one of ``epoch`` (see :attr:`InstanceRecord.epoch`), atomically; False when
+        the one of ``history_id`` (see :attr:`InstanceRecord.history_id`), atomically; False when
         it has moved on. For results that arrive after their run ended."""
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
@@ -260,7 +262,7 @@ class DiskCacheStore:
             self.location,
             self.serializer,
             self._dumps,
-            lambda data: InstanceRecord.from_dict(data).epoch,
+            lambda data: InstanceRecord.from_dict(data).history_id,
         )
         self.key_schemes = self.versions.key_schemes
         self._records = RecordValues(self._cache, self._dumps, self._loads, serializer == "json")
@@ -269,9 +271,9 @@ class DiskCacheStore:
             logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
 
     @staticmethod
-    def _prefix(instance_id: str) -> str:
+    def _stream_of(instance_id: str) -> str:
         # A fixed-length digest: raw ids can hold any character, and the large
-        # results of an instance are tagged "<prefix>:v".
+        # results of an instance are tagged "<stream>:v".
         return "h:" + digest_bytes(instance_id.encode())
 
     # ------------------------------------------------------------ history
@@ -279,16 +281,16 @@ class DiskCacheStore:
     def append(
         self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
     ) -> int:
-        prefix = self._prefix(instance_id)
-        rows = self._encode_all(prefix, events)
+        stream = self._stream_of(instance_id)
+        rows = self._encode_all(stream, events)
         if not share:
-            return self._append_rows(prefix, rows)
+            return self._append_rows(stream, rows)
         shared = self._shared_rows(events, rows, share)
-        return self._append_rows(prefix, rows, instance_id, shared)
+        return self._append_rows(stream, rows, instance_id, shared)
 
     def _append_rows(
         self,
-        prefix: str,
+        stream: str,
         rows: list[tuple[Any, ...]],
         instance_id: str = "",
         shared: Sequence[SharedRow] = (),
@@ -301,9 +303,9 @@ class DiskCacheStore:
             # rows go with the last chunk: a crash before it only shares less).
             del data
             half = len(rows) // 2
-            self._append_rows(prefix, rows[:half])
-            return self._append_rows(prefix, rows[half:], instance_id, shared)
-        return self._tables.append(prefix, data, instance_id, shared)
+            self._append_rows(stream, rows[:half])
+            return self._append_rows(stream, rows[half:], instance_id, shared)
+        return self._tables.append(stream, data, instance_id, shared)
 
     def _shared_rows(
         self, events: Sequence[history.Event], rows: list[tuple[Any, ...]], share: Collection[str]
@@ -337,30 +339,32 @@ class DiskCacheStore:
             value = self._loads(data)
             if isinstance(value, LargeRef):
                 try:
-                    value = StoredValue(self._cache, value.key).load()
+                    value = LargeValueFile(self._cache, value.key).load()
                 except StoreError:  # its file went with a purge under way: not shared now
                     self._tables.forget_shared(activity, digest, instance_id)
                     continue
             found[digest] = SharedResult(value, finished, instance_id)
         return found
 
-    def append_late(self, instance_id: str, epoch: str, events: Sequence[history.Event]) -> bool:
-        prefix = self._prefix(instance_id)
-        data = self._dumps(self._encode_all(prefix, events))
-        return self._tables.append_if(prefix, data, instance_id, epoch)
+    def append_late(
+        self, instance_id: str, history_id: str, events: Sequence[history.Event]
+    ) -> bool:
+        stream = self._stream_of(instance_id)
+        data = self._dumps(self._encode_all(stream, events))
+        return self._tables.append_if(stream, data, instance_id, history_id)
 
-    def _encode_all(self, prefix: str, events: Sequence[history.Event]) -> list[tuple[Any, ...]]:
-        return [self._encode(prefix, event) for event in events]
+    def _encode_all(self, stream: str, events: Sequence[history.Event]) -> list[tuple[Any, ...]]:
+        return [self._encode(stream, event) for event in events]
 
-    def _encode(self, prefix: str, event: history.Event) -> tuple[Any, ...]:
+    def _encode(self, stream: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)
         if self.serializer == "json":
             json.dumps(row)  # fail here, on this event, with a TypeError naming the type
             return row
         at = _LARGE_FIELDS.get(type(event))
         if at is not None and size_of(row[at]) >= LARGE_RESULT_BYTES:
-            key = f"{prefix}:v:{getattr(event, 'key', event.TAG)}:{uuid.uuid4().hex[:12]}"
-            write_large(self._cache, key, row[at], tag=prefix + ":v")
+            key = f"{stream}:v:{getattr(event, 'key', event.TAG)}:{uuid.uuid4().hex[:12]}"
+            write_large(self._cache, key, row[at], tag=stream + ":v")
             self._records.remember(key, row[at])
             row = (*row[:at], LargeRef(key), *row[at + 1 :])
         return row
@@ -383,12 +387,12 @@ class DiskCacheStore:
     def _stored(self, value: Any) -> Any:
         if not isinstance(value, LargeRef):
             return value
-        stored = StoredValue(self._cache, value.key)
+        stored = LargeValueFile(self._cache, value.key)
         self._records.remember(stored.key, stored)
         return stored
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
-        rows = self._tables.read(self._prefix(instance_id), start)
+        rows = self._tables.read(self._stream_of(instance_id), start)
         return [(number, self._decode_chunk(data)) for number, data in rows]
 
     def read_history(self, instance_id: str) -> list[history.Event]:
@@ -396,25 +400,25 @@ class DiskCacheStore:
 
     def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
         events: list[history.Event] = []
-        rows = self._tables.read(self._prefix(instance_id))
+        rows = self._tables.read(self._stream_of(instance_id))
         for _, data in rows:
             events.extend(self._decode_chunk(data))
         return events, (rows[-1][0] + 1 if rows else 0)
 
     def history_chunks(self, instance_id: str) -> int:
-        return self._tables.count(self._prefix(instance_id))
+        return self._tables.count(self._stream_of(instance_id))
 
     def compact(self, instance_id: str) -> None:
         def merge(chunks: list[bytes]) -> bytes:
             return self._dumps([row for data in chunks for row in self._loads(data)])
 
-        self._tables.compact(self._prefix(instance_id), merge)
+        self._tables.compact(self._stream_of(instance_id), merge)
 
     def reset_history(self, record: InstanceRecord) -> None:
-        prefix = self._prefix(record.instance_id)
-        data = self._records.dumps(record, prefix, history_refs=False)
-        old = self._tables.reset(prefix, record.instance_id, data, record.epoch)
-        self._cache.evict(prefix + ":v", retry=True)  # no history refers to them now
+        stream = self._stream_of(record.instance_id)
+        data = self._records.dumps(record, stream, history_refs=False)
+        old = self._tables.reset(stream, record.instance_id, data, record.history_id)
+        self._cache.evict(stream + ":v", retry=True)  # no history refers to them now
         self._records.drop_replaced(old, data)
 
     # ------------------------------------------------------------ instances and leases
@@ -425,8 +429,8 @@ class DiskCacheStore:
 
     def put_instance(self, record: InstanceRecord) -> None:
         # Large values go to files first (durable_nb.record_values).
-        data = self._records.dumps(record, self._prefix(record.instance_id))
-        old = self._tables.put_instance(record.instance_id, data, record.epoch)
+        data = self._records.dumps(record, self._stream_of(record.instance_id))
+        old = self._tables.put_instance(record.instance_id, data, record.history_id)
         self._records.drop_replaced(old, data)
 
     def list_instances(self) -> list[InstanceRecord]:
@@ -436,10 +440,10 @@ class DiskCacheStore:
         return sorted(records, key=lambda r: r.created_at)
 
     def purge(self, instance_id: str) -> bool:
-        prefix = self._prefix(instance_id)
-        removed = self._tables.purge(prefix, instance_id)
-        self._cache.evict(prefix + ":v", retry=True)
-        self._cache.evict(record_tag(prefix), retry=True)
+        stream = self._stream_of(instance_id)
+        removed = self._tables.purge(stream, instance_id)
+        self._cache.evict(stream + ":v", retry=True)
+        self._cache.evict(record_tag(stream), retry=True)
         return removed
 
     def get_lease(self, instance_id: str) -> dict[str, Any] | None:
@@ -457,7 +461,7 @@ class DiskCacheStore:
         """Histories and large results of no instance: left by a result that arrived
         after its instance was purged, or by a crash between a purge's two steps. Returns
         (history streams, large result keys)."""
-        known = {self._prefix(record.instance_id) for record in self.list_instances()}
+        known = {self._stream_of(record.instance_id) for record in self.list_instances()}
         streams = [stream for stream in self._tables.streams() if stream not in known]
         values = [
             key

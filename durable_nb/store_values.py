@@ -14,7 +14,7 @@ Two concerns live here, below the store's keys and chunks:
   a write in progress.
 * **Large results streamed.** A result of ``LARGE_RESULT_BYTES`` or more is
   pickled straight into its own file (no second copy in memory) and loaded only
-  when the orchestrator uses it (:class:`StoredValue`).
+  when the orchestrator uses it (:class:`LargeValueFile`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class LargeRef:
         return (LargeRef, (self.key,))
 
 
-class StoredValue(history.LazyValue):
+class LargeValueFile(history.LargeValue):
     """A large result in a DiskCacheStore, loaded on first use."""
 
     __slots__ = ("_cache", "_key", "_loaded", "_value")
@@ -99,7 +99,7 @@ class StoredValue(history.LazyValue):
         return self._key
 
     @classmethod
-    def holding(cls, cache: Any, key: str, value: Any) -> StoredValue:
+    def holding(cls, cache: Any, key: str, value: Any) -> LargeValueFile:
         """The stored value of ``key``, which is ``value``: already loaded."""
         stored = cls(cache, key)
         stored._loaded, stored._value = True, value
@@ -122,7 +122,7 @@ class StoredValue(history.LazyValue):
 
 class LazyField(Generic[T]):
     """A field of :class:`~durable_nb.store.InstanceRecord` (output, input, custom
-    status) that the store may keep in a file: it holds a :class:`history.LazyValue`
+    status) that the store may keep in a file: it holds a :class:`history.LargeValue`
     then, and reading the field loads it (once). The store reads and writes what the
     field holds with :func:`raw_field`, so a record read for a list or a status never
     loads a large output."""
@@ -134,7 +134,7 @@ class LazyField(Generic[T]):
         if record is None:
             return None  # type: ignore[return-value]  # the dataclass field's default
         value = record.__dict__.get(self._slot)
-        return value.load() if isinstance(value, history.LazyValue) else value  # type: ignore[no-any-return]
+        return value.load() if isinstance(value, history.LargeValue) else value  # type: ignore[no-any-return]
 
     def __set__(self, record: Any, value: T) -> None:
         record.__dict__[self._slot] = value

@@ -52,7 +52,7 @@ def open_versions(
     location: str,
     serializer: str,
     dumps: Callable[[Any], bytes],
-    epoch_of: Callable[[dict[str, Any]], str],
+    history_id_of: Callable[[dict[str, Any]], str],
 ) -> Versions:
     """Check a store's versions as it is opened, upgrade an older format, and record
     this release's key scheme."""
@@ -83,7 +83,7 @@ def open_versions(
             location=location,
         )
     if found == 1:
-        _upgrade_from_format_1(cache, tables, dumps, epoch_of)
+        _upgrade_from_format_1(cache, tables, dumps, history_id_of)
         logger.info("upgraded the store at %s to format %s", location, FORMAT_VERSION)
     schemes = tuple(sorted({*schemes_found, KEY_SCHEME}))
     if schemes != schemes_found:
@@ -95,7 +95,7 @@ def _upgrade_from_format_1(
     cache: Any,
     tables: StoreTables,
     dumps: Callable[[Any], bytes],
-    epoch_of: Callable[[dict[str, Any]], str],
+    history_id_of: Callable[[dict[str, Any]], str],
 ) -> None:
     """Format 1 kept everything as diskcache keys: records ``i:<id>``, leases
     ``l:<id>`` and history chunks ``h:<digest>-<15 digits>`` numbered from 500
@@ -109,7 +109,7 @@ def _upgrade_from_format_1(
             stream, _, number = key.rpartition("-")
             streams.setdefault(stream, []).append((int(number) - _FIRST_PUSHED, key))
         elif key.startswith("i:") and (data := cache.get(key)) is not None:
-            tables.put_instance(key[2:], dumps(data), epoch_of(data))
+            tables.put_instance(key[2:], dumps(data), history_id_of(data))
             cache.delete(key, retry=True)
         elif key.startswith("l:"):
             cache.delete(key, retry=True)  # a lease of a run of an older version

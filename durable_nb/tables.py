@@ -180,13 +180,14 @@ class StoreTables:
         self._after_write(len(data))
         return number
 
-    def append_if(self, stream: str, data: bytes, instance_id: str, epoch: str) -> bool:
-        """Append only while the instance is at ``epoch``, in one transaction."""
+    def append_if(self, stream: str, data: bytes, instance_id: str, history_id: str) -> bool:
+        """Append only while the instance is on history ``history_id`` (the ``epoch``
+        column of its record), in one transaction."""
         with self._transaction() as connection:
             row = connection.execute(
                 "SELECT epoch FROM durable_instances WHERE instance_id = ?", (instance_id,)
             ).fetchone()
-            if row is None or row[0] != epoch:
+            if row is None or row[0] != history_id:
                 return False
             _append_in(connection, stream, data)
         self._after_write(len(data))
@@ -240,25 +241,25 @@ class StoreTables:
         rows = self._query("SELECT data FROM durable_instances WHERE instance_id = ?", instance_id)
         return bytes(rows[0][0]) if rows else None
 
-    def put_instance(self, instance_id: str, data: bytes, epoch: str) -> bytes | None:
+    def put_instance(self, instance_id: str, data: bytes, history_id: str) -> bytes | None:
         """Write the record; returns the one it replaced (None if there was none)."""
         with self._transaction() as connection:
             old = _get_instance_in(connection, instance_id)
-            _put_instance_in(connection, instance_id, data, epoch)
+            _put_instance_in(connection, instance_id, data, history_id)
         self._after_write(len(data))
         return old
 
     def instances(self) -> list[bytes]:
         return [bytes(data) for (data,) in self._query("SELECT data FROM durable_instances")]
 
-    def reset(self, stream: str, instance_id: str, data: bytes, epoch: str) -> bytes | None:
+    def reset(self, stream: str, instance_id: str, data: bytes, history_id: str) -> bytes | None:
         """Empty the history and write the record, in one transaction; returns the record
         it replaced. Shared results whose file goes with the history go too; small ones
         stay shared."""
         with self._transaction() as connection:
             old = _get_instance_in(connection, instance_id)
             _delete_stream_in(connection, stream)
-            _put_instance_in(connection, instance_id, data, epoch)
+            _put_instance_in(connection, instance_id, data, history_id)
             connection.execute(
                 "DELETE FROM durable_shared WHERE instance_id = ? AND large IS NOT NULL",
                 (instance_id,),
@@ -367,9 +368,9 @@ def _get_instance_in(connection: sqlite3.Connection, instance_id: str) -> bytes 
 
 
 def _put_instance_in(
-    connection: sqlite3.Connection, instance_id: str, data: bytes, epoch: str
+    connection: sqlite3.Connection, instance_id: str, data: bytes, history_id: str
 ) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) VALUES (?, ?, ?)",
-        (instance_id, epoch, data),
+        (instance_id, history_id, data),
     )

@@ -17,7 +17,7 @@ import durable_nb as dn
 from durable_nb import history
 from durable_nb.executors import ProcessExecutor, local_cluster
 from durable_nb.runtime import Runtime
-from durable_nb.store import DiskCacheStore, StoredValue
+from durable_nb.store import DiskCacheStore, LargeValueFile
 
 
 def overlap(log: Path) -> int:
@@ -266,10 +266,10 @@ def test_a_large_result_is_checkpointed_without_a_second_copy_and_replayed_lazil
 
     events = rt.store.read_history(orch.instance_id_for(True))
     (done,) = [e for e in events if isinstance(e, history.TaskCompleted) and e.activity == "big"]
-    assert isinstance(done.result, StoredValue)  # stored on its own, not in the chunk
-    original = StoredValue.load
+    assert isinstance(done.result, LargeValueFile)  # stored on its own, not in the chunk
+    original = LargeValueFile.load
 
-    def counting_load(self: StoredValue) -> Any:
+    def counting_load(self: LargeValueFile) -> Any:
         loads.append(1)
         return original(self)
 
@@ -279,11 +279,11 @@ def test_a_large_result_is_checkpointed_without_a_second_copy_and_replayed_lazil
     assert record is not None
     record.status = "interrupted"
     rt.store.put_instance(record)
-    StoredValue.load = counting_load  # type: ignore[method-assign]
+    LargeValueFile.load = counting_load  # type: ignore[method-assign]
     try:
         assert orch.run(True) == size + 1
     finally:
-        StoredValue.load = original  # type: ignore[method-assign]
+        LargeValueFile.load = original  # type: ignore[method-assign]
     assert len(loads) == 1
     assert rt.store.purge(orch.instance_id_for(True))
 

@@ -12,7 +12,7 @@ import pytest
 import durable_nb as dn
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
-from durable_nb.store_values import StoredValue
+from durable_nb.store_values import LargeValueFile
 
 np = pytest.importorskip("numpy")
 
@@ -33,13 +33,13 @@ def _values(folder: Path) -> int:
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The keys of the large values loaded from the store, in order."""
     loaded: list[str] = []
-    original = StoredValue.load
+    original = LargeValueFile.load
 
-    def counting(self: StoredValue) -> Any:
+    def counting(self: LargeValueFile) -> Any:
         loaded.append(self._key)
         return original(self)
 
-    monkeypatch.setattr(StoredValue, "load", counting)
+    monkeypatch.setattr(LargeValueFile, "load", counting)
     return loaded
 
 

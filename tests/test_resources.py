@@ -15,7 +15,7 @@ import durable_nb as dn
 from durable_nb.engine import ActivityCall
 from durable_nb.resources import LeftoverThreads, Limiter, LimiterChain, Resources
 
-OWNER = "inst@epoch-1"
+OWNER = "inst@history-1"
 T = TypeVar("T")
 
 
@@ -153,7 +153,7 @@ def test_a_running_thread_is_taken_only_by_its_owner_and_only_once(
     async def scenario() -> None:
         future = pool.submit(release.wait, 10)
         leftover.keep(OWNER, "k", future, None)
-        assert leftover.take("inst@epoch-2", "k") is None  # after continue_as_new
+        assert leftover.take("inst@history-2", "k") is None  # after continue_as_new
         assert leftover.take(OWNER, "other") is None
         assert leftover.take(OWNER, "k") is future
         assert leftover.take(OWNER, "k") is None and len(leftover) == 0

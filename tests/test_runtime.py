@@ -464,7 +464,7 @@ def _run_with_leftover_thread(
     rt: Runtime, effects: SideEffects, end: Callable[[concurrent.futures.Future[int]], None]
 ) -> int:
     """Run an instance of one call whose thread, left by an earlier run of the instance
-    (same epoch, on a loop since closed), ended by ``end`` before its outcome reached
+    (same history_id, on a loop since closed), ended by ``end`` before its outcome reached
     the history."""
 
     @dn.activity
@@ -483,7 +483,7 @@ def _run_with_leftover_thread(
     thread: concurrent.futures.Future[int] = concurrent.futures.Future()
 
     async def earlier_run_ends() -> None:
-        owner = f"{record.instance_id}@{record.epoch}"
+        owner = f"{record.instance_id}@{record.history_id}"
         rt.resources.leftover_threads.keep(owner, key, thread, None)
 
     loop = asyncio.new_event_loop()  # not asyncio.run: nest_asyncio2's may keep its loop

@@ -21,7 +21,7 @@ from durable_nb.memory_store import MemoryStore
 from durable_nb.options import ActivityOptions
 from durable_nb.runtime import Runtime, _reset_for_tests
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord, shared_digest
-from durable_nb.store_values import LargeRef, StoredValue
+from durable_nb.store_values import LargeRef, LargeValueFile
 
 
 class Runs:
@@ -287,8 +287,8 @@ def test_a_large_shared_result_outlives_its_source_and_leaves_the_store_clean(
         for e in store.read_history(reuser)
         if isinstance(e, history.TaskCompleted) and e.attempts == 0
     ]
-    assert len(refs) == 2 and all(isinstance(r, StoredValue) for r in refs)
-    own = DiskCacheStore._prefix(reuser) + ":v:"
+    assert len(refs) == 2 and all(isinstance(r, LargeValueFile) for r in refs)
+    own = DiskCacheStore._stream_of(reuser) + ":v:"
     assert all(r._key.startswith(own) for r in refs)  # its own copies, not the source's
 
     assert management.purge(store, [source]) == ([source], [])

@@ -150,7 +150,7 @@ def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
 
     folder = tmp_path / "s"
     folder.mkdir(mode=0o700)
-    prefix = DiskCacheStore._prefix("old")
+    prefix = DiskCacheStore._stream_of("old")
     with diskcache.Cache(str(folder), eviction_policy="none", tag_index=True) as cache:
         cache.set("format", 1)
         cache.set("serializer", "pickle")
@@ -217,7 +217,7 @@ def test_a_batch_too_big_for_one_row_is_split_in_order(
     last = s.append("i", events)
     assert last == s.history_chunks("i") - 1 > 3  # several chunks
     assert [e.key for e in s.read_history("i")] == [e.key for e in events]  # type: ignore[attr-defined]
-    assert all(len(data) <= 4096 for _, data in s._tables.read(s._prefix("i")))
+    assert all(len(data) <= 4096 for _, data in s._tables.read(s._stream_of("i")))
     s.close()
 
 

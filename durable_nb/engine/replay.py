@@ -259,7 +259,7 @@ class OrchestrationEngine(Generic[A, O]):
         hit = self._results.find(key, triple, occurrence)
         if hit is not None:
             value = hit[0]
-            if isinstance(value, history.LazyValue):
+            if isinstance(value, history.LargeValue):
                 value = value.load()  # a large result, read now that it is needed
             task._complete(value, hit[1], True, hit[2])
             self._step.replayed.append(name)
