@@ -79,10 +79,14 @@ def fan_out(ctx, n):  # type: ignore[no-untyped-def]
 
 
 GATE = threading.Event()  # closed: every gated call waits, so none completes
+WAITING = [0]  # gated calls that reached the gate (under WAITING_LOCK)
+WAITING_LOCK = threading.Lock()
 
 
 @dn.activity
 def gated(i: int) -> int:
+    with WAITING_LOCK:
+        WAITING[0] += 1
     GATE.wait()
     return i
 
@@ -216,9 +220,10 @@ def measure_pending(n: int) -> dict[str, Any]:
     sample: dict[str, float] = {}
 
     def open_gate_when_scheduled(calls: int, started: float) -> None:
-        # Every call is scheduled when the busy workers hold one each and the pool's
-        # queue holds the rest (a worker takes an item only to block on the gate).
-        while pool._work_queue.qsize() < calls - min(calls, workers):
+        # Every call is scheduled when the busy workers hold one each (at the gate) and
+        # the pool's queue holds the rest (a worker takes an item only to block there).
+        busy = min(calls, workers)
+        while WAITING[0] < busy or pool._work_queue.qsize() < calls - busy:
             time.sleep(0.005)
         sample["scheduled_s"] = time.perf_counter() - started
         rss = current_rss_mib()
@@ -232,6 +237,7 @@ def measure_pending(n: int) -> dict[str, Any]:
 
     def gated_run(calls: int, instance_id: str | None = None) -> int:
         GATE.clear()
+        WAITING[0] = 0
         watcher = threading.Thread(
             target=open_gate_when_scheduled, args=(calls, time.perf_counter()), daemon=True
         )
