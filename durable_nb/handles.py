@@ -7,16 +7,15 @@ import asyncio
 import concurrent.futures
 import sys
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from durable_nb.engine import Outcome
 from durable_nb.errors import InstanceNotFinishedError, InstanceTerminatedError
 from durable_nb.history import Status
-from durable_nb.store import InstanceRecord
-
-if TYPE_CHECKING:
-    from durable_nb.runtime import Runtime
+from durable_nb.progress import Progress
+from durable_nb.store import CheckpointStore, InstanceRecord
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _HIDDEN_DIRS = (
@@ -26,10 +25,26 @@ _HIDDEN_DIRS = (
 )
 
 
+class Host(Protocol):
+    """What a handle needs of the runtime that started its run (runtime.py's ``Runtime``)."""
+
+    @property
+    def store(self) -> CheckpointStore: ...
+
+    @property
+    def progress_of(self) -> Mapping[asyncio.Task[Outcome], Progress]: ...
+
+    def status(self, instance_id: str) -> InstanceRecord | None: ...
+
+    def raise_event(self, instance_id: str, name: str, value: Any = None) -> None: ...
+
+    def request(self, instance_id: str, action: str, reason: str = "") -> str: ...
+
+
 class InstanceHandle:
     """A running (or finished) instance started with ``orch.start(...)``."""
 
-    def __init__(self, instance_id: str, task: asyncio.Task[Outcome], runtime: Runtime) -> None:
+    def __init__(self, instance_id: str, task: asyncio.Task[Outcome], runtime: Host) -> None:
         self.instance_id = instance_id
         self._task = task
         self._runtime = runtime
@@ -90,7 +105,7 @@ class InstanceHandle:
         return f"<InstanceHandle {self.instance_id} {state}>"
 
 
-def interrupted_message(runtime: Runtime, instance_id: str) -> str:
+def interrupted_message(runtime: Host, instance_id: str) -> str:
     record = runtime.store.get_instance(instance_id)
     kept = f"{record.counts.get('ran', 0)} new result(s) were" if record else "results are"
     return (
