@@ -114,4 +114,6 @@ class EventBook:
         return None
 
     def waiting_names(self) -> list[str]:
+        if not self.waiting:  # most steps: nothing ever waited for an event
+            return []
         return sorted(n for n in self.waiting if self.first_waiting(n) is not None)
