@@ -212,6 +212,10 @@ def value_digest(value: Any, *, scheme: int = KEY_SCHEME) -> str:
     encoding in ``scheme`` are digested whole by ``joblib.hash``, prefixed ``j``.
     """
     _check(scheme)
+    return _value_digest(value, scheme)
+
+
+def _value_digest(value: Any, scheme: int) -> str:
     out: list[bytes] = []
     try:
         encode(value, out, scheme >= 2)
@@ -228,22 +232,35 @@ def arguments_digest(
     owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, scheme: int = KEY_SCHEME
 ) -> str:
     """Digest of a call's arguments; names ``owner`` and the argument when one fails."""
-    _check(scheme)
+    if scheme not in SCHEMES:
+        _check(scheme)
+    # The happy path builds no message: the failing argument is named from how many
+    # digests were made before it.
     parts: list[str] = []
-    for index, arg in enumerate(args):
-        parts.append(_one(owner, f"positional argument {index}", arg, scheme))
-    for name in sorted(kwargs):
-        parts.append(name + "=" + _one(owner, f"keyword argument {name!r}", kwargs[name], scheme))
+    try:
+        for arg in args:
+            parts.append(_value_digest(arg, scheme))
+        if kwargs:
+            for name in sorted(kwargs):
+                parts.append(name + "=" + _value_digest(kwargs[name], scheme))
+    except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
+        raise _unfingerprintable(owner, args, kwargs, len(parts), exc) from exc
     return digest_bytes("|".join(parts).encode())
 
 
-def _one(owner: str, where: str, value: Any, scheme: int) -> str:
-    try:
-        return value_digest(value, scheme=scheme)
-    except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
-        raise FingerprintError(
-            f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
-            f"({type(exc).__name__}: {exc}). Pass plain data (numbers, strings, lists, dicts, "
-            "numpy arrays, DataFrames) or an identifier the activity can resolve itself.",
-            argument=where,
-        ) from exc
+def _unfingerprintable(
+    owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], failed: int, exc: Exception
+) -> FingerprintError:
+    """The error for argument number ``failed`` (positional ones first, then keywords
+    sorted by name), which raised ``exc``."""
+    if failed < len(args):
+        where, value = f"positional argument {failed}", args[failed]
+    else:
+        name = sorted(kwargs)[failed - len(args)]
+        where, value = f"keyword argument {name!r}", kwargs[name]
+    return FingerprintError(
+        f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
+        f"({type(exc).__name__}: {exc}). Pass plain data (numbers, strings, lists, dicts, "
+        "numpy arrays, DataFrames) or an identifier the activity can resolve itself.",
+        argument=where,
+    )
