@@ -101,6 +101,7 @@ class OrchestrationEngine(Generic[A, O]):
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
         self._runaway = RunawayGuard(runaway_calls)
+        self._resumes = 0  # times the orchestrator went on after a yield (the guard's unit)
         # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
         # instance stays final while the code of none of them changed.
         self.code_used: dict[str, A | O] = {}
@@ -226,7 +227,7 @@ class OrchestrationEngine(Generic[A, O]):
             return f"{act.name}/{act.code_digest(scheme)[:16]}/{digest}"
 
         self.code_used[act.name] = act
-        if (runaway := self._runaway.called(act.name)) is not None:
+        if (runaway := self._runaway.called(act.name, self._resumes)) is not None:
             self._step.runaway = runaway
         key, occurrence, position = self._next_call(triple(KEY_SCHEME), act.name)
         call = ActivityCall(key, act, args, kwargs, position)
@@ -441,6 +442,7 @@ class OrchestrationEngine(Generic[A, O]):
         coroutine = self._coroutine
         assert coroutine is not None
         while True:
+            self._resumes += 1
             try:
                 if error is not None:
                     yielded = coroutine.throw(error)
