@@ -34,7 +34,7 @@ from typing import Any
 
 from durable_nb.errors import FingerprintError
 from durable_nb.fingerprint_v1 import dump_311
-from durable_nb.fingerprint_values import NotPlain, encode
+from durable_nb.fingerprint_values import NotPlain, encode, scalar_bytes
 
 KEY_SCHEME = 2
 """The key scheme this release writes."""
@@ -216,6 +216,9 @@ def value_digest(value: Any, *, scheme: int = KEY_SCHEME) -> str:
 
 
 def _value_digest(value: Any, scheme: int) -> str:
+    scalar = scalar_bytes(value)
+    if scalar is not None:  # the commonest arguments: encode()'s bytes, made in one call
+        return hashlib.blake2b(scalar, digest_size=_DIGEST_SIZE).hexdigest()
     out: list[bytes] = []
     try:
         encode(value, out, scheme >= 2)
@@ -245,7 +248,7 @@ def arguments_digest(
                 parts.append(name + "=" + _value_digest(kwargs[name], scheme))
     except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
         raise _unfingerprintable(owner, args, kwargs, len(parts), exc) from exc
-    return digest_bytes("|".join(parts).encode())
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=_DIGEST_SIZE).hexdigest()
 
 
 def _unfingerprintable(
