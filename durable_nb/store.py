@@ -75,6 +75,7 @@ _LARGE_FIELDS: dict[type[history.Event], int] = {
     history.SubOrchestrationCompleted: RESULT_FIELD,
     history.CustomStatusSet: 2,
 }
+_LARGE_AT = {cls.TAG: at for cls, at in _LARGE_FIELDS.items()}  # the same, by row tag
 # SQLite refuses a value over 1e9 bytes; chunks are kept well below.
 MAX_CHUNK_BYTES = 256 << 20
 # Results that are never large: no size estimate for them (str has none anyway).
@@ -361,11 +362,12 @@ class DiskCacheStore:
         return True
 
     def _decode_rows(self, rows: list[Any]) -> list[history.Event]:
-        events = []
+        events, decode = [], history.decode
         for row in rows:
-            if any(isinstance(value, LargeRef) for value in row):
-                row = tuple(self._stored(value) for value in row)
-            events.append(history.decode(row))
+            at = _LARGE_AT.get(row[0])  # only where _encode puts them
+            if at is not None and isinstance(row[at], LargeRef):
+                row = (*row[:at], self._stored(row[at]), *row[at + 1 :])
+            events.append(decode(row))
         return events
 
     def _stored(self, value: Any) -> Any:
