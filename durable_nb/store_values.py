@@ -36,7 +36,6 @@ from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
 from durable_nb.processes import on_this_host, process_exists, this_process
-from durable_nb.tables import SharedRow
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,12 @@ def shared_rows(
     rows: list[tuple[Any, ...]],
     share: Collection[str],
     dumps: Callable[[Any], bytes],
-) -> list[SharedRow]:
+) -> list[tuple[str, str, float, str | None, bytes]]:
     """The shared-table rows of the completions named in ``share``. A large result
     is shared by reference to the file of this instance's history: a purge or new
     generation of this instance deletes the row with the file, and an instance that
     reuses it stores its own copy (``find_shared`` loads it; appending writes it)."""
-    found: list[SharedRow] = []
+    found = []  # durable_nb.tables.SharedRow (a layer apart: not imported)
     wanted = set(share)
     for event, row in zip(events, rows, strict=True):
         if isinstance(event, history.TaskCompleted) and event.key in wanted:
