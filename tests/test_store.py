@@ -268,14 +268,10 @@ def test_an_append_during_a_compacting_load_is_not_lost(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("returning", [True, False])
-def test_chunks_are_numbered_densely_per_stream_with_or_without_returning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, returning: bool
-) -> None:
-    from durable_nb import tables as tables_module
+def test_chunks_are_numbered_densely_per_stream(tmp_path: Path) -> None:
+    from durable_nb.tables import StoreTables
 
-    monkeypatch.setattr(tables_module, "_RETURNING", returning)
-    tables = tables_module.StoreTables(str(tmp_path / "cache.db"))
+    tables = StoreTables(str(tmp_path / "cache.db"))
     assert [tables.append("a", b"x"), tables.append("b", b"y"), tables.append("a", b"z")] == [
         0,
         0,
