@@ -34,7 +34,7 @@ from typing import Any
 
 from durable_nb.errors import FingerprintError
 from durable_nb.fingerprint_v1 import dump_311
-from durable_nb.fingerprint_values import NotPlain, encode
+from durable_nb.fingerprint_values import NotPlain, encode, scalar_bytes
 
 KEY_SCHEME = 2
 """The key scheme this release writes."""
@@ -212,6 +212,13 @@ def value_digest(value: Any, *, scheme: int = KEY_SCHEME) -> str:
     encoding in ``scheme`` are digested whole by ``joblib.hash``, prefixed ``j``.
     """
     _check(scheme)
+    return _value_digest(value, scheme)
+
+
+def _value_digest(value: Any, scheme: int) -> str:
+    scalar = scalar_bytes(value)
+    if scalar is not None:  # the commonest arguments: encode()'s bytes, made in one call
+        return hashlib.blake2b(scalar, digest_size=_DIGEST_SIZE).hexdigest()
     out: list[bytes] = []
     try:
         encode(value, out, scheme >= 2)
@@ -228,22 +235,35 @@ def arguments_digest(
     owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, scheme: int = KEY_SCHEME
 ) -> str:
     """Digest of a call's arguments; names ``owner`` and the argument when one fails."""
-    _check(scheme)
+    if scheme not in SCHEMES:
+        _check(scheme)
+    # The happy path builds no message: the failing argument is named from how many
+    # digests were made before it.
     parts: list[str] = []
-    for index, arg in enumerate(args):
-        parts.append(_one(owner, f"positional argument {index}", arg, scheme))
-    for name in sorted(kwargs):
-        parts.append(name + "=" + _one(owner, f"keyword argument {name!r}", kwargs[name], scheme))
-    return digest_bytes("|".join(parts).encode())
-
-
-def _one(owner: str, where: str, value: Any, scheme: int) -> str:
     try:
-        return value_digest(value, scheme=scheme)
+        for arg in args:
+            parts.append(_value_digest(arg, scheme))
+        if kwargs:
+            for name in sorted(kwargs):
+                parts.append(name + "=" + _value_digest(kwargs[name], scheme))
     except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
-        raise FingerprintError(
-            f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
-            f"({type(exc).__name__}: {exc}). Pass plain data (numbers, strings, lists, dicts, "
-            "numpy arrays, DataFrames) or an identifier the activity can resolve itself.",
-            argument=where,
-        ) from exc
+        raise _unfingerprintable(owner, args, kwargs, len(parts), exc) from exc
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=_DIGEST_SIZE).hexdigest()
+
+
+def _unfingerprintable(
+    owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], failed: int, exc: Exception
+) -> FingerprintError:
+    """The error for argument number ``failed`` (positional ones first, then keywords
+    sorted by name), which raised ``exc``."""
+    if failed < len(args):
+        where, value = f"positional argument {failed}", args[failed]
+    else:
+        name = sorted(kwargs)[failed - len(args)]
+        where, value = f"keyword argument {name!r}", kwargs[name]
+    return FingerprintError(
+        f"{owner}: {where} of type {type(value).__qualname__} cannot be fingerprinted "
+        f"({type(exc).__name__}: {exc}). Pass plain data (numbers, strings, lists, dicts, "
+        "numpy arrays, DataFrames) or an identifier the activity can resolve itself.",
+        argument=where,
+    )

@@ -36,6 +36,23 @@ class NotPlain(Exception):
     """The value has no canonical encoding: the caller falls back to ``joblib.hash``."""
 
 
+def scalar_bytes(value: Any) -> bytes | None:
+    """What :func:`encode` appends for a lone str, int, float, bool, bytes or None (the
+    same code, kept apart so the commonest arguments are digested in one call); None
+    for any other value."""
+    kind = type(value)
+    tag = _PRIMITIVE_TAGS.get(kind)
+    if tag is None:
+        return None
+    if kind is str:
+        raw = value.encode("utf-8", "surrogatepass")
+    elif kind is bytes:
+        raw = value
+    else:
+        raw = repr(value).encode()
+    return b"%s%d:%s" % (tag, len(raw), raw)
+
+
 def encode(value: Any, out: list[bytes], extended: bool) -> None:
     """Append the canonical bytes of ``value`` to ``out``; raises NotPlain if there are none.
 

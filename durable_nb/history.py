@@ -8,6 +8,8 @@ read it to tell what happened. Events are encoded as plain tuples
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar
@@ -50,15 +52,21 @@ class LargeValue:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
-    """Base of all history events; ``timestamp`` is seconds since the epoch (UTC)."""
+    """Base of all history events; ``timestamp`` is seconds since the epoch (UTC).
+
+    Events are values: equal and hashable by their fields, and never changed once made.
+    They are not ``frozen`` dataclasses only because a frozen ``__init__`` sets each field
+    through ``object.__setattr__`` (5x the cost of a plain one), and a replay builds
+    two events per activity call.
+    """
 
     TAG: ClassVar[str] = ""
     timestamp: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ExecutionStarted(Event):
     """A run of the instance began (every rerun of an instance adds one).
 
@@ -73,7 +81,7 @@ class ExecutionStarted(Event):
     key_scheme: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TaskScheduled(Event):
     """An activity call was handed to an executor."""
 
@@ -82,7 +90,7 @@ class TaskScheduled(Event):
     activity: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TaskCompleted(Event):
     """An activity call returned; ``result`` is what replay hands back."""
 
@@ -93,7 +101,7 @@ class TaskCompleted(Event):
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TaskFailed(Event):
     """An activity call raised on its last attempt.
 
@@ -110,7 +118,7 @@ class TaskFailed(Event):
     error: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TaskRetried(Event):
     """An attempt failed and another one is scheduled after ``delay`` seconds."""
 
@@ -123,7 +131,7 @@ class TaskRetried(Event):
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CustomStatusSet(Event):
     """The orchestrator called ``ctx.set_custom_status``."""
 
@@ -131,7 +139,7 @@ class CustomStatusSet(Event):
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ExecutionFinished(Event):
     """A run ended: completed, failed, interrupted, terminated or continued_as_new.
 
@@ -145,7 +153,7 @@ class ExecutionFinished(Event):
     calls: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TimerCreated(Event):
     """A durable timer was armed; ``fire_at`` (epoch seconds) survives restarts."""
 
@@ -154,7 +162,7 @@ class TimerCreated(Event):
     fire_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TimerFired(Event):
     """A durable timer reached its fire time."""
 
@@ -162,7 +170,7 @@ class TimerFired(Event):
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class EventRaised(Event):
     """An external event was raised to the instance (from any process)."""
 
@@ -171,7 +179,7 @@ class EventRaised(Event):
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SubOrchestrationCompleted(Event):
     """A sub-orchestration returned; its output is replayed like an activity result."""
 
@@ -181,7 +189,7 @@ class SubOrchestrationCompleted(Event):
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SubOrchestrationFailed(Event):
     """A sub-orchestration failed; like activity failures it is retried, not replayed."""
 
@@ -193,7 +201,7 @@ class SubOrchestrationFailed(Event):
     error: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ControlRequested(Event):
     """A request to a running instance: ``terminate``, ``suspend`` or ``resume``.
 
@@ -227,15 +235,24 @@ _FIELDS: dict[type[Event], tuple[str, ...]] = {
 }
 
 
-def encode(event: Event) -> tuple[Any, ...]:
-    """A plain tuple for storage; live-only exception objects (``error``) are dropped."""
-    names = _FIELDS[type(event)]
+def _stored(cls: type[Event]) -> tuple[str, Callable[[Any], tuple[Any, ...]]]:
+    """The tag and a getter of the stored fields (all but a live-only ``error``); every
+    event has two or more, so the getter returns a tuple."""
+    names = _FIELDS[cls]
     if names[-1] == "error":
         names = names[:-1]
-    return (event.TAG, *(getattr(event, name) for name in names))
+    return cls.TAG, operator.attrgetter(*names)
+
+
+_ENCODERS = {cls: _stored(cls) for cls in EVENT_TYPES}
+
+
+def encode(event: Event) -> tuple[Any, ...]:
+    """A plain tuple for storage; live-only exception objects (``error``) are dropped."""
+    tag, stored = _ENCODERS[type(event)]
+    return (tag, *stored(event))
 
 
 def decode(row: tuple[Any, ...]) -> Event:
     """Inverse of :func:`encode`."""
-    cls = _BY_TAG[row[0]]
-    return cls(*row[1:])
+    return _BY_TAG[row[0]](*row[1:])

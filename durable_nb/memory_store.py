@@ -109,9 +109,14 @@ class MemoryStore:
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
 
-    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
+    def load_history(
+        self, instance_id: str, compact_after: int | None = None
+    ) -> tuple[list[history.Event], int]:
         with self._lock:
             chunks = list(self._chunks.get(instance_id, ()))
+            if compact_after is not None and len(chunks) > compact_after:
+                chunks = [[row for chunk in chunks for row in chunk]]
+                self._chunks[instance_id] = list(chunks)
         return [history.decode(row) for chunk in chunks for row in chunk], len(chunks)
 
     def history_chunks(self, instance_id: str) -> int:

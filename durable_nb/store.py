@@ -28,6 +28,7 @@ moves them into the tables (:mod:`durable_nb.store_versions`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -46,31 +47,39 @@ from durable_nb.record_values import RecordValues, record_tag
 from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
+    RESULT_FIELD,
     JsonValueDisk,
     LargeRef,
     LargeValueFile,
     LazyField,
     ValueDisk,
+    json_dumps,
+    pickle_dumps,
+    shared_rows,
     size_of,
     sweep_intents,
     write_large,
     writes_in_progress,
 )
+from durable_nb.store_values import SharedResult as SharedResult
+from durable_nb.store_values import shared_digest as shared_digest
 from durable_nb.store_versions import open_versions
 from durable_nb.tables import SharedRow, StoreTables
 
 logger = logging.getLogger(__name__)
 
 
-_RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
 # The events whose value may be large, and where it sits in the encoded tuple.
 _LARGE_FIELDS: dict[type[history.Event], int] = {
-    history.TaskCompleted: _RESULT_FIELD,
-    history.SubOrchestrationCompleted: _RESULT_FIELD,
+    history.TaskCompleted: RESULT_FIELD,
+    history.SubOrchestrationCompleted: RESULT_FIELD,
     history.CustomStatusSet: 2,
 }
+_LARGE_AT = {cls.TAG: at for cls, at in _LARGE_FIELDS.items()}  # the same, by row tag
 # SQLite refuses a value over 1e9 bytes; chunks are kept well below.
 MAX_CHUNK_BYTES = 256 << 20
+# Results that are never large: no size estimate for them (str has none anyway).
+_SMALL_TYPES = frozenset({int, float, bool, type(None), str, complex})
 
 
 @dataclass
@@ -117,23 +126,6 @@ class InstanceRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-@dataclass(frozen=True)
-class SharedResult:
-    """A success of a ``share=True`` activity, found for a call of any instance."""
-
-    result: Any
-    finished: float  # when it finished, epoch seconds
-    instance_id: str  # the instance whose call it was
-
-
-def shared_digest(activity: str, key: str) -> str:
-    """What shared results are matched by: the call key without the activity's name and
-    the occurrence (``"name/code16/args#n"`` gives ``"code16/args"``)."""
-    triple = key.rpartition("#")[0] or key
-    prefix = activity + "/"
-    return triple[len(prefix) :] if triple.startswith(prefix) else triple
-
-
 class CheckpointStore(Protocol):
     """The seam between the runtime and durable storage."""
 
@@ -176,8 +168,14 @@ class CheckpointStore(Protocol):
     def read_history(self, instance_id: str) -> list[history.Event]:
         """Every event of the instance, oldest first."""
 
-    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
-        """Every event of the instance, oldest first, and how many chunks held them."""
+    def load_history(
+        self, instance_id: str, compact_after: int | None = None
+    ) -> tuple[list[history.Event], int]:
+        """Every event of the instance, oldest first, and how many chunks held them.
+
+        ``compact_after``: a history of more chunks is rewritten as one in the same pass,
+        atomically (as :meth:`compact` does; an append meanwhile is never lost, and may
+        leave it uncompacted), and the count is the one after."""
 
     def history_chunks(self, instance_id: str) -> int:
         """How many chunks the history is made of (compaction merges them)."""
@@ -229,7 +227,8 @@ class DiskCacheStore:
                 location=None if directory is None else str(directory),
             )
         self.serializer = serializer
-        self._dumps: Callable[[Any], bytes] = _json_dumps if serializer == "json" else _pickle_dumps
+        self._json = serializer == "json"
+        self._dumps: Callable[[Any], bytes] = json_dumps if serializer == "json" else pickle_dumps
         self._loads: Callable[[bytes], Any] = json.loads if serializer == "json" else pickle.loads
         path = Path(directory) if directory is not None else default_location()
         self.location = str(path.resolve())
@@ -271,6 +270,7 @@ class DiskCacheStore:
             logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # a digest per append otherwise
     def _stream_of(instance_id: str) -> str:
         # A fixed-length digest: raw ids can hold any character, and the large
         # results of an instance are tagged "<stream>:v".
@@ -285,7 +285,7 @@ class DiskCacheStore:
         rows = self._encode_all(stream, events)
         if not share:
             return self._append_rows(stream, rows)
-        shared = self._shared_rows(events, rows, share)
+        shared = shared_rows(events, rows, share, self._dumps)
         return self._append_rows(stream, rows, instance_id, shared)
 
     def _append_rows(
@@ -306,23 +306,6 @@ class DiskCacheStore:
             self._append_rows(stream, rows[:half])
             return self._append_rows(stream, rows[half:], instance_id, shared)
         return self._tables.append(stream, data, instance_id, shared)
-
-    def _shared_rows(
-        self, events: Sequence[history.Event], rows: list[tuple[Any, ...]], share: Collection[str]
-    ) -> list[SharedRow]:
-        """The shared-table rows of the completions named in ``share``. A large result
-        is shared by reference to the file of this instance's history: a purge or new
-        generation of this instance deletes the row with the file, and an instance that
-        reuses it stores its own copy (:meth:`find_shared` loads it; appending writes it)."""
-        found: list[SharedRow] = []
-        wanted = set(share)
-        for event, row in zip(events, rows, strict=True):
-            if isinstance(event, history.TaskCompleted) and event.key in wanted:
-                value = row[_RESULT_FIELD]
-                large = value.key if isinstance(value, LargeRef) else None
-                digest = shared_digest(event.activity, event.key)
-                found.append((event.activity, digest, event.timestamp, large, self._dumps(value)))
-        return found
 
     def find_shared(
         self, activity: str, digest: str, newer_than: float | None
@@ -358,11 +341,13 @@ class DiskCacheStore:
 
     def _encode(self, stream: str, event: history.Event) -> tuple[Any, ...]:
         row = history.encode(event)
-        if self.serializer == "json":
+        if self._json:
             json.dumps(row)  # fail here, on this event, with a TypeError naming the type
             return row
         at = _LARGE_FIELDS.get(type(event))
-        if at is not None and size_of(row[at]) >= LARGE_RESULT_BYTES:
+        if at is None or type(row[at]) in _SMALL_TYPES:
+            return row
+        if size_of(row[at]) >= LARGE_RESULT_BYTES:
             key = f"{stream}:v:{getattr(event, 'key', event.TAG)}:{uuid.uuid4().hex[:12]}"
             write_large(self._cache, key, row[at], tag=stream + ":v")
             self._records.remember(key, row[at])
@@ -376,12 +361,13 @@ class DiskCacheStore:
             return False
         return True
 
-    def _decode_chunk(self, data: bytes) -> list[history.Event]:
-        events = []
-        for row in self._loads(data):
-            if any(isinstance(value, LargeRef) for value in row):
-                row = tuple(self._stored(value) for value in row)
-            events.append(history.decode(row))
+    def _decode_rows(self, rows: list[Any]) -> list[history.Event]:
+        events, decode = [], history.decode
+        for row in rows:
+            at = _LARGE_AT.get(row[0])  # only where _encode puts them
+            if at is not None and isinstance(row[at], LargeRef):
+                row = (*row[:at], self._stored(row[at]), *row[at + 1 :])
+            events.append(decode(row))
         return events
 
     def _stored(self, value: Any) -> Any:
@@ -393,26 +379,41 @@ class DiskCacheStore:
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
         rows = self._tables.read(self._stream_of(instance_id), start)
-        return [(number, self._decode_chunk(data)) for number, data in rows]
+        return [(number, self._decode_rows(self._loads(data))) for number, data in rows]
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
 
-    def load_history(self, instance_id: str) -> tuple[list[history.Event], int]:
+    def load_history(
+        self, instance_id: str, compact_after: int | None = None
+    ) -> tuple[list[history.Event], int]:
+        stream = self._stream_of(instance_id)
+        if compact_after is None:
+            rows = self._tables.read(stream)
+            chunks, count = [data for _, data in rows], (rows[-1][0] + 1 if rows else 0)
+        else:
+            loaded: list[Any] = []  # the rows of every chunk, when they were merged
+
+            def merge(chunks: list[bytes]) -> bytes:
+                loaded.extend(row for data in chunks for row in self._loads(data))
+                return self._dumps(loaded)
+
+            chunks, count = self._tables.read_compacting(stream, compact_after, merge)
+            if loaded:  # decoded from the rows the merge read, compacted or not
+                return self._decode_rows(loaded), count
         events: list[history.Event] = []
-        rows = self._tables.read(self._stream_of(instance_id))
-        for _, data in rows:
-            events.extend(self._decode_chunk(data))
-        return events, (rows[-1][0] + 1 if rows else 0)
+        for data in chunks:
+            events.extend(self._decode_rows(self._loads(data)))
+        return events, count
 
     def history_chunks(self, instance_id: str) -> int:
         return self._tables.count(self._stream_of(instance_id))
 
     def compact(self, instance_id: str) -> None:
-        def merge(chunks: list[bytes]) -> bytes:
-            return self._dumps([row for data in chunks for row in self._loads(data)])
+        self._tables.compact(self._stream_of(instance_id), self._merge)
 
-        self._tables.compact(self._stream_of(instance_id), merge)
+    def _merge(self, chunks: list[bytes]) -> bytes:
+        return self._dumps([row for data in chunks for row in self._loads(data)])
 
     def reset_history(self, record: InstanceRecord) -> None:
         stream = self._stream_of(record.instance_id)
@@ -489,11 +490,3 @@ class DiskCacheStore:
     def close(self) -> None:
         self._tables.close()
         self._cache.close()
-
-
-def _pickle_dumps(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _json_dumps(value: Any) -> bytes:
-    return json.dumps(value).encode()

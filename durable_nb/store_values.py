@@ -26,6 +26,8 @@ import os
 import pickle
 import time
 import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import diskcache
@@ -34,6 +36,56 @@ from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
 from durable_nb.processes import on_this_host, process_exists, this_process
+
+
+@dataclass(frozen=True)
+class SharedResult:
+    """A success of a ``share=True`` activity, found for a call of any instance."""
+
+    result: Any
+    finished: float  # when it finished, epoch seconds
+    instance_id: str  # the instance whose call it was
+
+
+def shared_digest(activity: str, key: str) -> str:
+    """What shared results are matched by: the call key without the activity's name and
+    the occurrence (``"name/code16/args#n"`` gives ``"code16/args"``)."""
+    triple = key.rpartition("#")[0] or key
+    prefix = activity + "/"
+    return triple[len(prefix) :] if triple.startswith(prefix) else triple
+
+
+RESULT_FIELD = 4  # where the result sits in an encoded completion tuple
+
+
+def shared_rows(
+    events: Sequence[history.Event],
+    rows: list[tuple[Any, ...]],
+    share: Collection[str],
+    dumps: Callable[[Any], bytes],
+) -> list[tuple[str, str, float, str | None, bytes]]:
+    """The shared-table rows of the completions named in ``share``. A large result
+    is shared by reference to the file of this instance's history: a purge or new
+    generation of this instance deletes the row with the file, and an instance that
+    reuses it stores its own copy (``find_shared`` loads it; appending writes it)."""
+    found = []  # durable_nb.tables.SharedRow (a layer apart: not imported)
+    wanted = set(share)
+    for event, row in zip(events, rows, strict=True):
+        if isinstance(event, history.TaskCompleted) and event.key in wanted:
+            value = row[RESULT_FIELD]
+            large = value.key if isinstance(value, LargeRef) else None
+            digest = shared_digest(event.activity, event.key)
+            found.append((event.activity, digest, event.timestamp, large, dumps(value)))
+    return found
+
+
+def pickle_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
 
 # Results at least this big are stored on their own, streamed to a file, so that
 # checkpointing them holds no second copy in memory and replay reads them only when used.

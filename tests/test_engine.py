@@ -503,6 +503,28 @@ def test_a_durable_timer_between_calls_starts_the_count_afresh(
     assert eng.output == 200 and reports == []
 
 
+def fan_out_rounds(ctx, rounds, width):  # type: ignore[no-untyped-def]
+    total = 0
+    for r in range(rounds):
+        calls = [ctx.call_activity(double, r * width + i) for i in range(width)]
+        total += sum((yield ctx.task_all(calls)))
+    return total
+
+
+def test_a_fan_out_counts_once_however_wide() -> None:
+    # 120 calls of one activity in one resume: a deliberate fan-out, not a loop.
+    eng, reports = _drive_reports(fan_out_rounds, 50, rounds=1, width=120)
+    assert eng.output == sum(2 * i for i in range(120)) and reports == []
+
+
+def test_a_loop_of_fan_outs_counts_one_per_round() -> None:
+    # Each round's calls count once: 49 rounds stay under a limit of 50, 50 reach it.
+    _, reports = _drive_reports(fan_out_rounds, 50, rounds=49, width=3)
+    assert reports == []
+    _, reports = _drive_reports(fan_out_rounds, 50, rounds=50, width=3)
+    assert reports == [("double", 50)]
+
+
 @pytest.mark.parametrize("limit", [0, None])
 def test_no_runaway_limit_reports_nothing(limit: int | None) -> None:
     _, reports = _drive_reports(poll, limit, n=200, timer_every=0, event_every=0)

@@ -752,3 +752,21 @@ def test_unfingerprintable_argument_error_names_owner_argument_and_type() -> Non
     message = str(info.value)
     assert "activity 'fetch'" in message and "'lock'" in message and "lock" in message.lower()
     assert "Pass plain data" in message
+
+
+@given(st.text() | st.integers() | st.floats() | st.booleans() | st.none() | st.binary())
+def test_a_lone_scalar_takes_the_short_path_with_the_bytes_of_encode(value: Any) -> None:
+    from durable_nb.fingerprint_values import encode, scalar_bytes
+
+    out: list[bytes] = []
+    encode(value, out, True)
+    assert scalar_bytes(value) == b"".join(out)
+
+
+def test_a_scalar_subclass_or_a_container_takes_the_long_path() -> None:
+    from durable_nb.fingerprint_values import scalar_bytes
+
+    class Name(str):
+        pass
+
+    assert scalar_bytes(Name("a")) is None and scalar_bytes([1]) is None

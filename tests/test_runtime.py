@@ -546,6 +546,22 @@ def test_a_polling_loop_with_no_timer_warns_once_naming_what_to_do(rt: Runtime) 
     assert polls == 45
 
 
+def test_a_fan_out_wider_than_the_runaway_limit_does_not_warn(rt: Runtime) -> None:
+    dn.configure(runaway_calls=20)
+
+    @dn.activity
+    def square(i: int) -> int:
+        return i * i
+
+    @dn.orchestrator
+    def fan(ctx, n):  # type: ignore[no-untyped-def]
+        return sum((yield ctx.task_all([ctx.call_activity(square, i) for i in range(n)])))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dn.RunawayOrchestratorWarning)
+        assert fan.run(45) == sum(i * i for i in range(45))
+
+
 def test_a_polling_loop_with_a_timer_between_calls_does_not_warn(rt: Runtime) -> None:
     dn.configure(runaway_calls=20)
 

@@ -232,3 +232,50 @@ def test_a_record_given_a_status_member_stores_the_plain_string(tmp_path: Path) 
     loaded = store.get_instance("i-1")
     assert loaded is not None and type(loaded.status) is str and loaded.status == "suspended"
     store.close()
+
+
+def test_a_long_history_is_compacted_by_the_load_that_reads_it(store: CheckpointStore) -> None:
+    for n in range(40):
+        store.append("i", [completed(f"a/x/y#{n}", n), completed(f"b/x/y#{n}", [n])])
+    before, count = store.load_history("i")
+    assert count == 40 and store.history_chunks("i") == 40  # not asked: left as it is
+    assert store.load_history("i", compact_after=40) == (before, 40)  # not more than 40
+    events, count = store.load_history("i", compact_after=32)
+    assert events == before and count == 1 and store.history_chunks("i") == 1
+    assert store.append("i", [completed("a/x/y#40", 40)]) == 1  # appends follow it
+    assert store.load_history("i", compact_after=32) == ([*before, completed("a/x/y#40", 40)], 2)
+
+
+def test_an_append_during_a_compacting_load_is_not_lost(tmp_path: Path) -> None:
+    """Another process appends after the load read the chunks and before it writes the
+    merged one: the load keeps every chunk (compacting is left to a later load)."""
+    first, second = DiskCacheStore(tmp_path / "s"), DiskCacheStore(tmp_path / "s")
+    tables, other = first._tables, second._tables  # two connections, as two processes
+    for n in range(40):
+        tables.append("s", b"%d" % n)
+
+    def merge_while_another_appends(chunks: list[bytes]) -> bytes:
+        other.append("s", b"late")
+        return b"".join(chunks)
+
+    chunks, count = tables.read_compacting("s", 32, merge_while_another_appends)
+    assert chunks == [b"%d" % n for n in range(40)] and count == 40  # what was read
+    assert [data for _, data in tables.read("s")] == [*chunks, b"late"]  # nothing lost
+    chunks, count = tables.read_compacting("s", 32, b"".join)  # the next load compacts
+    assert chunks == [b"".join(b"%d" % n for n in range(40)) + b"late"] and count == 1
+    assert tables.read("s") == [(0, chunks[0])]
+    first.close()
+    second.close()
+
+
+def test_chunks_are_numbered_densely_per_stream(tmp_path: Path) -> None:
+    from durable_nb.tables import StoreTables
+
+    tables = StoreTables(str(tmp_path / "cache.db"))
+    assert [tables.append("a", b"x"), tables.append("b", b"y"), tables.append("a", b"z")] == [
+        0,
+        0,
+        1,
+    ]
+    assert tables.read("a") == [(0, b"x"), (1, b"z")]
+    tables.close()

@@ -32,6 +32,8 @@ from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
 from durable_nb.engine.step import Outcome, Step, end_message, finished_event
 from durable_nb.engine.strict import check_position
 from durable_nb.engine.tasks import (
+    _FAILED,
+    _PENDING,
     ActivityCall,
     ActivityTask,
     EventTask,
@@ -41,7 +43,7 @@ from durable_nb.engine.tasks import (
     TimerCall,
     TimerTask,
 )
-from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook, event_timeout, fire_time
+from durable_nb.engine.waits import EventBook, RaisedEvent, TimerBook, event_timeout
 from durable_nb.errors import (
     ContinueAsNew,
     EventTimeoutError,
@@ -101,6 +103,7 @@ class OrchestrationEngine(Generic[A, O]):
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
         self._runaway = RunawayGuard(runaway_calls)
+        self._resumes = 0  # times the orchestrator went on after a yield (the guard's unit)
         # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
         # instance stays final while the code of none of them changed.
         self.code_used: dict[str, A | O] = {}
@@ -143,10 +146,14 @@ class OrchestrationEngine(Generic[A, O]):
     def load(self, events: Iterable[history.Event]) -> None:
         """Take in the history of earlier runs (before :meth:`start`)."""
         self._loading = True
+        handlers, results = self._handlers, self._results.results
         try:
             for event in events:
                 self._position_in_history += 1
-                self._handlers[type(event)](event)
+                if type(event) is history.TaskCompleted:  # most of a history: inline
+                    results[event.key] = (event.result, event.timestamp, self._position_in_history)
+                elif type(event) is not history.TaskScheduled:
+                    handlers[type(event)](event)
         finally:
             self._loading = False
 
@@ -219,19 +226,20 @@ class OrchestrationEngine(Generic[A, O]):
 
     def call_activity(self, ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
         act = self._resolve(ref)
-        owner = f"activity {act.name!r} (instance {self.instance_id})"
+        name = act.name
+        owner = f"activity {name!r} (instance {self.instance_id})"
 
         def triple(scheme: int) -> str:
             digest = arguments_digest(owner, args, kwargs, scheme=scheme)
-            return f"{act.name}/{act.code_digest(scheme)[:16]}/{digest}"
+            return f"{name}/{act.code_digest(scheme)[:16]}/{digest}"
 
-        self.code_used[act.name] = act
-        if (runaway := self._runaway.called(act.name)) is not None:
+        self.code_used[name] = act
+        if (runaway := self._runaway.called(name, self._resumes)) is not None:
             self._step.runaway = runaway
-        key, occurrence, position = self._next_call(triple(KEY_SCHEME), act.name)
+        key, occurrence, position = self._next_call(triple(KEY_SCHEME), name)
         call = ActivityCall(key, act, args, kwargs, position)
         task = ActivityTask(call)
-        if self._answer(task, key, act.name, triple, occurrence):
+        if self._answer(task, key, name, triple, occurrence):
             self._step.scheduled.append(call)
         return task
 
@@ -261,7 +269,7 @@ class OrchestrationEngine(Generic[A, O]):
             value = hit[0]
             if isinstance(value, history.LargeValue):
                 value = value.load()  # a large result, read now that it is needed
-            task._complete(value, hit[1], True, hit[2])
+            task._replayed(value, hit[1], hit[2])
             self._step.replayed.append(name)
             return False
         self._pending[key] = task
@@ -297,8 +305,8 @@ class OrchestrationEngine(Generic[A, O]):
         return task
 
     def create_timer(self, when: Any) -> Task:
-        key = self._timers.next_key()
-        timer = TimerCall(key, *self._fire_time(key, when))
+        timer = self._timers.new(when, max(self.now, self._run_started), self.name)
+        key = timer.key
         task = TimerTask(timer)
         self._runaway.timer_created()
         fired_position = self._timers.fired.get(key)
@@ -319,8 +327,7 @@ class OrchestrationEngine(Generic[A, O]):
             )
         timer: TimerCall | None = None
         if timeout is not None:
-            key = self._timers.next_key()
-            timer = TimerCall(key, *self._fire_time(key, timeout))
+            timer = self._timers.new(timeout, max(self.now, self._run_started), self.name)
             self._runaway.timer_created()
         task = EventTask(name, timer.key if timer else None)
         task.timeout = timeout
@@ -347,15 +354,6 @@ class OrchestrationEngine(Generic[A, O]):
         if self._bind_input is not None:
             self._bind_input(args, kwargs)
         raise ContinueAsNew(args, kwargs)
-
-    def _fire_time(self, key: str, when: Any) -> tuple[float, bool]:
-        """The fire time of timer ``key`` and whether it is new (not in history)."""
-        recorded = self._timers.created.get(key)
-        if recorded is not None:
-            return recorded, False
-        # A new timer counts from now: the later of the replayed clock and this run's
-        # start, so a timer first created on a rerun does not fire at once.
-        return fire_time(when, max(self.now, self._run_started), self.name), True
 
     def _event_timeout(self, name: str, timeout: Any) -> EventTimeoutError:
         return event_timeout(self.name, self.instance_id, name, timeout)
@@ -441,6 +439,7 @@ class OrchestrationEngine(Generic[A, O]):
         coroutine = self._coroutine
         assert coroutine is not None
         while True:
+            self._resumes += 1
             try:
                 if error is not None:
                     yielded = coroutine.throw(error)
@@ -462,13 +461,15 @@ class OrchestrationEngine(Generic[A, O]):
             if not isinstance(yielded, Task):
                 value, error = None, self._not_a_task(yielded)
                 continue
-            if not yielded.is_done:
+            state = yielded._state  # is_done and is_failed, read once
+            if state == _PENDING:
                 self._waiting_on = yielded
                 return
-            self.now = max(self.now, yielded.finished_at)
+            if yielded.finished_at > self.now:
+                self.now = yielded.finished_at
             self.is_replaying = yielded.replayed
-            if yielded.is_failed:
-                value, error = None, yielded.exception
+            if state == _FAILED:
+                value, error = None, yielded._error
             else:
                 value = yielded._value
 

@@ -7,7 +7,7 @@ decisions imply (``events``), which the runtime appends as it is, in that order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic
 
 from durable_nb import history
@@ -17,22 +17,41 @@ from durable_nb.engine.tasks import ActivityCall, SubOrchestrationCall, TimerCal
 _UNSET: Any = object()
 
 
-@dataclass
 class Step(Generic[A, O]):
-    """What the runtime must do after the engine consumed some events."""
+    """What the runtime must do after the engine consumed some events.
 
-    scheduled: list[ActivityCall[A]] = field(default_factory=list)
-    replayed: list[str] = field(default_factory=list)  # names answered from history
-    timers: list[TimerCall] = field(default_factory=list)  # to arm: new ones and recorded ones
-    subs: list[SubOrchestrationCall[O]] = field(default_factory=list)
-    waiting_events: list[str] = field(default_factory=list)
-    custom_status: Any = _UNSET
-    # (activity name, calls): the run called it that many times with no durable timer
-    # created in between (engine/runaway.py); reported once per run.
-    runaway: tuple[str, int] | None = None
-    # The history this step implies (TaskScheduled, TimerCreated, CustomStatusSet,
-    # ExecutionFinished), to append as it is.
-    events: list[history.Event] = field(default_factory=list)
+    A plain class with slots: the engine makes one per step, so it is built by hand."""
+
+    __slots__ = (
+        "custom_status",
+        "events",
+        "replayed",
+        "runaway",
+        "scheduled",
+        "subs",
+        "timers",
+        "waiting_events",
+    )
+
+    def __init__(self) -> None:
+        self.scheduled: list[ActivityCall[A]] = []
+        self.replayed: list[str] = []  # names answered from history
+        self.timers: list[TimerCall] = []  # to arm: new ones and recorded ones
+        self.subs: list[SubOrchestrationCall[O]] = []
+        self.waiting_events: list[str] = []
+        self.custom_status: Any = _UNSET
+        # (activity name, steps): the run called it in that many steps with no durable
+        # timer created in between (engine/runaway.py); reported once per run.
+        self.runaway: tuple[str, int] | None = None
+        # The history this step implies (TaskScheduled, TimerCreated, CustomStatusSet,
+        # ExecutionFinished), to append as it is.
+        self.events: list[history.Event] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"Step(scheduled={self.scheduled!r}, replayed={self.replayed!r}, "
+            f"timers={self.timers!r}, subs={self.subs!r}, events={self.events!r})"
+        )
 
     @property
     def has_custom_status(self) -> bool:

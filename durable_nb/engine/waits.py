@@ -16,7 +16,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable_nb.engine.tasks import EventTask, Task
+from durable_nb.engine.tasks import EventTask, Task, TimerCall
 from durable_nb.errors import EventTimeoutError, OrchestratorError
 
 
@@ -79,6 +79,16 @@ class TimerBook:
         self.count += 1
         return key
 
+    def new(self, when: Any, now: float, orchestrator: str) -> TimerCall:
+        """The run's next timer; its fire time is the recorded one if history has it (not
+        new), else ``when`` from ``now``: the later of the replayed clock and this run's
+        start, so a timer first created on a rerun does not fire at once."""
+        key = self.next_key()
+        recorded = self.created.get(key)
+        if recorded is not None:
+            return TimerCall(key, recorded, False)
+        return TimerCall(key, fire_time(when, now, orchestrator), True)
+
 
 @dataclass
 class EventBook:
@@ -114,4 +124,6 @@ class EventBook:
         return None
 
     def waiting_names(self) -> list[str]:
+        if not self.waiting:  # most steps: nothing ever waited for an event
+            return []
         return sorted(n for n in self.waiting if self.first_waiting(n) is not None)
