@@ -311,6 +311,25 @@ def local_cluster(**kwargs: Any) -> Any:
     return Client(cluster)  # type: ignore[no-untyped-call, unused-ignore]
 
 
+WINDOW_PER_WORKER = 2  # attempts submitted per worker: one running, one ready to go
+DASK_WINDOW = 4096  # the scheduler queues and balances; enough for a large cluster
+UNKNOWN_WINDOW = 1024  # an executor that does not say how many workers it has
+
+
+def submit_window(executor: Any) -> int:
+    """How many attempts of one run to keep submitted to ``executor`` at once; the
+    dispatcher holds the rest until submitted ones end. A few per worker keep every
+    worker busy, without the executor's per-call machinery for a whole fan-out."""
+    if isinstance(executor, DaskExecutor):
+        return DASK_WINDOW
+    workers = getattr(executor, "max_workers", None)
+    if not isinstance(workers, int):
+        workers = getattr(executor, "_max_workers", None)  # concurrent.futures' pools
+    if isinstance(workers, int) and workers > 0:
+        return WINDOW_PER_WORKER * workers
+    return UNKNOWN_WINDOW
+
+
 def as_executor(value: Any) -> Any:
     """An executor from what ``configure(executor=...)`` accepts: a
     ``concurrent.futures.Executor``, a ``distributed.Client``, or "threads"/"processes"."""
