@@ -5,7 +5,9 @@ call: a chain of activities then costs one thread hop per step, and a 10,000-way
 fan-out creates no 10,000 tasks. Only ``async def`` activities get a task.
 
 Everything here runs on the loop thread, except :meth:`Dispatcher._thread_done`,
-which the executor calls from its worker thread and which only hands over.
+which the executor calls from its worker thread and which only hands over: threads
+that end together wake the loop once (a queue and a flag), and the loop takes all
+their outcomes in one callback and posts them together (``post_batch``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class Dispatcher:
         note: Emit,
         keep_late: Emit,
         journal: Journal | None = None,
+        post_batch: Callable[[list[history.Event]], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._resources = resources  # executors, limits, leftover threads: shared
@@ -130,6 +133,13 @@ class Dispatcher:
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
         self._windows: dict[int, _Window] = {}  # by id(executor)
+        # Threads that ended, for the loop to take (appended by the worker threads).
+        self._ended: collections.deque[tuple[_Attempt, concurrent.futures.Future[Any]]] = (
+            collections.deque()
+        )
+        self._woken = False  # the loop is to take _ended soon
+        self._post_batch = post_batch  # the outcomes of threads that ended together
+        self._batch: list[history.Event] | None = None  # collected while taking them
         self.stopped = False
 
     # ------------------------------------------------------------ starting
@@ -263,14 +273,55 @@ class Dispatcher:
     # ------------------------------------------------------------ ending
 
     def _thread_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
-        """Worker thread: hand the outcome to the loop, or keep it if the run is over."""
-        if not self.stopped:
+        """Worker thread: hand the outcome to the loop, or keep it if the run is over.
+        The loop is woken once for the threads that end before it takes them."""
+        if self.stopped:
+            self._keep_if_success(attempt, future)
+            return
+        self._ended.append((attempt, future))
+        if self._woken:
+            return  # _take_ended is scheduled and has not cleared the flag yet
+        self._woken = True
+        try:
+            self._loop.call_soon_threadsafe(self._take_ended)
+        except RuntimeError:  # the loop is closed: the run is over
+            self._keep_ended()
+
+    def _take_ended(self) -> None:
+        """On the loop: the outcomes of the threads that ended, as one batch."""
+        self._woken = False  # before taking: a thread that ends from now on wakes again
+        ended = self._ended
+        if not ended:
+            return
+        batch: list[history.Event] = []
+        self._batch = batch
+        try:
+            while ended:
+                attempt, future = ended.popleft()
+                self._future_done(attempt, future)
+        finally:
+            self._batch = None
+            if batch:
+                if self._post_batch is not None:
+                    self._post_batch(batch)
+                else:
+                    for event in batch:
+                        self._post(event)
+
+    def _emit(self, event: history.Event) -> None:
+        """Post an outcome; while a batch of threads' outcomes is taken, with the batch."""
+        if self._batch is not None:
+            self._batch.append(event)
+        else:
+            self._post(event)
+
+    def _keep_ended(self) -> None:
+        while True:
             try:
-                self._loop.call_soon_threadsafe(self._future_done, attempt, future)
+                attempt, future = self._ended.popleft()
+            except IndexError:
                 return
-            except RuntimeError:  # the loop is closed: the run is over
-                pass
-        self._keep_if_success(attempt, future)
+            self._keep_if_success(attempt, future)
 
     def _future_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
         if self.stopped:
@@ -324,7 +375,7 @@ class Dispatcher:
         if error is None:
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
-            self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
+            self._emit(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
             return
         options = call.activity.options
         now = time.time()
@@ -343,7 +394,7 @@ class Dispatcher:
             return
         _annotate(error, name, attempt.number, self._instance_id, call.key)
         kind = type(error).__name__
-        self._post(
+        self._emit(
             history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
         )
 
@@ -425,6 +476,7 @@ class Dispatcher:
                 else:
                     # Its hand-over is still queued on the loop: keep the result now.
                     self._keep_if_success(attempt, handle)
+        self._keep_ended()
 
 
 def _as_activity_error(

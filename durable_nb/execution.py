@@ -152,6 +152,7 @@ class Execution:
             note=journal.buffer,
             keep_late=journal.keep_late,
             journal=journal,  # shared results (share=True activities)
+            post_batch=self._post_batch,
         )
         self._timers = DurableTimers(self._post, self.progress)
         self._children = ChildRuns(self._run_child, self._post, self.instance_id)
@@ -212,6 +213,12 @@ class Execution:
         if not self._draining:
             self._schedule_drain()
 
+    def _post_batch(self, events: list[history.Event]) -> None:
+        """Outcomes that arrived together (threads that ended): taken at once, as one
+        chunk with whatever else is in the inbox."""
+        self._inbox += events
+        self._drain()
+
     def _schedule_drain(self) -> None:
         if not self._draining and not self._over:
             assert self._loop is not None
@@ -225,6 +232,8 @@ class Execution:
         ended = self._ended
         if self._over or ended is None or ended.done():
             return
+        if not self._inbox and not self._arrived:
+            return  # taken already (a batch of threads' outcomes came first)
         try:
             self._take_outcomes()
             if self.engine.done:
