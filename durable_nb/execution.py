@@ -13,7 +13,8 @@ moment loses at most the work that was in flight.
 Outcomes are handled by a loop callback, not by waking a coroutine: the first outcome
 that lands in an empty inbox schedules :meth:`Execution._drain` for the loop's next
 turn, so outcomes that arrive together are still written as one chunk, and the run's
-coroutine only waits for the end.
+coroutine only waits for the end. The outcomes of threads that ended together come
+as one batch (dispatch.py), which is drained at once.
 """
 
 from __future__ import annotations
