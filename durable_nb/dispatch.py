@@ -28,7 +28,7 @@ from durable_nb.errors import (
     DurableNbError,
     add_note,
 )
-from durable_nb.executors import submit_window
+from durable_nb.executors import SubmitWindow
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources, SlotLimit
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[history.Event], None]
+_Ended = tuple["_Attempt", concurrent.futures.Future[Any]]  # a thread that ended, and its attempt
 
 
 class _Attempt:
@@ -72,7 +73,7 @@ class _Attempt:
         self.limiter = limiter
         self.handle: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.window: _Window | None = None  # submitted through it (not adopted)
+        self.window: SubmitWindow[_Attempt] | None = None  # submitted through it (not adopted)
         self.finished = False  # outcome delivered, or slot given back
         self.kept = False  # result stored after the run ended
 
@@ -82,21 +83,6 @@ class _Attempt:
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         self.dispatcher._task_done(self, task)
-
-
-class _Window:
-    """At most ``size`` attempts submitted to one executor at once; the others wait
-    here, in order, and are submitted as submitted ones end. A huge fan-out then holds
-    the executor's per-call machinery (future, condition, work item) for a few calls
-    only, not for every pending one."""
-
-    __slots__ = ("executor", "size", "submitted", "waiting")
-
-    def __init__(self, executor: Any) -> None:
-        self.executor = executor
-        self.size = submit_window(executor)
-        self.submitted = 0
-        self.waiting: collections.deque[_Attempt] = collections.deque()
 
 
 class Dispatcher:
@@ -132,11 +118,8 @@ class Dispatcher:
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
-        self._windows: dict[int, _Window] = {}  # by id(executor)
-        # Threads that ended, for the loop to take (appended by the worker threads).
-        self._ended: collections.deque[tuple[_Attempt, concurrent.futures.Future[Any]]] = (
-            collections.deque()
-        )
+        self._windows: dict[int, SubmitWindow[_Attempt]] = {}  # by id(executor)
+        self._ended: collections.deque[_Ended] = collections.deque()  # for the loop to take
         self._woken = False  # the loop is to take _ended soon
         self._post_batch = post_batch  # the outcomes of threads that ended together
         self._batch: list[history.Event] | None = None  # collected while taking them
@@ -237,14 +220,14 @@ class Dispatcher:
             # Its time runs from here, as when every attempt went to the executor's queue.
             attempt.timer = self._loop.call_later(timeout, self._timed_out, attempt, timeout)
 
-    def _window_for(self, call: ScheduledCall) -> _Window:
+    def _window_for(self, call: ScheduledCall) -> SubmitWindow[_Attempt]:
         executor = self._resources.executor_for(call)
         window = self._windows.get(id(executor))
         if window is None or window.executor is not executor:
-            window = self._windows[id(executor)] = _Window(executor)
+            window = self._windows[id(executor)] = SubmitWindow(executor)
         return window
 
-    def _submit(self, attempt: _Attempt, window: _Window) -> None:
+    def _submit(self, attempt: _Attempt, window: SubmitWindow[_Attempt]) -> None:
         """Hand the attempt to its executor now, or when one of its window's ends."""
         if window.submitted >= window.size:
             window.waiting.append(attempt)
@@ -256,7 +239,7 @@ class Dispatcher:
         attempt.handle = future
         future.add_done_callback(attempt.thread_done)
 
-    def _submitted_ended(self, window: _Window) -> None:
+    def _submitted_ended(self, window: SubmitWindow[_Attempt]) -> None:
         """An attempt this run submitted ended in its executor: submit the next waiting
         one of that executor (skipping those that timed out while waiting)."""
         window.submitted -= 1

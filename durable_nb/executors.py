@@ -13,6 +13,7 @@ what they run, and the results are kept.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import linecache
 import multiprocessing
@@ -22,9 +23,11 @@ import signal
 import time
 import types
 import uuid
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from durable_nb.errors import ActivityLostError, ConfigurationError, ResultNotStorableError
+
+T = TypeVar("T")
 
 
 class ActivityExecutor(Protocol):
@@ -328,6 +331,21 @@ def submit_window(executor: Any) -> int:
     if isinstance(workers, int) and workers > 0:
         return WINDOW_PER_WORKER * workers
     return UNKNOWN_WINDOW
+
+
+class SubmitWindow(Generic[T]):
+    """At most ``size`` attempts of one run submitted to one executor at once; the
+    others wait here, in order, and are submitted as submitted ones end. A huge fan-out
+    then holds the executor's per-call machinery (future, condition, work item) for a
+    few calls only, not for every pending one."""
+
+    __slots__ = ("executor", "size", "submitted", "waiting")
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.size = submit_window(executor)
+        self.submitted = 0
+        self.waiting: collections.deque[T] = collections.deque()
 
 
 def as_executor(value: Any) -> Any:
