@@ -215,15 +215,20 @@ def measure_pending(n: int) -> dict[str, Any]:
     sampled once the dispatcher has scheduled them all (threads only)."""
     folder = tempfile.mkdtemp(prefix="bench_scale_")
     runtime = _reset_for_tests(lambda: Runtime(store=DiskCacheStore(folder), progress="none"))
-    pool = runtime.resources.executor_named("threads")
     workers = runtime.resources.max_workers
     sample: dict[str, float] = {}
 
+    def started_attempts() -> int:
+        # Attempts the dispatcher started: in the pool (running or queued there) or
+        # waiting for their turn to be submitted (durable_nb keeps a window per pool).
+        executions = list(runtime._executions.values())
+        return sum(row.running for e in executions for row in list(e.progress.rows.values()))
+
     def open_gate_when_scheduled(calls: int, started: float) -> None:
         # Every call is scheduled when the busy workers hold one each (at the gate) and
-        # the pool's queue holds the rest (a worker takes an item only to block there).
+        # every other one is started too, queued in the pool or in the dispatcher.
         busy = min(calls, workers)
-        while WAITING[0] < busy or pool._work_queue.qsize() < calls - busy:
+        while WAITING[0] < busy or started_attempts() < calls:
             time.sleep(0.005)
         sample["scheduled_s"] = time.perf_counter() - started
         rss = current_rss_mib()

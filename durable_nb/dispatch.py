@@ -5,17 +5,19 @@ call: a chain of activities then costs one thread hop per step, and a 10,000-way
 fan-out creates no 10,000 tasks. Only ``async def`` activities get a task.
 
 Everything here runs on the loop thread, except :meth:`Dispatcher._thread_done`,
-which the executor calls from its worker thread and which only hands over.
+which the executor calls from its worker thread and which only hands over: threads
+that end together wake the loop once (a queue and a flag), and the loop takes all
+their outcomes in one callback and posts them together (``post_batch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
@@ -26,6 +28,7 @@ from durable_nb.errors import (
     DurableNbError,
     add_note,
 )
+from durable_nb.executors import SubmitWindow
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources, SlotLimit
 
@@ -36,21 +39,50 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[history.Event], None]
+_Ended = tuple["_Attempt", concurrent.futures.Future[Any]]  # a thread that ended, and its attempt
 
 
 class _Attempt:
     """One try of one call; finishes exactly once."""
 
-    __slots__ = ("call", "finished", "handle", "kept", "limiter", "number", "timer")
+    __slots__ = (
+        "call",
+        "dispatcher",
+        "finished",
+        "first_started",
+        "handle",
+        "kept",
+        "limiter",
+        "number",
+        "timer",
+        "window",
+    )
 
-    def __init__(self, call: ScheduledCall, number: int, limiter: SlotLimit | None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        call: ScheduledCall,
+        number: int,
+        first_started: float,
+        limiter: SlotLimit | None,
+    ) -> None:
+        self.dispatcher = dispatcher
         self.call = call
         self.number = number
+        self.first_started = first_started  # when the call's first attempt was asked for
         self.limiter = limiter
         self.handle: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.window: SubmitWindow[_Attempt] | None = None  # submitted through it (not adopted)
         self.finished = False  # outcome delivered, or slot given back
         self.kept = False  # result stored after the run ended
+
+    def thread_done(self, future: concurrent.futures.Future[Any]) -> None:
+        """The executor's done callback (a bound method: no partial per attempt)."""
+        self.dispatcher._thread_done(self, future)
+
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        self.dispatcher._task_done(self, task)
 
 
 class Dispatcher:
@@ -67,6 +99,7 @@ class Dispatcher:
         note: Emit,
         keep_late: Emit,
         journal: Journal | None = None,
+        post_batch: Callable[[list[history.Event]], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._resources = resources  # executors, limits, leftover threads: shared
@@ -85,40 +118,40 @@ class Dispatcher:
         self._live: set[_Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
-        self._first_started: dict[str, float] = {}  # call key -> start of its first attempt
+        self._windows: dict[int, SubmitWindow[_Attempt]] = {}  # by id(executor)
+        self._ended: collections.deque[_Ended] = collections.deque()  # for the loop to take
+        self._woken = False  # the loop is to take _ended soon
+        self._post_batch = post_batch  # the outcomes of threads that ended together
+        self._batch: list[history.Event] | None = None  # collected while taking them
         self.stopped = False
 
     # ------------------------------------------------------------ starting
 
     def start(self, call: ScheduledCall) -> None:
         """Carry out a call the engine scheduled (its first attempt)."""
-        self._attempt(call, 1)
+        if call.activity.options.share and self._journal is not None:
+            self._ask_shared(call)
+            return
+        self._run(call, 1, time.time())
 
-    def _attempt(self, call: ScheduledCall, number: int) -> None:
-        if number == 1:
-            if call.activity.options.share and self._journal is not None:
-                self._ask_shared(call)
-                return
-            self._first_started[call.key] = time.time()
-        self._run(call, number)
-
-    def _run(self, call: ScheduledCall, number: int) -> None:
-        leftover = self._resources.leftover_threads.take(self._owner, call.key)
+    def _run(self, call: ScheduledCall, number: int, first_started: float) -> None:
+        leftovers = self._resources.leftover_threads
+        leftover = leftovers.take(self._owner, call.key) if leftovers else None
         if leftover is not None:
             # The same call ran in a thread of an interrupted run of this instance: take
             # its outcome instead of doing the work twice. Still running, it holds its
             # slot; already done, its result may not have reached the history this run
             # loaded (the thread's own callback writes it a moment after it is done).
-            self._adopt(call, number, leftover)
+            self._adopt(call, number, first_started, leftover)
             return
         limiter = self._resources.limiter_for(call)
         if limiter is None:
-            self._start(call, number, None)
+            self._start(call, number, first_started, None)
             return
 
         def start() -> None:
             self._queued.pop(start, None)
-            self._start(call, number, limiter)
+            self._start(call, number, first_started, limiter)
 
         self._queued[start] = limiter
         limiter.acquire_or_wait(start)
@@ -146,60 +179,139 @@ class Dispatcher:
             if event is not None:
                 self._post(event)  # counted as cached when it is written
             else:
-                self._first_started[call.key] = time.time()
-                self._run(call, 1)
+                self._run(call, 1, time.time())
 
     def _adopt(
-        self, call: ScheduledCall, number: int, future: concurrent.futures.Future[Any]
+        self,
+        call: ScheduledCall,
+        number: int,
+        first_started: float,
+        future: concurrent.futures.Future[Any],
     ) -> None:
-        attempt = _Attempt(call, number, None)
+        attempt = _Attempt(self, call, number, first_started, None)
         attempt.handle = future
         self._live.add(attempt)
         self._progress.attempt_started(call.activity.name)
-        future.add_done_callback(partial(self._thread_done, attempt))
+        future.add_done_callback(attempt.thread_done)
 
-    def _start(self, call: ScheduledCall, number: int, limiter: SlotLimit | None) -> None:
+    def _start(
+        self, call: ScheduledCall, number: int, first_started: float, limiter: SlotLimit | None
+    ) -> None:
         if self.stopped:
             if limiter is not None:
                 limiter.release()
             return
-        attempt = _Attempt(call, number, limiter)
+        attempt = _Attempt(self, call, number, first_started, limiter)
         self._live.add(attempt)
         act = call.activity
         self._progress.attempt_started(act.name)
         try:
             if act.is_async:
                 task = asyncio.ensure_future(act.fn(*call.args, **call.kwargs))
-                task.add_done_callback(partial(self._task_done, attempt))
+                task.add_done_callback(attempt.task_done)
                 attempt.handle = task
             else:
-                executor = self._resources.executor_for(call)
-                future = executor.submit(act.fn, *call.args, **call.kwargs)
-                attempt.handle = future
-                future.add_done_callback(partial(self._thread_done, attempt))
+                self._submit(attempt, self._window_for(call))
         except Exception as exc:  # the executor refused (shut down), or fn is not callable
             self._finish(attempt, None, exc)
             return
         timeout = act.options.timeout
         if timeout is not None and not attempt.finished:
+            # Its time runs from here, as when every attempt went to the executor's queue.
             attempt.timer = self._loop.call_later(timeout, self._timed_out, attempt, timeout)
+
+    def _window_for(self, call: ScheduledCall) -> SubmitWindow[_Attempt]:
+        executor = self._resources.executor_for(call)
+        window = self._windows.get(id(executor))
+        if window is None or window.executor is not executor:
+            window = self._windows[id(executor)] = SubmitWindow(executor)
+        return window
+
+    def _submit(self, attempt: _Attempt, window: SubmitWindow[_Attempt]) -> None:
+        """Hand the attempt to its executor now, or when one of its window's ends."""
+        if window.submitted >= window.size:
+            window.waiting.append(attempt)
+            return
+        call = attempt.call
+        future = window.executor.submit(call.activity.fn, *call.args, **call.kwargs)
+        window.submitted += 1
+        attempt.window = window
+        attempt.handle = future
+        future.add_done_callback(attempt.thread_done)
+
+    def _submitted_ended(self, window: SubmitWindow[_Attempt]) -> None:
+        """An attempt this run submitted ended in its executor: submit the next waiting
+        one of that executor (skipping those that timed out while waiting)."""
+        window.submitted -= 1
+        waiting = window.waiting
+        while waiting and window.submitted < window.size and not self.stopped:
+            queued = waiting.popleft()
+            if queued.finished:
+                continue
+            try:
+                self._submit(queued, window)
+            except Exception as exc:  # the executor refused (shut down)
+                self._finish(queued, None, exc)
 
     # ------------------------------------------------------------ ending
 
     def _thread_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
-        """Worker thread: hand the outcome to the loop, or keep it if the run is over."""
-        if not self.stopped:
+        """Worker thread: hand the outcome to the loop, or keep it if the run is over.
+        The loop is woken once for the threads that end before it takes them."""
+        if self.stopped:
+            self._keep_if_success(attempt, future)
+            return
+        self._ended.append((attempt, future))
+        if self._woken:
+            return  # _take_ended is scheduled and has not cleared the flag yet
+        self._woken = True
+        try:
+            self._loop.call_soon_threadsafe(self._take_ended)
+        except RuntimeError:  # the loop is closed: the run is over
+            self._keep_ended()
+
+    def _take_ended(self) -> None:
+        """On the loop: the outcomes of the threads that ended, as one batch."""
+        self._woken = False  # before taking: a thread that ends from now on wakes again
+        ended = self._ended
+        if not ended:
+            return
+        batch: list[history.Event] = []
+        self._batch = batch
+        try:
+            while ended:
+                attempt, future = ended.popleft()
+                self._future_done(attempt, future)
+        finally:
+            self._batch = None
+            if batch:
+                if self._post_batch is not None:
+                    self._post_batch(batch)
+                else:
+                    for event in batch:
+                        self._post(event)
+
+    def _emit(self, event: history.Event) -> None:
+        """Post an outcome; while a batch of threads' outcomes is taken, with the batch."""
+        if self._batch is not None:
+            self._batch.append(event)
+        else:
+            self._post(event)
+
+    def _keep_ended(self) -> None:
+        while True:
             try:
-                self._loop.call_soon_threadsafe(self._future_done, attempt, future)
+                attempt, future = self._ended.popleft()
+            except IndexError:
                 return
-            except RuntimeError:  # the loop is closed: the run is over
-                pass
-        self._keep_if_success(attempt, future)
+            self._keep_if_success(attempt, future)
 
     def _future_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
         if self.stopped:
             self._keep_if_success(attempt, future)
             return
+        if attempt.window is not None:
+            self._submitted_ended(attempt.window)
         error = future.exception()
         self._finish(attempt, None if error is not None else future.result(), error)
 
@@ -244,16 +356,14 @@ class Dispatcher:
         call = attempt.call
         name = call.activity.name
         if error is None:
-            self._first_started.pop(call.key, None)
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
-            self._post(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
+            self._emit(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
             return
         options = call.activity.options
         now = time.time()
-        first_started = self._first_started.get(call.key, now)
         error = self._explain_bad_arguments(call, error)
-        retry = options.should_retry(error, attempt.number, first_started, now)
+        retry = options.should_retry(error, attempt.number, attempt.first_started, now)
         error = _as_activity_error(error, call, attempt.number, self._instance_id)
         if retry:
             delay = options.delay_before(attempt.number + 1)
@@ -263,12 +373,11 @@ class Dispatcher:
             )
             self._progress.retried(name)
             logger.info("activity %s attempt %s failed (%s); retrying", name, attempt.number, text)
-            self._retry_later(delay, call, attempt.number + 1)
+            self._retry_later(delay, call, attempt.number + 1, attempt.first_started)
             return
-        self._first_started.pop(call.key, None)
         _annotate(error, name, attempt.number, self._instance_id, call.key)
         kind = type(error).__name__
-        self._post(
+        self._emit(
             history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
         )
 
@@ -292,13 +401,15 @@ class Dispatcher:
         explained.__cause__ = error
         return explained
 
-    def _retry_later(self, delay: float, call: ScheduledCall, number: int) -> None:
+    def _retry_later(
+        self, delay: float, call: ScheduledCall, number: int, first_started: float
+    ) -> None:
         timer: asyncio.TimerHandle
 
         def fire() -> None:
             self._retry_timers.discard(timer)
             self._progress.retry_started(call.activity.name)
-            self._attempt(call, number)
+            self._run(call, number, first_started)
 
         timer = self._loop.call_later(delay, fire)
         self._retry_timers.add(timer)
@@ -325,6 +436,8 @@ class Dispatcher:
         for start, waiting_on in list(self._queued.items()):
             waiting_on.forget(start)
         self._queued.clear()
+        for window in self._windows.values():
+            window.waiting.clear()  # never submitted: released below with the rest
         for attempt in list(self._live):
             handle = attempt.handle
             if isinstance(handle, concurrent.futures.Future) and handle.cancel():
@@ -346,6 +459,7 @@ class Dispatcher:
                 else:
                     # Its hand-over is still queued on the loop: keep the result now.
                     self._keep_if_success(attempt, handle)
+        self._keep_ended()
 
 
 def _as_activity_error(

@@ -9,11 +9,18 @@ The order of things is what makes a run durable:
 
 So a result is on disk before the orchestrator acts on it, and a kill at any
 moment loses at most the work that was in flight.
+
+Outcomes are handled by a loop callback, not by waking a coroutine: the first outcome
+that lands in an empty inbox schedules :meth:`Execution._drain` for the loop's next
+turn, so outcomes that arrive together are still written as one chunk, and the run's
+coroutine only waits for the end. The outcomes of threads that ended together come
+as one batch (dispatch.py), which is drained at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable
@@ -106,17 +113,21 @@ class Execution:
         self._lease = LeaseKeeper(self.store, instance_id)
         self._inbox: list[history.Event] = []
         self._arrived: list[history.Event] = []  # already durable, appended by others
-        self._wake: asyncio.Event | None = None
+        self._draining = False  # a _drain is scheduled on the loop
+        self._ended: asyncio.Future[None] | None = None  # set when the run is over
+        self._context: contextvars.Context | None = None  # the run's, for _drain
         self._last_poll = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set while the orchestrator waits for a resume to start (suspended at the start).
         self._deferred: history.ExecutionStarted | None = None
+        self._over = False  # the run ended (or is ending): outcomes go to _record_end
 
     # ------------------------------------------------------------------ run
 
     async def run(self) -> Outcome:
-        self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._ended = self._loop.create_future()
+        self._context = contextvars.copy_context()
         await self._lease.acquire_waiting(self.runtime.busy_timeout)
         try:
             return await self._run_leased()
@@ -124,7 +135,7 @@ class Execution:
             self._lease.release()
 
     async def _run_leased(self) -> Outcome:
-        assert self._wake is not None
+        assert self._ended is not None
         journal = self.journal
         record = journal.open_record(self.orchestrator.name, self.parent, self.arguments)
         events = journal.load()
@@ -142,6 +153,7 @@ class Execution:
             note=journal.buffer,
             keep_late=journal.keep_late,
             journal=journal,  # shared results (share=True activities)
+            post_batch=self._post_batch,
         )
         self._timers = DurableTimers(self._post, self.progress)
         self._children = ChildRuns(self._run_child, self._post, self.instance_id)
@@ -153,23 +165,9 @@ class Execution:
                 self._deferred = started  # the orchestrator starts when resumed
             else:
                 self._start_engine(started)
-            while not self.engine.done:
-                if not self._inbox and not self._arrived:
-                    self._flush_before_waiting()
-                if not self._inbox and not self._arrived:
-                    await self._wake.wait()
-                self._wake.clear()
-                inbox, self._inbox = self._inbox, []
-                arrived, self._arrived = self._arrived, []
-                foreign, seen = journal.write(inbox)
-                journal.flush_record()
-                ready = self._suspension.admit(arrived + foreign + seen)
-                if not ready:
-                    continue  # suspended: all of it waits for the resume
-                began = time.monotonic()
-                step = self.engine.apply(ready, time.time())
-                warn_if_slow(self.orchestrator.name, self.instance_id, "after a result", began)
-                self._carry_out(step)
+            if not self.engine.done:
+                self._wait_or_drain()
+                await self._ended
         except (asyncio.CancelledError, KeyboardInterrupt) as exc:  # the kernel's interrupt
             self._abort(Status.INTERRUPTED, f"{type(exc).__name__}: run stopped before it finished")
             raise
@@ -177,6 +175,7 @@ class Execution:
             self._abort(Status.FAILED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            self._over = True  # a _drain still scheduled does nothing
             ticker.cancel()
             self._stop_work()
         outcome = self.engine.outcome
@@ -206,16 +205,83 @@ class Execution:
         arrived = self.journal.poll()
         if arrived:
             self._arrived.extend(arrived)
-            assert self._wake is not None
-            self._wake.set()
+            self._schedule_drain()
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _post(self, event: history.Event) -> None:
+        self._inbox.append(event)
+        if not self._draining:
+            self._schedule_drain()
+
+    def _post_batch(self, events: list[history.Event]) -> None:
+        """Outcomes that arrived together (threads that ended): taken at once, as one
+        chunk with whatever else is in the inbox."""
+        self._inbox += events
+        self._drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._draining and not self._over:
+            assert self._loop is not None
+            self._draining = True
+            self._loop.call_soon(self._drain, context=self._context)
+
+    def _drain(self) -> None:
+        """On the loop, once per batch: write what arrived as one chunk, then let the
+        engine take it. An error here ends the run as it would have in its coroutine."""
+        self._draining = False
+        ended = self._ended
+        if self._over or ended is None or ended.done():
+            return
+        if not self._inbox and not self._arrived:
+            return  # taken already (a batch of threads' outcomes came first)
+        try:
+            self._take_outcomes()
+            if self.engine.done:
+                ended.set_result(None)
+            else:
+                self._wait_or_drain()
+        except BaseException as exc:  # the coroutine fails, or records the interrupt
+            if not ended.done():
+                ended.set_exception(exc)
+
+    def _take_outcomes(self) -> None:
+        journal = self.journal
+        inbox, self._inbox = self._inbox, []
+        arrived, self._arrived = self._arrived, []
+        foreign, seen = journal.write(inbox)
+        journal.flush_record()
+        if arrived or foreign:
+            events = arrived + foreign + seen
+        else:
+            events = seen
+        ready = self._suspension.admit(events)
+        if not ready:
+            return  # suspended: all of it waits for the resume
+        began = time.monotonic()
+        step = self.engine.apply(ready, time.time())
+        self._warn_if_slow("after a result", began, step)
+        self._carry_out(step)
+
+    def _wait_or_drain(self) -> None:
+        """After a step: drain again if more arrived, else make durable what must not
+        wait for the next outcome (which may find events others appended)."""
+        if not self._inbox and not self._arrived:
+            self._flush_before_waiting()
+        if self._inbox or self._arrived:
+            self._schedule_drain()
 
     # ------------------------------------------------------------------ steps
 
     def _start_engine(self, started: history.ExecutionStarted) -> None:
         began = time.monotonic()
         step = self.engine.start(started)
-        warn_if_slow(self.orchestrator.name, self.instance_id, "its start", began)
+        self._warn_if_slow("its start", began, step)
         self._carry_out(step)
+
+    def _warn_if_slow(self, what: str, began: float, step: EngineStep) -> None:
+        calls = len(step.scheduled) + len(step.replayed) + len(step.subs) + len(step.timers)
+        warn_if_slow(self.orchestrator.name, self.instance_id, what, began, calls)
 
     def _carry_out(self, step: EngineStep) -> None:
         """Append the history the step implies, then start the work it asks for."""
@@ -245,11 +311,6 @@ class Execution:
             self.journal.set_custom_status(step.custom_status)
             progress.custom_status = step.custom_status
         progress.changed()
-
-    def _post(self, event: history.Event) -> None:
-        self._inbox.append(event)
-        assert self._wake is not None
-        self._wake.set()
 
     def _flush_before_waiting(self) -> None:
         """Before the run waits, make durable what must not wait for the next outcome."""

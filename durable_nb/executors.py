@@ -13,6 +13,7 @@ what they run, and the results are kept.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import linecache
 import multiprocessing
@@ -22,9 +23,11 @@ import signal
 import time
 import types
 import uuid
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from durable_nb.errors import ActivityLostError, ConfigurationError, ResultNotStorableError
+
+T = TypeVar("T")
 
 
 class ActivityExecutor(Protocol):
@@ -309,6 +312,40 @@ def local_cluster(**kwargs: Any) -> Any:
     kwargs.setdefault("silence_logs", 50)
     cluster = LocalCluster(**kwargs)  # type: ignore[no-untyped-call, unused-ignore]
     return Client(cluster)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+WINDOW_PER_WORKER = 2  # attempts submitted per worker: one running, one ready to go
+DASK_WINDOW = 4096  # the scheduler queues and balances; enough for a large cluster
+UNKNOWN_WINDOW = 1024  # an executor that does not say how many workers it has
+
+
+def submit_window(executor: Any) -> int:
+    """How many attempts of one run to keep submitted to ``executor`` at once; the
+    dispatcher holds the rest until submitted ones end. A few per worker keep every
+    worker busy, without the executor's per-call machinery for a whole fan-out."""
+    if isinstance(executor, DaskExecutor):
+        return DASK_WINDOW
+    workers = getattr(executor, "max_workers", None)
+    if not isinstance(workers, int):
+        workers = getattr(executor, "_max_workers", None)  # concurrent.futures' pools
+    if isinstance(workers, int) and workers > 0:
+        return WINDOW_PER_WORKER * workers
+    return UNKNOWN_WINDOW
+
+
+class SubmitWindow(Generic[T]):
+    """At most ``size`` attempts of one run submitted to one executor at once; the
+    others wait here, in order, and are submitted as submitted ones end. A huge fan-out
+    then holds the executor's per-call machinery (future, condition, work item) for a
+    few calls only, not for every pending one."""
+
+    __slots__ = ("executor", "size", "submitted", "waiting")
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.size = submit_window(executor)
+        self.submitted = 0
+        self.waiting: collections.deque[T] = collections.deque()
 
 
 def as_executor(value: Any) -> Any:

@@ -48,6 +48,7 @@ class Journal:
         self.instance_id = instance_id
         self.progress = progress
         self._unwritten: list[history.Event] = []  # rides with the next chunk
+        self._urgent = False  # _unwritten holds what must not wait for the next outcome
         self.record: InstanceRecord | None = None
         self._record_dirty = False
         self.chunks = 0  # chunks of the instance: loaded and written by this run
@@ -56,6 +57,9 @@ class Journal:
         self._share: set[str] = set()  # call keys whose completions are to be shared
 
     def load(self) -> list[history.Event]:
+        # TODO(issue 12, D2): compact when loading, not at the end of every run:
+        # self.store.load_history(self.instance_id, compact_after=COMPACT_AFTER_CHUNKS),
+        # once the store has it; then drop the compaction in close_record.
         events, count = self.store.load_history(self.instance_id)
         self.chunks = self._next = count
         return events
@@ -63,12 +67,21 @@ class Journal:
     def buffer(self, event: history.Event) -> None:
         """Bookkeeping that rides with the next chunk (TaskRetried, TaskScheduled...)."""
         self._unwritten.append(event)
+        if isinstance(event, _WRITE_BEFORE_WAITING):
+            self._urgent = True
 
     def buffer_all(self, events: Sequence[history.Event]) -> None:
         self._unwritten += events
+        if not self._urgent:
+            for event in events:
+                if isinstance(event, _WRITE_BEFORE_WAITING):
+                    self._urgent = True
+                    break
 
     def must_write_before_waiting(self) -> bool:
-        return any(isinstance(e, _WRITE_BEFORE_WAITING) for e in self._unwritten)
+        """Whether what is buffered must be written before the run waits (a timer's
+        fire time, the custom status)."""
+        return self._urgent
 
     def write(
         self, events: Sequence[history.Event]
@@ -79,9 +92,11 @@ class Journal:
         chunks others appended before this one, then ``events`` themselves (where a
         completion whose result cannot be pickled has become a failure saying so).
         """
-        chunk = self._unwritten + list(events)
+        chunk = self._unwritten
+        chunk += events
         self._unwritten = []
-        seen = list(events)
+        self._urgent = False
+        seen = events if type(events) is list else list(events)
         if not chunk:
             return [], seen
         try:

@@ -218,9 +218,11 @@ class Resources:
     def limiter_for(self, call: ScheduledCall) -> SlotLimit | None:
         """The limits a call must fit in: its activity's, then the global one; shared by
         every run on the running loop."""
+        limit = call.activity.options.concurrency
+        if limit is None and self.max_in_flight is None:
+            return None  # the common case: no limit to look up
         per_loop = self._limits.setdefault(asyncio.get_running_loop(), {})
         limits = []
-        limit = call.activity.options.concurrency
         if limit is not None:
             limits.append(self._limit(per_loop, f"{call.activity.name}/{limit}", limit))
         if self.max_in_flight is not None:

@@ -37,6 +37,12 @@ class Suspension:
 
     def admit(self, events: list[history.Event]) -> list[history.Event]:
         """The events (in history order) the engine may take now."""
+        if not self.suspended:
+            for event in events:
+                if isinstance(event, history.ControlRequested):
+                    break
+            else:
+                return events  # the common case: nothing to hold, nothing to act on
         ready: list[history.Event] = []
         for event in events:
             action = event.action if isinstance(event, history.ControlRequested) else None

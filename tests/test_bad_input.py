@@ -312,6 +312,40 @@ def test_time_sleep_in_an_orchestrator_warns_and_does_not_hang(rt: Runtime) -> N
         assert run_one(body) == "done"
 
 
+def test_slow_step_allows_time_per_call_it_schedules() -> None:
+    from durable_nb import orchestrator_warnings as ow
+
+    two_seconds_ago = time.monotonic() - 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 100,000-call fan-out's first step: no warning
+        ow.warn_if_slow("fan", "i-1", "its start", two_seconds_ago, calls=100_000)
+    with pytest.warns(dn.SlowOrchestratorWarning, match="held the event loop for 2.0 s"):
+        ow.warn_if_slow("fan", "i-1", "its start", two_seconds_ago, calls=10)
+
+
+def test_a_big_fan_out_whose_first_step_is_slow_does_not_warn(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durable_nb import orchestrator_warnings as ow
+
+    # A 1.2 s first step scheduling 20 calls, at 0.1 s allowed per call (stands for a
+    # fan-out of ~100,000 calls at the real allowance).
+    monkeypatch.setattr(ow, "SLOW_STEP_SECONDS_PER_CALL", 0.1)
+
+    @dn.activity
+    def one(i: int) -> int:
+        return i
+
+    def body(ctx):  # type: ignore[no-untyped-def]
+        time.sleep(1.2)
+        results = yield ctx.task_all([ctx.call_activity(one, i) for i in range(20)])
+        return sum(results)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dn.SlowOrchestratorWarning)
+        assert run_one(body) == sum(range(20))
+
+
 @pytest.mark.parametrize("signal_type", [KeyboardInterrupt, SystemExit])
 def test_activity_raising_a_control_exception_is_a_failure(
     rt: Runtime, signal_type: type[BaseException]
