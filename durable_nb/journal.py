@@ -57,10 +57,11 @@ class Journal:
         self._share: set[str] = set()  # call keys whose completions are to be shared
 
     def load(self) -> list[history.Event]:
-        # TODO(issue 12, D2): compact when loading, not at the end of every run:
-        # self.store.load_history(self.instance_id, compact_after=COMPACT_AFTER_CHUNKS),
-        # once the store has it; then drop the compaction in close_record.
-        events, count = self.store.load_history(self.instance_id)
+        # A long history is compacted by the load that reads it anyway, not at the end
+        # of every run (most ended runs are never loaded again).
+        events, count = self.store.load_history(
+            self.instance_id, compact_after=COMPACT_AFTER_CHUNKS
+        )
         self.chunks = self._next = count
         return events
 
@@ -310,7 +311,7 @@ class Journal:
         output: Any,
         completed_with: dict[str, Any] | None,
     ) -> None:
-        """Record how the run ended; compact a long history of a run that ended."""
+        """Record how the run ended."""
         record = self.record
         if record is not None:
             record.status, record.finished_at, record.updated_at = status.value, now, now
@@ -320,8 +321,6 @@ class Journal:
             record.completed_with = completed_with if status == Status.COMPLETED else None
             self._put_record(record)
             self._record_dirty = False
-        if self.chunks > COMPACT_AFTER_CHUNKS and status != Status.CONTINUED_AS_NEW:
-            self.store.compact(self.instance_id)
 
     def _put_record(self, record: InstanceRecord) -> None:
         try:
