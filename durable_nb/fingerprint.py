@@ -232,9 +232,14 @@ def _value_digest(value: Any, scheme: int) -> str:
 
 
 def arguments_digest(
-    owner: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, scheme: int = KEY_SCHEME
+    owner: str | Callable[[], str],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    scheme: int = KEY_SCHEME,
 ) -> str:
-    """Digest of a call's arguments; names ``owner`` and the argument when one fails."""
+    """Digest of a call's arguments; names ``owner`` (or what it returns, made only then)
+    and the argument when one fails."""
     if scheme not in SCHEMES:
         _check(scheme)
     # The happy path builds no message: the failing argument is named from how many
@@ -247,7 +252,8 @@ def arguments_digest(
             for name in sorted(kwargs):
                 parts.append(name + "=" + _value_digest(kwargs[name], scheme))
     except Exception as exc:  # joblib raises PicklingError, TypeError, AttributeError...
-        raise _unfingerprintable(owner, args, kwargs, len(parts), exc) from exc
+        who = owner if isinstance(owner, str) else owner()
+        raise _unfingerprintable(who, args, kwargs, len(parts), exc) from exc
     return hashlib.blake2b("|".join(parts).encode(), digest_size=_DIGEST_SIZE).hexdigest()
 
 

@@ -53,6 +53,10 @@ WAL_TRUNCATE_BYTES = 1 << 20
 # One shared result to record with a chunk: activity, digest, finished, large key, data.
 SharedRow = tuple[str, str, float, str | None, bytes]
 
+# Chunks at least this big on average are not merged by read_compacting: merging them
+# would rewrite the history for nothing.
+_BIG_CHUNK = 4096
+
 
 class StoreTables:
     """Atomic operations on the tables, safe across threads and processes."""
@@ -240,11 +244,13 @@ class StoreTables:
         self, stream: str, more_than: int, merge: Callable[[list[bytes]], bytes]
     ) -> tuple[list[bytes], int]:
         """The stream's chunks in order and the number the next one gets; when there are
-        more than ``more_than``, replaced by one, ``merge`` of them all, in the read's own
-        transaction. A write by another connection since the read began (an append, a
-        purge) makes the upgrade to a write fail at once (WAL, diskcache's journal mode:
-        a reader never blocks a writer): the chunks read are returned as they are,
-        uncompacted, and nothing is lost (a later load compacts them)."""
+        more than ``more_than`` and they are small on average (a chain's: a row each costs
+        more to read than its events to decode; a fan-out's batches are worth no
+        rewrite), replaced by one, ``merge`` of them all, in the read's own transaction.
+        A write by another connection since the read began (an append, a purge) makes
+        the upgrade to a write fail at once (WAL, diskcache's journal mode: a reader
+        never blocks a writer): the chunks read are returned as they are, uncompacted,
+        and nothing is lost (a later load compacts them)."""
         try:
             connection = self._connection()
             connection.execute("BEGIN")  # deferred: a snapshot to read, written if unchanged
@@ -254,8 +260,8 @@ class StoreTables:
                 ).fetchall()
                 chunks = [bytes(data) for _, data in rows]
                 following = int(rows[-1][0]) + 1 if rows else 0
-                if len(rows) <= more_than:
-                    connection.execute("COMMIT")
+                if len(rows) <= more_than or sum(map(len, chunks)) > len(rows) * _BIG_CHUNK:
+                    connection.execute("COMMIT")  # few chunks, or big ones: kept as they are
                     return chunks, following
                 merged = merge(chunks)
                 try:

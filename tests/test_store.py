@@ -246,6 +246,17 @@ def test_a_long_history_is_compacted_by_the_load_that_reads_it(store: Checkpoint
     assert store.load_history("i", compact_after=32) == ([*before, completed("a/x/y#40", 40)], 2)
 
 
+def test_a_history_of_big_chunks_is_not_rewritten_by_a_load(tmp_path: Path) -> None:
+    """A fan-out's chunks hold hundreds of completions each: merging them would rewrite
+    the whole history (seconds at a million calls) to save reading a few rows."""
+    store = DiskCacheStore(tmp_path / "store")
+    for n in range(40):
+        store.append("i", [completed(f"a/x/y#{n}.{k}", f"{n}.{k}" * 8) for k in range(100)])
+    events, count = store.load_history("i", compact_after=32)
+    assert len(events) == 4000 and count == 40 and store.history_chunks("i") == 40
+    store.close()
+
+
 def test_an_append_during_a_compacting_load_is_not_lost(tmp_path: Path) -> None:
     """Another process appends after the load read the chunks and before it writes the
     merged one: the load keeps every chunk (compacting is left to a later load)."""

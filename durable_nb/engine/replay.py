@@ -26,6 +26,7 @@ from typing import Any, Generic
 from durable_nb import history
 from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.context import OrchestrationContext
+from durable_nb.engine.keys import CallKeys
 from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook, failure_known_by_name
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
@@ -98,8 +99,7 @@ class OrchestrationEngine(Generic[A, O]):
         self._results = ResultBook()
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._finished: history.ExecutionFinished | None = None
-        self._occurrences: dict[str, int] = {}
-        self._position = 0
+        self._keys: CallKeys[A] = CallKeys()
         self._created_at: float | None = None
         self._reference_calls: tuple[str, ...] | None = None
         self._runaway = RunawayGuard(runaway_calls)
@@ -227,10 +227,14 @@ class OrchestrationEngine(Generic[A, O]):
     def call_activity(self, ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
         act = self._resolve(ref)
         name = act.name
-        owner = f"activity {name!r} (instance {self.instance_id})"
+
+        def owner() -> str:  # for an error message only
+            return f"activity {name!r} (instance {self.instance_id})"
 
         def triple(scheme: int) -> str:
             digest = arguments_digest(owner, args, kwargs, scheme=scheme)
+            if scheme == KEY_SCHEME:
+                return self._keys.prefix(act) + digest
             return f"{name}/{act.code_digest(scheme)[:16]}/{digest}"
 
         self.code_used[name] = act
@@ -245,14 +249,11 @@ class OrchestrationEngine(Generic[A, O]):
 
     def _next_call(self, triple: str, name: str) -> tuple[str, int, int]:
         """The call key, occurrence and position of the next call of ``triple``."""
-        occurrence = self._occurrences.get(triple, 0)
-        self._occurrences[triple] = occurrence + 1
-        position = self._position
-        self._position += 1
+        key, occurrence, position = self._keys.next(triple)
         if self.strict:
             self.calls.append(name)
             check_position(self.name, self.instance_id, self._reference_calls, position, name)
-        return f"{triple}#{occurrence}", occurrence, position
+        return key, occurrence, position
 
     def _answer(
         self,
