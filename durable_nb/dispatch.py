@@ -22,13 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.errors import (
-    ActivityArgumentsError,
-    ActivityInterruptError,
     ActivityTimeoutError,
-    DurableNbError,
-    add_note,
 )
 from durable_nb.executors import SubmitWindow
+from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources, SlotLimit
 
@@ -123,6 +120,7 @@ class Dispatcher:
         self._woken = False  # the loop is to take _ended soon
         self._post_batch = post_batch  # the outcomes of threads that ended together
         self._batch: list[history.Event] | None = None  # collected while taking them
+        self._slots_to_free: list[SlotLimit] = []  # of outcomes not written yet
         self.stopped = False
 
     # ------------------------------------------------------------ starting
@@ -352,21 +350,29 @@ class Dispatcher:
     def _finish(self, attempt: _Attempt, result: Any, error: BaseException | None) -> None:
         if attempt.finished:
             return
-        self._release(attempt)
         call = attempt.call
         name = call.activity.name
+        retry = False
+        if error is not None:
+            error = explain_bad_arguments(call, error, self._instance_id)
+            retry = call.activity.options.should_retry(
+                error, attempt.number, attempt.first_started, time.time()
+            )
+            error = as_activity_error(error, call, attempt.number, self._instance_id)
+        if not retry and attempt.limiter is not None:
+            # Its slot is given back once the outcome is written (written()): calls in
+            # flight plus outcomes not on disk yet never pass the limit, so a kill makes
+            # at most `concurrency` calls of the activity run again.
+            self._slots_to_free.append(attempt.limiter)
+            attempt.limiter = None
+        self._release(attempt)
         if error is None:
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
             self._emit(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
             return
-        options = call.activity.options
-        now = time.time()
-        error = self._explain_bad_arguments(call, error)
-        retry = options.should_retry(error, attempt.number, attempt.first_started, now)
-        error = _as_activity_error(error, call, attempt.number, self._instance_id)
         if retry:
-            delay = options.delay_before(attempt.number + 1)
+            delay = call.activity.options.delay_before(attempt.number + 1)
             kind, text = type(error).__name__, str(error)
             self._note(
                 history.TaskRetried(time.time(), call.key, name, attempt.number, kind, text, delay)
@@ -375,31 +381,11 @@ class Dispatcher:
             logger.info("activity %s attempt %s failed (%s); retrying", name, attempt.number, text)
             self._retry_later(delay, call, attempt.number + 1, attempt.first_started)
             return
-        _annotate(error, name, attempt.number, self._instance_id, call.key)
+        annotate(error, name, attempt.number, self._instance_id, call.key)
         kind = type(error).__name__
         self._emit(
             history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
         )
-
-    def _explain_bad_arguments(self, call: ScheduledCall, error: BaseException) -> BaseException:
-        """A TypeError because the call does not fit the activity's signature becomes an
-        ActivityArgumentsError saying which call, and is not retried (nor is it the
-        activity's fault)."""
-        if not isinstance(error, TypeError) or isinstance(error, DurableNbError):
-            return error
-        why = call.activity.arguments_mismatch(call.args, call.kwargs)
-        if why is None:
-            return error
-        explained = ActivityArgumentsError(
-            f"activity {call.activity.name!r} (instance {self._instance_id}, call "
-            f"{call.key}) cannot take the arguments it was called with: {why}. Fix the "
-            "ctx.call_activity(...) call in the orchestrator, or the activity's signature.",
-            activity=call.activity.name,
-            call=call.key,
-            instance_id=self._instance_id,
-        )
-        explained.__cause__ = error
-        return explained
 
     def _retry_later(
         self, delay: float, call: ScheduledCall, number: int, first_started: float
@@ -426,9 +412,16 @@ class Dispatcher:
 
     # ------------------------------------------------------------ stopping
 
+    def written(self) -> None:
+        """The outcomes posted so far are on disk: their concurrency slots are free."""
+        slots, self._slots_to_free = self._slots_to_free, []
+        for slot in slots:
+            slot.release()
+
     def stop(self) -> None:
         """The run ended: start nothing new; threads finish and their results are kept."""
         self.stopped = True
+        self.written()  # outcomes not written now are kept by the run's end or lost
         self._asking = []  # not looked up yet: they never start
         for timer in self._retry_timers:
             timer.cancel()
@@ -460,40 +453,3 @@ class Dispatcher:
                     # Its hand-over is still queued on the loop: keep the result now.
                     self._keep_if_success(attempt, handle)
         self._keep_ended()
-
-
-def _as_activity_error(
-    exc: BaseException, call: ScheduledCall, attempt: int, instance_id: str
-) -> BaseException:
-    """KeyboardInterrupt or SystemExit raised *inside* an activity are failures of that
-    activity, not signals to this process; everything else is passed through as is."""
-    if isinstance(exc, Exception):
-        return exc
-    name = call.activity.name
-    error = ActivityInterruptError(
-        f"activity {name!r} raised {type(exc).__name__}; activities must signal failure "
-        "with an Exception, so it was recorded as a failure",
-        activity=name,
-        call=call.key,
-        attempt=attempt,
-        instance_id=instance_id,
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _annotate(error: BaseException, name: str, attempts: int, instance_id: str, key: str) -> None:
-    """Attach where the failure happened, as attributes and as a traceback note."""
-    context = {
-        "durable_activity": name,
-        "durable_attempts": attempts,
-        "durable_instance": instance_id,
-        "durable_call": key,
-    }
-    for attribute, value in context.items():
-        try:
-            setattr(error, attribute, value)
-        except AttributeError:  # exceptions with __slots__
-            break
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    add_note(error, f"durable_nb: activity {name!r} failed after {tries} (instance {instance_id})")

@@ -254,6 +254,7 @@ class Execution:
         inbox, self._inbox = self._inbox, []
         arrived, self._arrived = self._arrived, []
         foreign, seen = journal.write(inbox)
+        self._activities.written()
         journal.flush_record()
         if arrived or foreign:
             events = arrived + foreign + seen

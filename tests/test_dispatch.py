@@ -55,7 +55,12 @@ def pool() -> Iterator[CountingPool]:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _run(pool: CountingPool, scenario: Any, max_in_flight: int | None = None) -> Any:
+def _run(
+    pool: CountingPool,
+    scenario: Any,
+    max_in_flight: int | None = None,
+    write_outcomes: bool = True,
+) -> Any:
     """Run ``scenario(dispatcher, outcomes, done)`` on a new loop with a dispatcher on
     ``pool``; ``done`` is set once ``expect`` outcomes were posted."""
     resources = Resources(max_workers=WORKERS)
@@ -65,12 +70,18 @@ def _run(pool: CountingPool, scenario: Any, max_in_flight: int | None = None) ->
 
     async def main() -> Any:
         outcomes: list[history.Event] = []
+
+        def post(event: history.Event) -> None:  # as a run does: written at its next turn
+            outcomes.append(event)
+            if write_outcomes:
+                loop.call_soon(dispatcher.written)
+
         dispatcher = Dispatcher(
             resources=resources,
             progress=Progress("orch", "inst"),
             instance_id="inst",
             history_id="h",
-            post=outcomes.append,
+            post=post,
             note=lambda event: None,
             keep_late=lambda event: None,
         )
@@ -183,3 +194,30 @@ def test_stop_never_starts_calls_waiting_for_the_window_and_frees_their_slots(
     assert leftovers == WORKERS  # the running threads are kept for a next run
     assert in_use == WORKERS  # ...and keep their slots until they end; the rest are free
     assert in_use_after == 0
+
+
+def test_a_slot_is_free_only_once_the_outcome_holding_it_is_written(pool: CountingPool) -> None:
+    """Calls in flight plus outcomes not on disk never pass an activity's concurrency, so
+    a kill makes at most that many calls of it run again."""
+    started: list[int] = []
+
+    @dn.activity(concurrency=2)
+    def limited(i: int) -> int:
+        started.append(i)
+        return i
+
+    async def scenario(dispatcher: Dispatcher, outcomes: list[history.Event]) -> Any:
+        for i in range(5):
+            dispatcher.start(ActivityCall(f"k{i}", limited, (i,), {}, i))
+        await _until(lambda: len(outcomes) == 2)
+        await asyncio.sleep(0.05)
+        before_write = sorted(started)
+        dispatcher.written()  # the run wrote both outcomes: two more may start
+        await _until(lambda: len(outcomes) == 4)
+        dispatcher.written()
+        await _until(lambda: len(outcomes) == 5)
+        return before_write
+
+    before_write = _run(pool, scenario, write_outcomes=False)
+    assert before_write == [0, 1]
+    assert sorted(started) == [0, 1, 2, 3, 4]
