@@ -55,8 +55,8 @@ class Runtime:
             self.resources.set_executor(executor)
         self.progress_mode = "auto"
         self.busy_timeout = 0.0  # seconds to wait for another kernel's run of an instance
-        # Calls of one activity in a run with no durable timer between them after which
-        # a RunawayOrchestratorWarning is issued; 0: never.
+        # Rounds (resumes of the orchestrator) calling one activity with no durable timer
+        # between them after which a RunawayOrchestratorWarning is issued; 0: never.
         self.runaway_calls = RUNAWAY_CALLS
         self._active: dict[str, asyncio.Task[Outcome]] = {}
         self._executions: dict[str, Execution] = {}
@@ -446,8 +446,9 @@ def configure(
     display (auto, widget, text, none); the thread count; the most activity calls in
     flight at once across the kernel; and how long to wait when another kernel is
     running the same instance (``busy_timeout``, default 0: refuse at once); after how
-    many calls of one activity with no durable timer in between a run warns that it looks
-    like a runaway loop (``runaway_calls``, default 100,000; 0 turns it off)."""
+    many rounds calling one activity with no durable timer in between a run warns that it
+    looks like a runaway loop (``runaway_calls``, default 100,000; a fan-out is one round;
+    0 turns it off)."""
     runtime = get_runtime()
     runtime.configure(
         store=store,
