@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
-from durable_nb.errors import (
-    ActivityTimeoutError,
-)
+from durable_nb.errors import ActivityLostError, ActivityTimeoutError
 from durable_nb.executors import SubmitWindow
 from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
 from durable_nb.progress import Progress
@@ -99,6 +98,8 @@ class Dispatcher:
         post_batch: Callable[[list[history.Event]], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        # Threads hand their outcomes over in the run's context, as its own callbacks run.
+        self._context = contextvars.copy_context()
         self._resources = resources  # executors, limits, leftover threads: shared
         self._progress = progress
         self._instance_id = instance_id
@@ -264,7 +265,7 @@ class Dispatcher:
             return  # _take_ended is scheduled and has not cleared the flag yet
         self._woken = True
         try:
-            self._loop.call_soon_threadsafe(self._take_ended)
+            self._loop.call_soon_threadsafe(self._take_ended, context=self._context)
         except RuntimeError:  # the loop is closed: the run is over
             self._keep_ended()
 
@@ -279,7 +280,10 @@ class Dispatcher:
         try:
             while ended:
                 attempt, future = ended.popleft()
-                self._future_done(attempt, future)
+                try:
+                    self._future_done(attempt, future)
+                except Exception:  # one outcome that cannot be handled strands no other
+                    logger.exception("could not take the outcome of %s", attempt.call.key)
         finally:
             self._batch = None
             if batch:
@@ -310,6 +314,17 @@ class Dispatcher:
             return
         if attempt.window is not None:
             self._submitted_ended(attempt.window)
+        if future.cancelled():  # by the executor (shut down with cancel_futures)
+            lost = ActivityLostError(
+                f"activity {attempt.call.activity.name!r} (instance {self._instance_id}, call "
+                f"{attempt.call.key}): its executor cancelled the attempt; run it again",
+                activity=attempt.call.activity.name,
+                call=attempt.call.key,
+                attempt=attempt.number,
+                instance_id=self._instance_id,
+            )
+            self._finish(attempt, None, lost)
+            return
         error = future.exception()
         self._finish(attempt, None if error is not None else future.result(), error)
 

@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from durable_nb import history
 from durable_nb.definitions import resolve_activity, resolve_orchestrator
 from durable_nb.dispatch import Dispatcher
-from durable_nb.engine import OrchestrationEngine, Outcome
+from durable_nb.engine import OrchestrationEngine, Outcome, TimerCall
 from durable_nb.finality import completed_with
 from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.history import Status
 from durable_nb.journal import Journal
 from durable_nb.leases import LeaseKeeper
 from durable_nb.orchestrator_warnings import warn_if_slow, warn_runaway
-from durable_nb.parts import ChildRuns, DurableTimers
+from durable_nb.parts import ChildRuns, DurableTimers, Part
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources
 from durable_nb.store import CheckpointStore
@@ -159,8 +159,9 @@ class Execution:
             journal=journal,  # shared results (share=True activities)
             post_batch=self._post_batch,
         )
-        self._timers = DurableTimers(self._post, self.progress)
-        self._children = ChildRuns(self._run_child, self._post, self.instance_id)
+        # The parts, behind start(call)/stop() (the Dispatcher has them too, and written()).
+        self._timers: Part[TimerCall] = DurableTimers(self._post, self.progress)
+        self._children: Part[ChildCall] = ChildRuns(self._run_child, self._post, self.instance_id)
         self.progress.begin()
         self._suspension = Suspension(suspended_in(events), self._set_status, self._resumed)
         ticker = asyncio.ensure_future(self._tick())

@@ -51,7 +51,6 @@ class Journal:
         self._urgent = False  # _unwritten holds what must not wait for the next outcome
         self.record: InstanceRecord | None = None
         self._record_dirty = False
-        self.chunks = 0  # chunks of the instance: loaded and written by this run
         self._next = 0  # the number the next chunk gets if nobody else appends
         self.history_id = ""  # the history this run writes into (set once it is known)
         self._share: set[str] = set()  # call keys whose completions are to be shared
@@ -62,7 +61,7 @@ class Journal:
         events, count = self.store.load_history(
             self.instance_id, compact_after=COMPACT_AFTER_CHUNKS
         )
-        self.chunks = self._next = count
+        self._next = count
         return events
 
     def buffer(self, event: history.Event) -> None:
@@ -198,7 +197,6 @@ class Journal:
                 location=str(self.store.location),
                 instance_id=self.instance_id,
             ) from exc
-        self.chunks += 1
         self._share.difference_update(share)
         return number
 

@@ -229,5 +229,6 @@ class Progress:
 
 
 def _call_name(key: str) -> str:
-    """The name a call key starts with ("sub:<orchestrator>" for a child)."""
-    return key.split("/", 1)[0]
+    """The name a call key starts with ("sub:<orchestrator>" for a child): what comes
+    before its code and arguments digests."""
+    return key.rsplit("/", 2)[0]

@@ -221,3 +221,31 @@ def test_a_slot_is_free_only_once_the_outcome_holding_it_is_written(pool: Counti
     before_write = _run(pool, scenario, write_outcomes=False)
     assert before_write == [0, 1]
     assert sorted(started) == [0, 1, 2, 3, 4]
+
+
+class CancellingPool(concurrent.futures.Executor):
+    """An executor that cancels every call it is given (as one shut down with
+    ``cancel_futures=True`` does to the calls still queued)."""
+
+    _max_workers = WORKERS
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.cancel()
+        return future
+
+
+def test_an_attempt_its_executor_cancelled_fails_as_lost_and_strands_no_other() -> None:
+    @dn.activity
+    def never_runs(i: int) -> int:
+        return i
+
+    async def scenario(dispatcher: Dispatcher, outcomes: list[history.Event]) -> Any:
+        for i in range(3):
+            dispatcher.start(ActivityCall(f"k{i}", never_runs, (i,), {}, i))
+        await _until(lambda: len(outcomes) == 3)
+        return outcomes
+
+    outcomes = _run(CancellingPool(), scenario)  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in outcomes] == ["TaskFailed"] * 3
+    assert {e.error_type for e in outcomes} == {"ActivityLostError"}  # type: ignore[attr-defined]

@@ -36,8 +36,5 @@ class OrchestratorDefinition(ActivityDefinition, Protocol):
 A = TypeVar("A", bound=ActivityDefinition)
 O = TypeVar("O", bound=OrchestratorDefinition)  # noqa: E741 - paired with A
 
-# How the engine turns what an orchestrator passed to ctx.call_activity (a definition,
-# its name, its function) into a definition; the runtime passes its registry's.
-Resolve = Callable[[Any], Any]
 # Checks the input of ctx.continue_as_new at the orchestrator's line.
 BindInput = Callable[[tuple[Any, ...], dict[str, Any]], object]
