@@ -37,9 +37,8 @@ class NotPlain(Exception):
 
 
 def scalar_bytes(value: Any) -> bytes | None:
-    """What :func:`encode` appends for a lone str, int, float, bool, bytes or None (the
-    same code, kept apart so the commonest arguments are digested in one call); None
-    for any other value."""
+    """What :func:`encode` appends for a str, int, float, bool, bytes or None (callable
+    alone, so the commonest arguments are digested in one call); None for any other value."""
     kind = type(value)
     tag = _PRIMITIVE_TAGS.get(kind)
     if tag is None:
@@ -58,17 +57,11 @@ def encode(value: Any, out: list[bytes], extended: bool) -> None:
 
     ``extended`` (scheme 2) adds numpy and pandas values, at any depth.
     """
-    kind = type(value)
-    tag = _PRIMITIVE_TAGS.get(kind)
-    if tag is not None:
-        if kind is str:
-            raw = value.encode("utf-8", "surrogatepass")
-        elif kind is bytes:
-            raw = value
-        else:
-            raw = repr(value).encode()
-        out.append(tag + str(len(raw)).encode() + b":" + raw)
+    scalar = scalar_bytes(value)
+    if scalar is not None:
+        out.append(scalar)
         return
+    kind = type(value)
     if kind is tuple or kind is list:
         out.append(b"(" if kind is tuple else b"[")
         for item in value:

@@ -755,12 +755,16 @@ def test_unfingerprintable_argument_error_names_owner_argument_and_type() -> Non
 
 
 @given(st.text() | st.integers() | st.floats() | st.booleans() | st.none() | st.binary())
-def test_a_lone_scalar_takes_the_short_path_with_the_bytes_of_encode(value: Any) -> None:
+def test_a_scalar_is_encoded_as_release_0_1_0_encoded_it(value: Any) -> None:
+    """scalar_bytes is what encode appends for a scalar; 0.1.0's encoder, kept verbatim,
+    is the oracle for its bytes."""
     from durable_nb.fingerprint_values import encode, scalar_bytes
 
+    expected: list[bytes] = []
+    REF._encode_plain(value, expected)
     out: list[bytes] = []
     encode(value, out, True)
-    assert scalar_bytes(value) == b"".join(out)
+    assert scalar_bytes(value) == b"".join(out) == b"".join(expected)
 
 
 def test_a_scalar_subclass_or_a_container_takes_the_long_path() -> None:
