@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextvars
 import logging
 import time
@@ -27,6 +26,7 @@ from durable_nb.executors import SubmitWindow
 from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources, SlotLimit
+from durable_nb.threads import ThreadHandle
 
 if TYPE_CHECKING:
     from durable_nb.definitions import ScheduledCall
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[history.Event], None]
-_Ended = tuple["_Attempt", concurrent.futures.Future[Any]]  # a thread that ended, and its attempt
+_Ended = tuple["_Attempt", ThreadHandle]  # a thread that ended, and its attempt
 
 
 class _Attempt:
@@ -67,13 +67,13 @@ class _Attempt:
         self.number = number
         self.first_started = first_started  # when the call's first attempt was asked for
         self.limiter = limiter
-        self.handle: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
+        self.handle: ThreadHandle | asyncio.Task[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.window: SubmitWindow[_Attempt] | None = None  # submitted through it (not adopted)
         self.finished = False  # outcome delivered, or slot given back
         self.kept = False  # result stored after the run ended
 
-    def thread_done(self, future: concurrent.futures.Future[Any]) -> None:
+    def thread_done(self, future: ThreadHandle) -> None:
         """The executor's done callback (a bound method: no partial per attempt)."""
         self.dispatcher._thread_done(self, future)
 
@@ -185,7 +185,7 @@ class Dispatcher:
         call: ScheduledCall,
         number: int,
         first_started: float,
-        future: concurrent.futures.Future[Any],
+        future: ThreadHandle,
     ) -> None:
         attempt = _Attempt(self, call, number, first_started, None)
         attempt.handle = future
@@ -232,11 +232,15 @@ class Dispatcher:
             window.waiting.append(attempt)
             return
         call = attempt.call
-        future = window.executor.submit(call.activity.fn, *call.args, **call.kwargs)
+        act = call.activity
+        if window.start_call is not None:  # the default pool: no Future per call
+            attempt.handle = window.start_call(act.fn, call.args, call.kwargs, attempt.thread_done)
+        else:
+            future = window.executor.submit(act.fn, *call.args, **call.kwargs)
+            attempt.handle = future
+            future.add_done_callback(attempt.thread_done)
         window.submitted += 1
         attempt.window = window
-        attempt.handle = future
-        future.add_done_callback(attempt.thread_done)
 
     def _submitted_ended(self, window: SubmitWindow[_Attempt]) -> None:
         """An attempt this run submitted ended in its executor: submit the next waiting
@@ -254,7 +258,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------ ending
 
-    def _thread_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+    def _thread_done(self, attempt: _Attempt, future: ThreadHandle) -> None:
         """Worker thread: hand the outcome to the loop, or keep it if the run is over.
         The loop is woken once for the threads that end before it takes them."""
         if self.stopped:
@@ -308,7 +312,7 @@ class Dispatcher:
                 return
             self._keep_if_success(attempt, future)
 
-    def _future_done(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+    def _future_done(self, attempt: _Attempt, future: ThreadHandle) -> None:
         if self.stopped:
             self._keep_if_success(attempt, future)
             return
@@ -415,7 +419,7 @@ class Dispatcher:
         timer = self._loop.call_later(delay, fire)
         self._retry_timers.add(timer)
 
-    def _keep_if_success(self, attempt: _Attempt, future: concurrent.futures.Future[Any]) -> None:
+    def _keep_if_success(self, attempt: _Attempt, future: ThreadHandle) -> None:
         if attempt.kept or future.cancelled() or future.exception() is not None:
             return
         attempt.kept = True
@@ -448,17 +452,19 @@ class Dispatcher:
             window.waiting.clear()  # never submitted: released below with the rest
         for attempt in list(self._live):
             handle = attempt.handle
-            if isinstance(handle, concurrent.futures.Future) and handle.cancel():
+            if isinstance(handle, asyncio.Task):
+                self._release(attempt)
+                handle.cancel()
+                continue
+            if handle is not None and handle.cancel():
                 self._release(attempt)  # queued in the pool, never started: drop it
                 continue
-            running_thread = isinstance(handle, concurrent.futures.Future) and not handle.done()
+            running_thread = handle is not None and not handle.done()
             limiter = attempt.limiter
             if running_thread:
                 attempt.limiter = None  # the thread keeps its slot until it really ends
             self._release(attempt)
-            if isinstance(handle, asyncio.Task):
-                handle.cancel()
-            elif isinstance(handle, concurrent.futures.Future):
+            if handle is not None:
                 if running_thread:
                     # A next run of this history may adopt it (LeftoverThreads.take).
                     self._resources.leftover_threads.keep(

@@ -26,6 +26,7 @@ import uuid
 from typing import Any, Generic, Protocol, TypeVar
 
 from durable_nb.errors import ActivityLostError, ConfigurationError, ResultNotStorableError
+from durable_nb.threads import ActivityThreads
 
 T = TypeVar("T")
 
@@ -339,10 +340,12 @@ class SubmitWindow(Generic[T]):
     then holds the executor's per-call machinery (future, condition, work item) for a
     few calls only, not for every pending one."""
 
-    __slots__ = ("executor", "size", "submitted", "waiting")
+    __slots__ = ("executor", "size", "start_call", "submitted", "waiting")
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
+        # The default pool's call without a Future (threads.py); others get submit().
+        self.start_call = executor.start_call if isinstance(executor, ActivityThreads) else None
         self.size = submit_window(executor)
         self.submitted = 0
         self.waiting: collections.deque[T] = collections.deque()

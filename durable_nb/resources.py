@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb.errors import ConfigurationError
 from durable_nb.executors import as_executor
+from durable_nb.threads import ActivityThreads, ThreadHandle
 
 if TYPE_CHECKING:
     from durable_nb.definitions import ScheduledCall
@@ -112,7 +112,7 @@ class LeftoverThreads:
     again. A thread keeps its concurrency slot until it really ends."""
 
     def __init__(self) -> None:
-        self._threads: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+        self._threads: dict[tuple[str, str], ThreadHandle] = {}
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -121,7 +121,7 @@ class LeftoverThreads:
         self,
         owner: str,
         key: str,
-        future: concurrent.futures.Future[Any],
+        future: ThreadHandle,
         limiter: SlotLimit | None,
     ) -> None:
         """Register a thread that outlives its run (called on the loop); when it ends, it
@@ -130,7 +130,7 @@ class LeftoverThreads:
         self._threads[entry] = future
         loop = asyncio.get_running_loop()
 
-        def ended(_: concurrent.futures.Future[Any]) -> None:
+        def ended(_: ThreadHandle) -> None:
             def on_loop() -> None:
                 if self._threads.get(entry) is future:
                     del self._threads[entry]
@@ -144,7 +144,7 @@ class LeftoverThreads:
 
         future.add_done_callback(ended)
 
-    def take(self, owner: str, key: str) -> concurrent.futures.Future[Any] | None:
+    def take(self, owner: str, key: str) -> ThreadHandle | None:
         """The thread ``owner`` left for ``key``, if worth adopting: still running (it
         holds its slot), or succeeded (its result may not have reached the history yet).
         A failure is dropped and the call retried by the new run, as every failure of an
@@ -155,7 +155,7 @@ class LeftoverThreads:
         return future
 
 
-def _worth_adopting(future: concurrent.futures.Future[Any]) -> bool:
+def _worth_adopting(future: ThreadHandle) -> bool:
     if not future.done():
         return True
     return not future.cancelled() and future.exception() is None
@@ -194,9 +194,7 @@ class Resources:
         if found is not None:
             return found
         if name == DEFAULT:
-            found = concurrent.futures.ThreadPoolExecutor(
-                self.max_workers, thread_name_prefix="durable_nb"
-            )
+            found = ActivityThreads(self.max_workers, thread_name_prefix="durable_nb")
         elif name == "processes":
             found = as_executor("processes")
         else:

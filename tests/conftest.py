@@ -47,6 +47,7 @@ COMPAT_MODULES = (
     "test_store*.py",
     "test_errors.py",
     "test_lazy_import.py",
+    "test_threads.py",
 )
 
 
