@@ -18,6 +18,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
@@ -276,18 +277,24 @@ class Dispatcher:
     def _take_ended(self) -> None:
         """On the loop: the outcomes of the threads that ended, as one batch."""
         self._woken = False  # before taking: a thread that ends from now on wakes again
+        if self._ended:
+            self._as_one_batch(self._take_threads)
+
+    def _take_threads(self) -> None:
         ended = self._ended
-        if not ended:
-            return
+        while ended:
+            attempt, future = ended.popleft()
+            try:
+                self._future_done(attempt, future)
+            except Exception:  # one outcome that cannot be handled strands no other
+                logger.exception("could not take the outcome of %s", attempt.call.key)
+
+    def _as_one_batch(self, take: Callable[[], None]) -> None:
+        """Run ``take`` with the outcomes it emits posted together, and taken at once."""
         batch: list[history.Event] = []
         self._batch = batch
         try:
-            while ended:
-                attempt, future = ended.popleft()
-                try:
-                    self._future_done(attempt, future)
-                except Exception:  # one outcome that cannot be handled strands no other
-                    logger.exception("could not take the outcome of %s", attempt.call.key)
+            take()
         finally:
             self._batch = None
             if batch:
@@ -338,7 +345,13 @@ class Dispatcher:
                 self._release(attempt)
             return
         error = task.exception()
-        self._finish(attempt, None if error is not None else task.result(), error)
+        result = None if error is not None else task.result()
+        if len(self._live) > 1 or self._batch is not None:
+            # Others may end in this loop turn too: one drain, scheduled, takes them all.
+            self._finish(attempt, result, error)
+        else:
+            # The only attempt in flight (a chain's): taken now, not one loop turn later.
+            self._as_one_batch(partial(self._finish, attempt, result, error))
 
     def _timed_out(self, attempt: _Attempt, timeout: float) -> None:
         call = attempt.call
