@@ -25,9 +25,11 @@ import asyncio
 import concurrent.futures
 import os
 import pickle
+import queue
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -131,6 +133,101 @@ def floor_commit(n: int = 2000, cpu: list[float] | None = None) -> float:
     return commit_us
 
 
+class _Chunks:
+    """A raw SQLite table written as the floors' commits write it (WAL, NORMAL)."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.connection = sqlite3.connect(
+            os.path.join(self.folder, "floor.db"), isolation_level=None
+        )
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute("PRAGMA synchronous = NORMAL")
+        self.connection.execute(
+            "CREATE TABLE t (stream TEXT, n INTEGER, data BLOB, PRIMARY KEY (stream, n))"
+        )
+        key = "trivial/0123456789abcdef/0123456789abcdef0123456789abcdef#0"
+        event = history.TaskCompleted(time.time(), key, "trivial", 1, 1)
+        self.data = pickle.dumps([history.encode(event)])
+        self.n = 0
+
+    def commit(self) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")
+        self.connection.execute("INSERT INTO t VALUES (?, ?, ?)", ("s", self.n, self.data))
+        self.connection.execute("COMMIT")
+        self.n += 1
+
+    def close(self) -> None:
+        self.connection.close()
+        shutil.rmtree(self.folder)
+
+
+def floor_durable_step(n: int = 2000, cpu: list[float] | None = None) -> float:
+    """µs per step of the least a durable step on a thread can do: the loop commits a
+    chunk, hands the next trivial call to a worker thread (a queue put), and is called
+    back when it ends (``call_soon_threadsafe``, one loop turn). Its commit lets the
+    worker fall asleep, as in a real step, so its wake-up is paid as a real step pays
+    it. The loop thread's CPU µs per step is appended to ``cpu`` if given."""
+    calls: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    chunks = _Chunks()
+
+    async def steps() -> float:
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        count = 0
+
+        def work() -> None:
+            while (i := calls.get()) is not None:
+                loop.call_soon_threadsafe(ended, trivial.fn(i))
+
+        def ended(result: int) -> None:
+            nonlocal count
+            chunks.commit()
+            count += 1
+            if count == n:
+                finished.set_result(None)
+            else:
+                calls.put(result + 1)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        calls.put(0)
+        await finished
+        if cpu is not None:
+            cpu.append((time.thread_time() - started_cpu) / n * 1e6)
+        elapsed = (time.perf_counter() - started) / n * 1e6
+        calls.put(None)
+        worker.join()
+        return elapsed
+
+    try:
+        return asyncio.run(steps())
+    finally:
+        chunks.close()
+
+
+def floor_durable_async_step(n: int = 2000, cpu: list[float] | None = None) -> float:
+    """µs per step of the least a durable step of an ``async def`` activity can do: the
+    call run as an asyncio task and awaited, then a chunk committed. The loop thread's
+    CPU µs per step is appended to ``cpu`` if given."""
+    chunks = _Chunks()
+
+    async def steps() -> float:
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        for i in range(n):
+            await asyncio.ensure_future(trivial_async.fn(i))
+            chunks.commit()
+        if cpu is not None:
+            cpu.append((time.thread_time() - started_cpu) / n * 1e6)
+        return (time.perf_counter() - started) / n * 1e6
+
+    try:
+        return asyncio.run(steps())
+    finally:
+        chunks.close()
+
+
 def floor_round_trip(n: int = 2000, cpu: list[float] | None = None) -> float:
     """µs per trivial call handed to a thread pool and awaited on an asyncio loop; the
     loop thread's CPU µs per trip is appended to ``cpu`` if given."""
@@ -208,7 +305,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
     repeat = parser.parse_args().repeat
 
-    # Side by side: each round measures both floors and both chains, one after the
+    # Side by side: each round measures the floors and both chains, one after the
     # other, and own work is taken within the round.
     fresh_and_replay(chain, 100)  # warm-up: imports, the pool's first thread
     rounds = []
@@ -216,36 +313,49 @@ def main() -> None:
         cpu: list[float] = []
         commit = floor_commit(cpu=cpu)
         trip = floor_round_trip(cpu=cpu)
+        step = floor_durable_step(cpu=cpu)
+        async_step = floor_durable_async_step(cpu=cpu)
         threads = fresh_and_replay(chain, 1000)
         on_loop = fresh_and_replay(chain_async, 1000)
         rounds.append(
             {
                 "commit": commit,
                 "trip": trip,
+                "step": step,
+                "async step": async_step,
                 "fresh": threads[0] / 1000 * 1e6,
                 "replay": threads[2] / 1000 * 1e6,
                 "async": on_loop[0] / 1000 * 1e6,
                 "commit cpu": cpu[0],
                 "trip cpu": cpu[1],
+                "step cpu": cpu[2],
+                "async step cpu": cpu[3],
                 "fresh cpu": threads[3] / 1000 * 1e6,
                 "async cpu": on_loop[3] / 1000 * 1e6,
             }
         )
     for r in rounds:
+        # The issue's definition: the step minus a standard thread round trip and a
+        # commit; then the step minus the least durable step there is (durable_nb's
+        # pool is leaner than the standard one, so the first can go below zero).
         r["own"] = r["fresh"] - (r["trip"] + r["commit"])
-        r["own async"] = r["async"] - r["commit"]
-        # The same difference in CPU time of the loop thread: own work is CPU work on
+        r["own step"] = r["fresh"] - r["step"]
+        r["own async"] = r["async"] - r["async step"]
+        # The same differences in CPU time of the loop thread: own work is CPU work on
         # that thread, so this estimate does not move when the machine is busy (a
         # thread waiting for a core costs wall time, not CPU time).
-        r["own cpu"] = r["fresh cpu"] - (r["trip cpu"] + r["commit cpu"])
-        r["own async cpu"] = r["async cpu"] - r["commit cpu"]
+        r["own cpu"] = r["fresh cpu"] - r["step cpu"]
+        r["own async cpu"] = r["async cpu"] - r["async step cpu"]
     commit_us = min(r["commit"] for r in rounds)
     trip_us = min(r["trip"] for r in rounds)
+    step_us = min(r["step"] for r in rounds)
+    async_step_us = min(r["async step"] for r in rounds)
     set_us, get_us = min(floor_set_get() for _ in range(repeat))
     chain_fresh = min(r["fresh"] for r in rounds)
     chain_replay = min(r["replay"] for r in rounds)
     async_fresh = min(r["async"] for r in rounds)
     own = min(rounds, key=lambda r: r["own"])
+    own_step = min(rounds, key=lambda r: r["own step"])
     own_async = min(rounds, key=lambda r: r["own async"])
     own_cpu = min(rounds, key=lambda r: r["own cpu"])
     own_async_cpu = min(rounds, key=lambda r: r["own async cpu"])
@@ -266,6 +376,8 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = [
         ("floor: SQLite commit of a chunk", f"{commit_us:.1f} µs", "1.0", ""),
         ("floor: thread round trip", f"{trip_us:.1f} µs", "1.0", ""),
+        ("floor: durable step on a thread", f"{step_us:.1f} µs", "1.0", ""),
+        ("floor: durable step, async def", f"{async_step_us:.1f} µs", "1.0", ""),
         ("floor: diskcache set", f"{set_us:.1f} µs", "1.0", ""),
         ("floor: diskcache get", f"{get_us:.1f} µs", "1.0", ""),
         (
@@ -283,7 +395,7 @@ def main() -> None:
         (
             "sequential 1,000 fresh, async def",
             f"{async_fresh:.1f} µs/act",
-            f"{async_fresh / commit_us:.1f}x commit",
+            f"{async_fresh / async_step_us:.1f}x async step",
             "",
         ),
         (
@@ -293,21 +405,27 @@ def main() -> None:
             verdict("own work", own["own"]),
         ),
         (
-            "own work per step, async def = step - commit",
+            "own work per step = step - durable step",
+            f"{own_step['own step']:.1f} µs/act",
+            f"{own_step['own step'] / own_step['step']:.2f}x durable step",
+            verdict("own work", own_step["own step"]),
+        ),
+        (
+            "own work, async def = step - durable step",
             f"{own_async['own async']:.1f} µs/act",
-            f"{own_async['own async'] / own_async['commit']:.2f}x commit",
+            f"{own_async['own async'] / own_async['async step']:.2f}x async step",
             verdict("own work", own_async["own async"]),
         ),
         (
             "own work, loop thread CPU time",
             f"{own_cpu['own cpu']:.1f} µs/act",
-            f"{own_cpu['own cpu'] / (own_cpu['trip cpu'] + own_cpu['commit cpu']):.2f}x CPU floors",
+            f"{own_cpu['own cpu'] / own_cpu['step cpu']:.2f}x its CPU",
             verdict("own work", own_cpu["own cpu"]),
         ),
         (
             "own work, async def, loop thread CPU time",
             f"{own_async_cpu['own async cpu']:.1f} µs/act",
-            f"{own_async_cpu['own async cpu'] / own_async_cpu['commit cpu']:.2f}x commit CPU",
+            f"{own_async_cpu['own async cpu'] / own_async_cpu['async step cpu']:.2f}x its CPU",
             verdict("own work", own_async_cpu["own async cpu"]),
         ),
         (
@@ -361,13 +479,12 @@ def main() -> None:
     for i, r in enumerate(rounds, 1):
         print(
             f"  {i}: threads {r['fresh']:.1f} - ({r['trip']:.1f} trip + {r['commit']:.1f} commit)"
-            f" = {r['own']:.1f};  async def {r['async']:.1f} - {r['commit']:.1f} commit"
-            f" = {r['own async']:.1f}"
+            f" = {r['own']:.1f};  - {r['step']:.1f} durable step = {r['own step']:.1f};"
+            f"  async def {r['async']:.1f} - {r['async step']:.1f} = {r['own async']:.1f}"
         )
         print(
-            f"     CPU: threads {r['fresh cpu']:.1f}"
-            f" - ({r['trip cpu']:.1f} + {r['commit cpu']:.1f})"
-            f" = {r['own cpu']:.1f};  async def {r['async cpu']:.1f} - {r['commit cpu']:.1f}"
+            f"     CPU: threads {r['fresh cpu']:.1f} - {r['step cpu']:.1f} = {r['own cpu']:.1f};"
+            f"  async def {r['async cpu']:.1f} - {r['async step cpu']:.1f}"
             f" = {r['own async cpu']:.1f}"
         )
 
