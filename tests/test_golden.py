@@ -1,6 +1,11 @@
-"""Stores and histories written by release 0.1.0 replay on this code: no activity whose
-success 0.1.0 recorded runs again, the unfinished work runs exactly once, and every
-instance ends with the output 0.1.0 gave. See tests/golden/README.md for the fixtures."""
+"""Stores and histories written by earlier releases replay on this code: no activity
+whose success the writing release recorded runs again, the unfinished work runs exactly
+once, and every instance ends with the output that release gave.
+
+Every fixture set in tests/golden/ is tested: ``stores/<tag>/``, ``stores/<tag>.expected.json``
+and ``histories/<tag>/``, where the tag (the test id) names the release or commit that
+wrote it, e.g. ``v0.1.0-py3.11`` (release 0.1.0) or ``format2-keys2-0247524-py3.11``
+(commit 0247524: store format 2, key scheme 2). See tests/golden/README.md."""
 
 from __future__ import annotations
 
@@ -21,11 +26,38 @@ from builders import new_engine
 
 from durable_nb import history
 from durable_nb import runtime as runtime_module
+from durable_nb.store_versions import peek_versions
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-EXPECTED: dict[str, Any] = json.loads((GOLDEN / "stores" / "expected.json").read_text())
-INSTANCES: dict[str, dict[str, Any]] = EXPECTED["instances"]
-HISTORIES = sorted(label for label, entry in INSTANCES.items() if entry["history"])
+
+
+def _fixture_sets() -> dict[str, dict[str, Any]]:
+    """Each fixture set's expected.json, by tag."""
+    sets = {}
+    for path in sorted((GOLDEN / "stores").glob("*.expected.json")):
+        tag = path.name.removesuffix(".expected.json")
+        sets[tag] = json.loads(path.read_text())
+    return sets
+
+
+SETS = _fixture_sets()
+TAGS = sorted(SETS)
+# Every set the README lists; a set that is not found is a failure, not a skipped test.
+assert {"v0.1.0-py3.11", "format2-keys2-0247524-py3.11"} <= set(TAGS), TAGS
+HISTORIES = [
+    pytest.param(tag, label, id=f"{tag}-{label}")
+    for tag in TAGS
+    for label, entry in sorted(SETS[tag]["instances"].items())
+    if entry["history"]
+]
+
+
+def _history_path(tag: str, entry: dict[str, Any]) -> Path:
+    """Where a set's history file is: ``histories/<tag>/<label>.json``. (0.1.0's
+    expected.json names it ``histories/<label>.json``, where it was before each set had
+    its own folder.)"""
+    return GOLDEN / "histories" / tag / Path(entry["history"]).name
+
 
 # What an engine replay of each golden history may schedule (activity names, in order):
 # only work whose success is not in the history. "careful" handled a failure in a
@@ -69,35 +101,63 @@ def _executions(folder: Path) -> dict[str, int]:
     return dict(collections.Counter(p.name.rsplit("-", 1)[0] for p in folder.iterdir()))
 
 
+@pytest.fixture(params=TAGS)
+def tag(request: pytest.FixtureRequest) -> str:
+    """The fixture set: the release or commit that wrote it, and the Python."""
+    return str(request.param)
+
+
 @pytest.fixture
-def golden_store(tmp_path: Path) -> Iterator[Path]:
-    """A private copy of the committed store (opening a store writes to it)."""
+def golden_store(tmp_path: Path, tag: str) -> Iterator[Path]:
+    """A private copy of the set's committed store (opening a store writes to it, and
+    even reading it with sqlite leaves -wal and -shm files)."""
     copy = tmp_path / "store"
-    shutil.copytree(GOLDEN / EXPECTED["store"], copy)
+    assert SETS[tag]["store"] == f"stores/{tag}"
+    shutil.copytree(GOLDEN / SETS[tag]["store"], copy)
     copy.chmod(0o700)  # a checkout may leave it group-writable, which the store refuses
     runtime_module._reset_for_tests()
     yield copy
     runtime_module._reset_for_tests()
 
 
-def test_default_instance_ids_are_those_0_1_0_gave(workload: ModuleType) -> None:
+def test_default_instance_ids_are_those_the_writing_release_gave(
+    workload: ModuleType, tag: str
+) -> None:
     """The instance id digests the input: a rerun finds the old instance only if it is
     the same."""
+    instances = SETS[tag]["instances"]
     ids = {label: workload.instance_id(label) for label in workload.CASES}
-    assert ids == {label: INSTANCES[label]["instance_id"] for label in workload.CASES}
+    assert ids == {label: instances[label]["instance_id"] for label in workload.CASES}
 
 
-# The golden store was written with pandas 3, whose pickles of DataFrames pandas 2 cannot
-# load (pandas supports no pickle from a newer release), and pandas 2 is all Python 3.10
-# can install. Call keys do not depend on pickling; stored values do. There, the two
-# instances holding DataFrames are left out, and only there.
+def test_a_golden_store_holds_the_versions_its_release_wrote(golden_store: Path, tag: str) -> None:
+    """The fixture is what it says it is: a store of the writing code's format and key
+    scheme, not yet opened (so not upgraded) by a later release. 0.1.0's expected.json
+    predates these two fields; 0.1.0 wrote format 2 and key scheme 1."""
+    written_by = SETS[tag]["written_by"]
+    expected = (written_by.get("store_format", 2), (written_by.get("key_scheme", 1),))
+    assert peek_versions(golden_store) == expected
+
+
+# The golden stores were written with pandas 3, whose pickles of DataFrames pandas 2
+# cannot load (pandas supports no pickle from a newer release), and pandas 2 is all
+# Python 3.10 can install. Call keys do not depend on pickling; stored values do. There,
+# the two instances holding DataFrames are left out, and only there.
 PANDAS_VALUES = ("data_report", "data_pending")
-READS_PANDAS_3 = int(pd.__version__.split(".")[0]) >= 3
 
 
-def _replay(workload: ModuleType, store: Path, effects: Path) -> dict[str, Any]:
+def _pandas_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def _reads_stored_frames(tag: str) -> bool:
+    """Whether this pandas can load the DataFrames the set's release pickled."""
+    return _pandas_major(pd.__version__) >= _pandas_major(SETS[tag]["written_by"]["pandas"])
+
+
+def _replay(workload: ModuleType, store: Path, effects: Path, tag: str) -> dict[str, Any]:
     """workload.replay, but for the instances this pandas can read."""
-    if READS_PANDAS_3:
+    if _reads_stored_frames(tag):
         return dict(workload.replay(store, effects))
     workload._use(store, effects)
     outputs: dict[str, Any] = {}
@@ -111,18 +171,20 @@ def _replay(workload: ModuleType, store: Path, effects: Path) -> dict[str, Any]:
     return outputs
 
 
-def test_a_store_written_by_0_1_0_replays_without_rerunning_recorded_work(
-    workload: ModuleType, golden_store: Path, effects: Path
+def test_a_golden_store_replays_without_rerunning_recorded_work(
+    workload: ModuleType, golden_store: Path, effects: Path, tag: str
 ) -> None:
-    outputs = _replay(workload, golden_store, effects)
-    labels = [label for label in workload.CASES if READS_PANDAS_3 or label not in PANDAS_VALUES]
+    instances = SETS[tag]["instances"]
+    reads_frames = _reads_stored_frames(tag)
+    outputs = _replay(workload, golden_store, effects, tag)
+    labels = [label for label in workload.CASES if reads_frames or label not in PANDAS_VALUES]
     assert len(labels) >= len(workload.CASES) - len(PANDAS_VALUES)
 
     ran = _executions(effects)
-    # 0.1.0 itself reran the failure that "careful" handled; this release must not: a
-    # completed instance is final.
-    expected: dict[str, Any] = {**EXPECTED["replay_executions"], "always_fails": 0}
-    if not READS_PANDAS_3:
+    # 0.1.0 itself reran the failure that "careful" handled (its expected.json allows 0 or
+    # 1); this release must not: a completed instance is final.
+    expected: dict[str, Any] = {**SETS[tag]["replay_executions"], "always_fails": 0}
+    if not reads_frames:
         expected["publish"] = 0  # the unfinished work of data_pending, left out
     wrong = {
         name: f"ran {ran.get(name, 0)}, expected {want}"
@@ -130,15 +192,15 @@ def test_a_store_written_by_0_1_0_replays_without_rerunning_recorded_work(
         if ran.get(name, 0) not in (want if isinstance(want, list) else [want])
     }
     wrong.update(
-        {name: f"ran {n}, never ran in 0.1.0" for name, n in ran.items() if name not in expected}
+        {name: f"ran {n}, never ran in {tag}" for name, n in ran.items() if name not in expected}
     )
-    assert not wrong, f"activity executions on replay of the 0.1.0 store: {wrong}"
+    assert not wrong, f"activity executions on replay of the {tag} store: {wrong}"
 
     assert {label: _json(value) for label, value in outputs.items()} == {
-        label: INSTANCES[label]["output"] for label in labels
+        label: instances[label]["output"] for label in labels
     }
     store = runtime_module.get_runtime().store
-    statuses = {label: store.get_instance(INSTANCES[label]["instance_id"]) for label in labels}
+    statuses = {label: store.get_instance(instances[label]["instance_id"]) for label in labels}
     assert {label: r.status if r else None for label, r in statuses.items()} == {
         label: "completed" for label in labels
     }
@@ -156,11 +218,13 @@ def _answer(call: Any, clock: float) -> history.Event:
     return history.TaskCompleted(clock, call.key, name, result, 1)
 
 
-@pytest.mark.parametrize("label", HISTORIES)
-def test_a_history_written_by_0_1_0_replays_in_the_engine(
-    label: str, workload: ModuleType, effects: Path
+@pytest.mark.parametrize(("tag", "label"), HISTORIES)
+def test_a_golden_history_replays_in_the_engine(
+    tag: str, label: str, workload: ModuleType, effects: Path
 ) -> None:
-    document = json.loads((GOLDEN / "histories" / f"{label}.json").read_text())
+    entry = SETS[tag]["instances"][label]
+    document = json.loads(_history_path(tag, entry).read_text())
+    assert (document["label"], document["instance_id"]) == (label, entry["instance_id"])
     events = [history.decode(tuple(row)) for row in document["events"]]
     orch = getattr(workload, document["orchestrator"])
     engine = new_engine(
@@ -196,4 +260,4 @@ def test_a_history_written_by_0_1_0_replays_in_the_engine(
     assert scheduled in allowed, f"{label}: replay ran {scheduled}; only one of {allowed} may run"
     assert waited == ([ENGINE_EVENTS[label]] if label in ENGINE_EVENTS else [])
     assert engine.status == "completed", engine.failure
-    assert _json(engine.output) == INSTANCES[label]["output"]
+    assert _json(engine.output) == entry["output"]
