@@ -51,6 +51,7 @@ class _Attempt:
         "kept",
         "limiter",
         "number",
+        "started",
         "timer",
         "window",
     )
@@ -73,6 +74,12 @@ class _Attempt:
         self.window: SubmitWindow[_Attempt] | None = None  # submitted through it (not adopted)
         self.finished = False  # outcome delivered, or slot given back
         self.kept = False  # result stored after the run ended
+        self.started: float | None = None  # when handed to its executor (or the loop)
+
+    def began(self) -> float | None:
+        """When it began to run: the default pool's thread says so; others, when they
+        were given the attempt (an adopted thread of an earlier run: unknown)."""
+        return getattr(self.handle, "started_at", None) or self.started
 
     def thread_done(self, future: ThreadHandle) -> None:
         """The executor's done callback (a bound method: no partial per attempt)."""
@@ -207,6 +214,7 @@ class Dispatcher:
         self._progress.attempt_started(act.name)
         try:
             if act.is_async:
+                attempt.started = time.time()
                 task = asyncio.ensure_future(act.fn(*call.args, **call.kwargs))
                 task.add_done_callback(attempt.task_done)
                 attempt.handle = task
@@ -234,6 +242,7 @@ class Dispatcher:
             return
         call = attempt.call
         act = call.activity
+        attempt.started = time.time()
         if window.start_call is not None:  # the default pool: no Future per call
             attempt.handle = window.start_call(act.fn, call.args, call.kwargs, attempt.thread_done)
         else:
@@ -384,6 +393,7 @@ class Dispatcher:
             return
         call = attempt.call
         name = call.activity.name
+        started = attempt.began()
         retry = False
         if error is not None:
             error = explain_bad_arguments(call, error, self._instance_id)
@@ -401,13 +411,17 @@ class Dispatcher:
         if error is None:
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
-            self._emit(history.TaskCompleted(time.time(), call.key, name, result, attempt.number))
+            self._emit(
+                history.TaskCompleted(time.time(), call.key, name, result, attempt.number, started)
+            )
             return
         if retry:
             delay = call.activity.options.delay_before(attempt.number + 1)
             kind, text = type(error).__name__, str(error)
             self._note(
-                history.TaskRetried(time.time(), call.key, name, attempt.number, kind, text, delay)
+                history.TaskRetried(
+                    time.time(), call.key, name, attempt.number, kind, text, delay, started
+                )
             )
             self._progress.retried(name)
             logger.info("activity %s attempt %s failed (%s); retrying", name, attempt.number, text)
@@ -416,7 +430,9 @@ class Dispatcher:
         annotate(error, name, attempt.number, self._instance_id, call.key)
         kind = type(error).__name__
         self._emit(
-            history.TaskFailed(time.time(), call.key, name, kind, str(error), attempt.number, error)
+            history.TaskFailed(
+                time.time(), call.key, name, kind, str(error), attempt.number, started, error=error
+            )
         )
 
     def _retry_later(
@@ -437,8 +453,9 @@ class Dispatcher:
             return
         attempt.kept = True
         call = attempt.call
+        started = getattr(future, "started_at", None) or attempt.started
         event = history.TaskCompleted(
-            time.time(), call.key, call.activity.name, future.result(), attempt.number
+            time.time(), call.key, call.activity.name, future.result(), attempt.number, started
         )
         self._keep_late(event)
 

@@ -87,10 +87,17 @@ def _versions_text(found_format: int | None, schemes: tuple[int, ...]) -> str:
     """The store's format and key schemes, and what opening it with this release does."""
     if found_format is None:
         text = f"format {FORMAT_VERSION} (new store)"
-    elif found_format < FORMAT_VERSION:
+    elif found_format == 1:
         text = (
             f"format {found_format}: opening it with this release moves its records, "
             f"histories and leases into tables (format {FORMAT_VERSION}), done by this check"
+        )
+    elif found_format < FORMAT_VERSION:
+        text = (
+            f"format {found_format}: opening it with this release marks it format "
+            f"{FORMAT_VERSION} (its histories read as they are; new events record attempt "
+            "start times and argument previews), done by this check; releases before this "
+            "one then refuse it"
         )
     else:
         text = f"format {found_format} (this release's)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -83,11 +83,16 @@ class ExecutionStarted(Event):
 
 @dataclass(slots=True, unsafe_hash=True)
 class TaskScheduled(Event):
-    """An activity call was handed to an executor."""
+    """An activity call was handed to an executor.
+
+    ``arguments`` is a short preview of its arguments for people (tables, charts),
+    never read by replay; rows written before store format 3 decode as None.
+    """
 
     TAG: ClassVar[str] = "scheduled"
     key: str
     activity: str
+    arguments: str | None = None
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -99,6 +104,7 @@ class TaskCompleted(Event):
     activity: str
     result: Any
     attempts: int
+    started: float | None = None  # when its last attempt began to run (format 3 on)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -106,7 +112,8 @@ class TaskFailed(Event):
     """An activity call raised on its last attempt.
 
     ``error`` is the exception itself while the run is live; history stores only
-    its type and message, because failures are retried, never replayed.
+    its type and message, because failures are retried, never replayed. It is a
+    keyword, so that the stored fields stay positional.
     """
 
     TAG: ClassVar[str] = "failed"
@@ -115,7 +122,8 @@ class TaskFailed(Event):
     error_type: str
     message: str
     attempts: int
-    error: BaseException | None = None
+    started: float | None = None  # when its last attempt began to run (format 3 on)
+    error: BaseException | None = field(default=None, kw_only=True)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -129,6 +137,7 @@ class TaskRetried(Event):
     error_type: str
     message: str
     delay: float
+    started: float | None = None  # when the failed attempt began to run (format 3 on)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -238,9 +247,7 @@ _FIELDS: dict[type[Event], tuple[str, ...]] = {
 def _stored(cls: type[Event]) -> tuple[str, Callable[[Any], tuple[Any, ...]]]:
     """The tag and a getter of the stored fields (all but a live-only ``error``); every
     event has two or more, so the getter returns a tuple."""
-    names = _FIELDS[cls]
-    if names[-1] == "error":
-        names = names[:-1]
+    names = tuple(name for name in _FIELDS[cls] if name != "error")
     return cls.TAG, operator.attrgetter(*names)
 
 
@@ -254,5 +261,6 @@ def encode(event: Event) -> tuple[Any, ...]:
 
 
 def decode(row: tuple[Any, ...]) -> Event:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode`. Fields added since (each with a default, at the end of
+    the stored ones) take their default in rows written before them."""
     return _BY_TAG[row[0]](*row[1:])

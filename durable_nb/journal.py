@@ -240,7 +240,8 @@ class Journal:
                         type(error).__name__,
                         str(error),
                         event.attempts,
-                        error,
+                        event.started,
+                        error=error,
                     )
                 else:
                     replaced[id(event)] = history.SubOrchestrationFailed(

@@ -4,7 +4,11 @@ Two numbers say how to read a store folder:
 
 * its **format** (``FORMAT_VERSION``): how records, histories and leases are laid out.
   Format 1 kept them all as diskcache keys; opening it moves them into the store's
-  tables (format 2).
+  tables (format 2). Format 3 events may carry fields format 2 has not: when an
+  attempt began to run, a preview of a call's arguments (for ``h.calls()`` and the
+  timeline). Format 2 rows read as they are (those fields empty), so opening a format 2
+  store only marks it format 3, which releases before it then refuse, as they would
+  fail on the new rows.
 * its **key schemes**: how the call keys of its results were digested
   (:mod:`durable_nb.fingerprint`). A store lists every scheme that wrote to it; a
   store with a format but no list was written by release 0.1.0, scheme 1. Older
@@ -32,7 +36,7 @@ from durable_nb.tables import StoreTables
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
 _FIRST_PUSHED = 500_000_000_000_000
 
@@ -85,6 +89,9 @@ def open_versions(
     if found == 1:
         _upgrade_from_format_1(cache, tables, dumps, history_id_of)
         logger.info("upgraded the store at %s to format %s", location, FORMAT_VERSION)
+    elif found is not None and found < FORMAT_VERSION:
+        cache.set("format", FORMAT_VERSION, retry=True)  # its rows read as they are
+        logger.info("the store at %s is now format %s", location, FORMAT_VERSION)
     schemes = tuple(sorted({*schemes_found, KEY_SCHEME}))
     if schemes != schemes_found:
         cache.set("key_schemes", ",".join(map(str, schemes)), retry=True)

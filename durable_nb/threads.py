@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,7 +57,17 @@ class ThreadCall:
     """One call handed to an :class:`ActivityThreads` pool. Its ``result`` and
     ``exception`` do not wait: ask them once ``done()`` (or in a done callback)."""
 
-    __slots__ = ("_args", "_callbacks", "_error", "_fn", "_kwargs", "_lock", "_result", "_state")
+    __slots__ = (
+        "_args",
+        "_callbacks",
+        "_error",
+        "_fn",
+        "_kwargs",
+        "_lock",
+        "_result",
+        "_state",
+        "started_at",
+    )
 
     def __init__(
         self,
@@ -74,6 +85,7 @@ class ThreadCall:
         self._state = _PENDING
         self._result: Any = None
         self._error: BaseException | None = None
+        self.started_at: float | None = None  # when a thread took it (epoch seconds)
 
     def done(self) -> bool:
         return self._state >= _CANCELLED
@@ -124,6 +136,7 @@ class ThreadCall:
             if self._state != _PENDING:
                 return  # cancelled while queued
             self._state = _RUNNING
+        self.started_at = time.time()
         fn, self._fn = self._fn, None
         assert fn is not None
         try:

@@ -24,7 +24,7 @@ def completed(key: str, result: Any, t: float = T0 + 1, attempts: int = 1) -> hi
 
 def failed(key: str, error: BaseException, t: float = T0 + 1) -> history.TaskFailed:
     return history.TaskFailed(
-        t, key, key.split("/", 1)[0], type(error).__name__, str(error), 1, error
+        t, key, key.split("/", 1)[0], type(error).__name__, str(error), 1, error=error
     )
 
 

@@ -41,7 +41,8 @@ def test_start_emits_the_scheduled_call_at_the_start_time() -> None:
     eng = engine(chain, n=1)
     step = eng.start(started(T0))
     [key] = keys(step)
-    assert step.events == [history.TaskScheduled(T0, key, "double")]
+    # With a preview of its arguments, for people: chain(n=1) calls double(1).
+    assert step.events == [history.TaskScheduled(T0, key, "double", "1")]
 
 
 def test_a_result_emits_the_next_call_at_the_time_it_is_given() -> None:
@@ -49,7 +50,7 @@ def test_a_result_emits_the_next_call_at_the_time_it_is_given() -> None:
     first = keys(eng.start(started(T0)))[0]
     step = eng.apply([completed(first, 2, t=T0 + 1)], now=T0 + 5)
     [second] = keys(step)
-    assert step.events == [history.TaskScheduled(T0 + 5, second, "double")]
+    assert step.events == [history.TaskScheduled(T0 + 5, second, "double", "2")]
 
 
 def test_without_a_time_the_events_take_the_last_new_event_s() -> None:

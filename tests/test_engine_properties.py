@@ -284,7 +284,7 @@ def simulate(
             else:
                 events.append(
                     history.TaskFailed(
-                        clock, what.key, name, type(value).__name__, str(value), 1, value
+                        clock, what.key, name, type(value).__name__, str(value), 1, error=value
                     )
                 )
         result.history.extend(events)  # persisted before they are applied

@@ -214,7 +214,7 @@ def _answer(call: Any, clock: float) -> history.Event:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
     except Exception as exc:
-        return history.TaskFailed(clock, call.key, name, type(exc).__name__, str(exc), 1, exc)
+        return history.TaskFailed(clock, call.key, name, type(exc).__name__, str(exc), 1, error=exc)
     return history.TaskCompleted(clock, call.key, name, result, 1)
 
 

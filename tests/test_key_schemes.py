@@ -18,7 +18,7 @@ from durable_nb.doctor import diagnose
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
 from durable_nb.store import DiskCacheStore
-from durable_nb.store_versions import peek_versions
+from durable_nb.store_versions import FORMAT_VERSION, peek_versions
 
 
 def _scale(values: Any, factor: int) -> float:
@@ -137,7 +137,7 @@ def test_a_new_store_records_this_release_s_scheme(tmp_path: Path) -> None:
     store = DiskCacheStore(tmp_path / "s")
     assert store.key_schemes == (KEY_SCHEME,)
     store.close()
-    assert peek_versions(tmp_path / "s") == (2, (KEY_SCHEME,))
+    assert peek_versions(tmp_path / "s") == (FORMAT_VERSION, (KEY_SCHEME,))
 
 
 def test_a_store_of_release_010_records_both_schemes_once_opened(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_a_store_of_release_010_records_both_schemes_once_opened(tmp_path: Path)
     report = diagnose(folder).text()
     assert "key scheme(s) 1: results keyed by scheme 1 (an older release) replay" in report
     assert "nothing checkpointed runs again" in report
-    assert peek_versions(folder) == (2, (1, KEY_SCHEME))  # the doctor opened it
+    assert peek_versions(folder) == (FORMAT_VERSION, (1, KEY_SCHEME))  # the doctor opened it
     assert f"key scheme(s) 1, {KEY_SCHEME}" in diagnose(folder).text()
 
 
@@ -161,7 +161,8 @@ def test_the_golden_store_of_release_010_reports_its_versions(tmp_path: Path) ->
     copy.chmod(0o700)
     assert peek_versions(copy) == (2, (1,))
     text = diagnose(copy).text()
-    assert "format 2 (this release's); key scheme(s) 1: results keyed by scheme 1" in text
+    assert "format 2: opening it with this release marks it format 3" in text
+    assert "key scheme(s) 1: results keyed by scheme 1" in text
     assert "FAIL" not in text
 
 

@@ -15,6 +15,7 @@ from durable_nb import history
 from durable_nb.errors import StoreError
 from durable_nb.memory_store import MemoryStore
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
+from durable_nb.store_versions import FORMAT_VERSION
 
 
 @pytest.fixture(params=["disk", "memory"])
@@ -41,7 +42,7 @@ def test_appended_chunks_read_back_in_order(store: CheckpointStore) -> None:
 
 def test_live_exception_objects_are_not_stored(store: CheckpointStore) -> None:
     store.append(
-        "i", [history.TaskFailed(1.0, "k", "a", "ValueError", "bad", 2, ValueError("bad"))]
+        "i", [history.TaskFailed(1.0, "k", "a", "ValueError", "bad", 2, error=ValueError("bad"))]
     )
     (event,) = store.read_history("i")
     assert isinstance(event, history.TaskFailed)
@@ -165,7 +166,7 @@ def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     assert record is not None and record.status == "completed" and record.output == 7
     assert s.get_lease("old") is None
     assert s.append("old", [completed("a/b/c#3", 3)]) == 3  # numbering goes on
-    assert s._cache.get("format") == 2
+    assert s._cache.get("format") == FORMAT_VERSION
     assert sorted(s._cache.iterkeys()) == ["format", "key_schemes", "serializer"]
     assert s.key_schemes == (1, 2)  # its keys were digested by an older release
     s.close()

@@ -27,6 +27,7 @@ from durable_nb import history
 from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.context import OrchestrationContext
 from durable_nb.engine.keys import CallKeys
+from durable_nb.engine.preview import arguments_preview
 from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook, failure_known_by_name
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
@@ -204,7 +205,10 @@ class OrchestrationEngine(Generic[A, O]):
         before the engine owned it: calls, new timers, custom status, the end."""
         step, at = self._step, self._clock
         events = step.events
-        events += [history.TaskScheduled(at, c.key, c.activity.name) for c in step.scheduled]
+        events += [
+            history.TaskScheduled(at, c.key, c.activity.name, arguments_preview(c.args, c.kwargs))
+            for c in step.scheduled
+        ]
         events += [history.TimerCreated(at, t.key, t.fire_at) for t in step.timers if t.new]
         if step.has_custom_status:
             events.append(history.CustomStatusSet(at, step.custom_status))
