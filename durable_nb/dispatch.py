@@ -81,6 +81,11 @@ class _Attempt:
         were given the attempt (an adopted thread of an earlier run: unknown)."""
         return getattr(self.handle, "started_at", None) or self.started
 
+    def ended(self) -> float:
+        """When it ended: the default pool's thread says so, else now (the loop took
+        the outcome; with threads busy, later than the call really ended)."""
+        return getattr(self.handle, "ended_at", None) or time.time()
+
     def thread_done(self, future: ThreadHandle) -> None:
         """The executor's done callback (a bound method: no partial per attempt)."""
         self.dispatcher._thread_done(self, future)
@@ -393,7 +398,7 @@ class Dispatcher:
             return
         call = attempt.call
         name = call.activity.name
-        started = attempt.began()
+        started, ended = attempt.began(), attempt.ended()
         retry = False
         if error is not None:
             error = explain_bad_arguments(call, error, self._instance_id)
@@ -412,7 +417,7 @@ class Dispatcher:
             if call.activity.options.share and self._journal is not None:
                 self._journal.share(call.key)
             self._emit(
-                history.TaskCompleted(time.time(), call.key, name, result, attempt.number, started)
+                history.TaskCompleted(ended, call.key, name, result, attempt.number, started)
             )
             return
         if retry:
@@ -420,7 +425,7 @@ class Dispatcher:
             kind, text = type(error).__name__, str(error)
             self._note(
                 history.TaskRetried(
-                    time.time(), call.key, name, attempt.number, kind, text, delay, started
+                    ended, call.key, name, attempt.number, kind, text, delay, started
                 )
             )
             self._progress.retried(name)
@@ -431,7 +436,7 @@ class Dispatcher:
         kind = type(error).__name__
         self._emit(
             history.TaskFailed(
-                time.time(), call.key, name, kind, str(error), attempt.number, started, error=error
+                ended, call.key, name, kind, str(error), attempt.number, started, error=error
             )
         )
 

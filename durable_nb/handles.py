@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,6 +99,25 @@ class InstanceHandle:
 
     def resume(self, reason: str = "") -> str:
         return self._runtime.request(self.instance_id, "resume", reason)
+
+    def calls(
+        self, status: str | Sequence[str] | None = None, activity: str | Sequence[str] | None = None
+    ) -> Any:
+        """The instance's calls, one row each (activity, call key, arguments preview,
+        status, attempts, started, duration, error, cached): a pandas DataFrame when
+        pandas is installed, else a list of dicts. Filter by ``status`` (completed,
+        failed, running, retrying, waiting) and by ``activity`` name."""
+        from durable_nb.calls import call_rows, calls_frame, select
+
+        rows = call_rows(self._runtime.store.read_history(self.instance_id))
+        return calls_frame(select(rows, status, activity))
+
+    def timeline(self) -> Any:
+        """A timeline chart of the instance's runs: shown as an image in a notebook,
+        ``.save("run.html" | "run.svg" | "run.png")`` to write it. Needs matplotlib."""
+        from durable_nb.timeline import chart_of
+
+        return chart_of(self._runtime.store, self.instance_id, live=not self._task.done())
 
     def __repr__(self) -> str:
         state = "done" if self._task.done() else "running"

@@ -164,11 +164,19 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> None:
-        """Manage instances: %durable list | show ID | purge ... | raise ID NAME [VALUE] |
-        terminate ID | suspend ID | resume ID | rewind ID  (each takes --help)"""
+        """Manage instances: %durable list | show ID [--calls] | timeline ID [-o FILE] |
+        purge ... | raise ID NAME [VALUE] | terminate ID | suspend ID | resume ID |
+        rewind ID  (each takes --help)"""
         args = _DURABLE_PARSER.parse_line(line or "list")
         runtime = get_runtime()
         try:
+            if args.verb == "timeline" and not args.output:
+                from IPython.display import display
+
+                from durable_nb.timeline import chart_of
+
+                display(chart_of(runtime.store, args.instance_id))  # the chart, inline
+                return
             print(run_verb(args, runtime.store, runtime))
         except (DurableNbError, ValueError) as exc:
             raise UsageError(f"%durable {args.verb}: {exc}") from None

@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
 
+from durable_nb.calls import CallRow
 from durable_nb.history import Status
 from durable_nb.store import InstanceRecord
 
@@ -79,3 +80,31 @@ def show_instance_text(record: InstanceRecord, events: Sequence[Any]) -> str:
             format_table(["activity", *kinds], rows),
         ]
     return "\n".join(lines)
+
+
+def calls_text(rows: Sequence[CallRow]) -> str:
+    """The calls of an instance, one line each (``durable-nb show ID --calls``)."""
+    if not rows:
+        return "no calls"
+    table = [
+        [
+            r.activity,
+            _short_key(r.key),
+            r.arguments or "-",
+            r.status,
+            str(r.attempts),
+            _when(r.started),
+            "-" if r.duration is None else f"{r.duration:.3f} s",
+            "yes" if r.cached else "",
+            (r.error[:60] + "…") if len(r.error) > 60 else r.error,
+        ]
+        for r in rows
+    ]
+    headers = ["activity", "call", "arguments", "status", "attempts", "started", "duration"]
+    return format_table([*headers, "cached", "error"], table)
+
+
+def _short_key(key: str) -> str:
+    """A call key's arguments digest, cut, and occurrence: enough to tell calls apart."""
+    digest, _, occurrence = key.rsplit("/", 1)[-1].partition("#")
+    return f"{digest[:10]}…#{occurrence}" if occurrence else digest[:12]

@@ -66,6 +66,7 @@ class ThreadCall:
         "_lock",
         "_result",
         "_state",
+        "ended_at",
         "started_at",
     )
 
@@ -86,6 +87,7 @@ class ThreadCall:
         self._result: Any = None
         self._error: BaseException | None = None
         self.started_at: float | None = None  # when a thread took it (epoch seconds)
+        self.ended_at: float | None = None  # when its function returned or raised
 
     def done(self) -> bool:
         return self._state >= _CANCELLED
@@ -143,6 +145,7 @@ class ThreadCall:
             self._result = fn(*self._args, **self._kwargs)
         except BaseException as exc:  # kept as the call's outcome, as the standard pool does
             self._error = exc
+        self.ended_at = time.time()
         self._args, self._kwargs = (), {}  # let the arguments go with the call's end
         with self._lock:
             self._state = _FINISHED

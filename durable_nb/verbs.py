@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import management
+from durable_nb.calls import STATUSES as CALL_STATUSES
+from durable_nb.calls import call_rows, select
 from durable_nb.errors import InstanceNotFoundError, VerbUsageError
 from durable_nb.history import Status
-from durable_nb.report import list_instances_text, show_instance_text
+from durable_nb.report import calls_text, list_instances_text, show_instance_text
 from durable_nb.store import CheckpointStore
 
 if TYPE_CHECKING:
@@ -55,7 +57,23 @@ def add_verbs(
         parser.add_argument("--newer-than", type=_age, help="last updated within: 15m, 1d ...")
 
     filters(verb("list", "list instances (filters: --name, --status, --older-than, --newer-than)"))
-    verb("show", "show one instance: status, custom status, history").add_argument("instance_id")
+    show = verb("show", "show one instance: status, custom status, history; --calls: its calls")
+    show.add_argument("instance_id")
+    show.add_argument(
+        "--calls",
+        action="store_true",
+        help="a table of its calls: activity, key, arguments, status, attempts, started, "
+        "duration, error, cached",
+    )
+    show.add_argument("--status", choices=CALL_STATUSES, help="with --calls: only these calls")
+    show.add_argument("--activity", help="with --calls: only calls of this activity")
+    timeline = verb(
+        "timeline",
+        "a timeline chart of an instance's calls, timers, waits and sub-orchestrations "
+        "(needs matplotlib); -o writes it to a .html, .svg or .png file",
+    )
+    timeline.add_argument("instance_id")
+    timeline.add_argument("-o", "--output", help="the file to write: run.html, run.svg, run.png")
     purge = verb("purge", "delete instances and their checkpoints: IDs, --all, or filters")
     purge.add_argument("instance_ids", nargs="*", metavar="ID")
     purge.add_argument("--all", action="store_true", help="every instance that matches")
@@ -122,7 +140,25 @@ def _show(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | N
         raise InstanceNotFoundError(
             f"no instance {args.instance_id!r} in {store.location}", instance_id=args.instance_id
         )
-    return show_instance_text(record, store.read_history(args.instance_id))
+    events = store.read_history(args.instance_id)
+    if not args.calls:
+        if args.status or args.activity:
+            raise VerbUsageError("--status and --activity filter the calls: add --calls")
+        return show_instance_text(record, events)
+    rows = select(call_rows(events), args.status, args.activity)
+    return calls_text(rows)
+
+
+def _timeline(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    if not args.output:
+        raise VerbUsageError(
+            "say where to write the timeline: -o run.html (or .svg, .png); "
+            "in a notebook, %durable timeline ID shows it"
+        )
+    from durable_nb.timeline import chart_of
+
+    written = chart_of(store, args.instance_id).save(args.output)
+    return f"wrote the timeline of {args.instance_id} to {written}"
 
 
 def _purge(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
@@ -169,6 +205,7 @@ def _rewind(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime |
 _HANDLERS: dict[str, Callable[[argparse.Namespace, CheckpointStore, Any], str]] = {
     "list": _list,
     "show": _show,
+    "timeline": _timeline,
     "purge": _purge,
     "raise": _raise,
     "terminate": _control,
