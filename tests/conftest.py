@@ -48,6 +48,7 @@ COMPAT_MODULES = (
     "test_errors.py",
     "test_lazy_import.py",
     "test_threads.py",
+    "test_history_timings.py",
 )
 
 
