@@ -162,7 +162,8 @@ class Execution:
         # The parts, behind start(call)/stop() (the Dispatcher has them too, and written()).
         self._timers: Part[TimerCall] = DurableTimers(self._post, self.progress)
         self._children: Part[ChildCall] = ChildRuns(self._run_child, self._post, self.instance_id)
-        self.progress.begin()
+        assert self._loop is not None
+        self.progress.begin(self._loop.call_later)  # a change held back is told on time
         self._suspension = Suspension(suspended_in(events), self._set_status, self._resumed)
         ticker = asyncio.ensure_future(self._tick())
         try:
@@ -197,7 +198,7 @@ class Execution:
             now = time.monotonic()
             if now - self._last_poll >= POLL_SECONDS:
                 self.poll()
-            self.progress.changed()
+            self.progress.changed()  # also moves the views' clock while nothing happens
 
     def nudge(self) -> None:
         """Look for new events at once (thread-safe); used after a raise in this process."""

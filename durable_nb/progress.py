@@ -3,6 +3,18 @@
 The model only counts; views subscribe and are told at most ``max_rate`` times a
 second, plus always once when the run ends, because widget messages beyond a
 thousand or so queued are dropped and servers rate-limit output.
+
+Three rules keep a view honest (issue 13):
+
+- A change held back by the rate is told when its interval ends (a timer on the run's
+  loop), not at the next change: a fan-out of threads that all end within one interval
+  would otherwise go from its start straight to its end.
+- While the run is alive and nothing changed, clock listeners are told once every
+  ``CLOCK_SECONDS`` (the execution's tick calls :meth:`Progress.changed`), so the
+  elapsed time and a timer's countdown move; only what shows the time needs redrawing.
+- The final notice, the only one after :meth:`Progress.finish`, waits until no row of
+  the run or of its sub-orchestrations counts a call in flight: a parent that ends
+  first stops its children, whose rows settle a loop turn later.
 """
 
 from __future__ import annotations
@@ -10,8 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from durable_nb import history
+
+CLOCK_SECONDS = 1.0  # at most one clock notice a second while nothing else changes
 
 
 @dataclass
@@ -43,6 +58,15 @@ class ActivityRow:
 Listener = Callable[["Progress"], None]
 
 
+class Handle(Protocol):
+    """What a scheduled call returns (an ``asyncio.TimerHandle``)."""
+
+    def cancel(self) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], Handle]  # ``loop.call_later``
+
+
 class Progress:
     """Counts of one run by activity, with throttled change notification."""
 
@@ -59,10 +83,12 @@ class Progress:
         self.status = "starting"
         self.message = ""
         self.rows: dict[str, ActivityRow] = {}
-        self.waiting_events: list[str] = []
+        self._waiting_events: list[str] = []
         self.timers: dict[str, float] = {}  # timer key -> fire time (epoch seconds)
-        self.custom_status: object = None
+        self._timers_told: tuple[float, ...] = ()  # parts.py edits timers in place
+        self._custom_status: object = None
         self.children: list[Progress] = []  # sub-orchestrations, each with its own rows
+        self._parent: Progress | None = None
         self.on_approval: Callable[[str, object], None] | None = None  # set by the runtime
         self._clock = clock
         self._interval = 1.0 / max_rate
@@ -74,8 +100,13 @@ class Progress:
         self.summary_deferred = False
         self.summary_pending = False
         self._listeners: list[Listener] = []
-        self._last_notice = float("-inf")
+        self._clock_listeners: list[Listener] = []
+        self._last_notice = float("-inf")  # the last notice of a change
+        self._last_told = float("-inf")  # the last notice of any kind, clock included
         self._dirty = False
+        self._call_later: CallLater | None = None
+        self._held: Handle | None = None  # the notice of a change held back by the rate
+        self._final_waits = False  # finished; the final notice waits for calls in flight
 
     # ----------------------------------------------------------- counting
 
@@ -107,6 +138,7 @@ class Progress:
     def attempt_ended(self, name: str) -> None:
         self.row(name).running -= 1
         self._dirty = True
+        self._root()._tell_final_if_settled()
 
     def ran(self, name: str) -> None:
         self.row(name).ran += 1
@@ -140,6 +172,25 @@ class Progress:
         self.row(name).backing_off -= 1
         self._dirty = True
 
+    @property
+    def waiting_events(self) -> list[str]:
+        return self._waiting_events
+
+    @waiting_events.setter
+    def waiting_events(self, names: list[str]) -> None:
+        if names != self._waiting_events:  # set after every step, mostly unchanged
+            self._waiting_events = names
+            self._dirty = True
+
+    @property
+    def custom_status(self) -> object:
+        return self._custom_status
+
+    @custom_status.setter
+    def custom_status(self, value: object) -> None:
+        self._custom_status = value
+        self._dirty = True
+
     # ----------------------------------------------------------- totals
 
     @property
@@ -150,7 +201,7 @@ class Progress:
     def child(self, orchestrator: str, instance_id: str) -> Progress:
         """The progress of a sub-orchestration; its changes show in this one's views."""
         child = Progress(orchestrator, instance_id, clock=self._clock)
-        child._interval = float("inf")  # only the root notifies views
+        child._parent = self  # only the root notifies views; a child's changes go there
         self.children.append(child)
         return child
 
@@ -198,34 +249,98 @@ class Progress:
     # ----------------------------------------------------------- notification
 
     def subscribe(self, listener: Listener) -> None:
+        """Told of changes, at most ``max_rate`` times a second, and once at the end."""
         self._listeners.append(listener)
 
-    def begin(self) -> None:
+    def subscribe_clock(self, listener: Listener) -> None:
+        """Told when only time moved: at most once every ``CLOCK_SECONDS`` while the run
+        is alive and no change was told in that time (a change tells ``subscribe``'s
+        listeners instead, who show the time too)."""
+        self._clock_listeners.append(listener)
+
+    def begin(self, call_later: CallLater | None = None) -> None:
+        """A run (or a new generation) starts. ``call_later`` (the loop's) lets a change
+        held back by the rate be told when its interval ends. Nothing is told here: the
+        first notice shows the run with its first calls, not an empty one that would
+        hold them back for an interval."""
         self.status, self.message, self.finished = "running", "", None
-        self._notify()
+        self._final_waits = False
+        self._call_later = call_later
+        self._dirty = True
 
     @property
     def dirty(self) -> bool:
-        return self._dirty or any(child.dirty for child in self.children)
+        return (
+            self._dirty
+            or tuple(self.timers.values()) != self._timers_told
+            or any(child.dirty for child in self.children)
+        )
 
     def changed(self) -> None:
-        """Tell listeners, unless they were told less than one interval ago."""
-        if self.dirty and self._clock() - self._last_notice >= self._interval:
-            self._notify()
+        """Tell listeners now if something changed and the last notice is one interval
+        old; if it is younger, when the interval ends. If nothing changed, tell clock
+        listeners once the last notice of any kind is ``CLOCK_SECONDS`` old."""
+        if self._parent is not None:
+            self._root().changed()
+            return
+        if self.finished is not None:
+            return  # only the final notice comes after the end
+        now = self._clock()
+        if self.dirty:
+            wait = self._last_notice + self._interval - now
+            if wait <= 0:
+                self._notify()
+            elif self._held is None and self._call_later is not None:
+                self._held = self._call_later(wait, self._tell_held)
+        elif now - self._last_told >= CLOCK_SECONDS:
+            self._last_told = now
+            for listener in self._clock_listeners:
+                listener(self)
+
+    def _tell_held(self) -> None:
+        self._held = None
+        self.changed()
 
     def finish(self, status: str, message: str = "") -> None:
-        """The run ended; listeners are always told."""
+        """The run ended; listeners are always told, once no row counts a call in
+        flight (its own calls were stopped before; its children's stop a turn later)."""
         self.status, self.message = str(status), message  # a Status is stored as its value
         self.finished = self._clock()
-        self._notify()
+        for row in self.rows.values():
+            row.backing_off = 0  # its retries were cancelled with the run's work
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        if self._parent is None:
+            self._final_waits = True
+        self._root()._tell_final_if_settled()
+
+    def in_flight(self) -> int:
+        """Calls of this run and its sub-orchestrations running or waiting to retry."""
+        return sum(row.running + row.backing_off for row in self.all_rows())
+
+    def _tell_final_if_settled(self) -> None:
+        if self._final_waits and self.in_flight() == 0:
+            self._final_waits = False
+            self._notify()
+
+    def _root(self) -> Progress:
+        progress = self
+        while progress._parent is not None:
+            progress = progress._parent
+        return progress
 
     def _notify(self) -> None:
-        self._last_notice = self._clock()
-        self._dirty = False
-        for child in self.children:
-            child._dirty = False
+        self._last_notice = self._last_told = self._clock()
+        self._clear_dirty()
         for listener in self._listeners:
             listener(self)
+
+    def _clear_dirty(self) -> None:
+        self._dirty = False
+        self._timers_told = tuple(self.timers.values())
+        for child in self.children:
+            child._clear_dirty()
 
 
 def _call_name(key: str) -> str:

@@ -119,8 +119,9 @@ _STATUS_COLOURS = {
 }
 
 
-def _waits_html(progress: Progress) -> str:
-    """Timers and events the run is waiting for, and its custom status."""
+def _waits_html(progress: Progress, *, countdown: bool = True) -> str:
+    """Timers and events the run is waiting for, and its custom status. Without
+    ``countdown`` a timer shows only when it fires: the live widget's clock counts down."""
     parts = []
     now = time.time()
     backing_off = progress.totals().backing_off
@@ -128,7 +129,8 @@ def _waits_html(progress: Progress) -> str:
         parts.append(f"{backing_off} call(s) waiting to retry")
     for fire_at in sorted(progress.timers.values()):
         when = datetime.datetime.fromtimestamp(fire_at).strftime("%H:%M:%S")
-        parts.append(f"timer fires at {when} (in {max(0.0, fire_at - now):.0f} s)")
+        left = f" (in {max(0.0, fire_at - now):.0f} s)" if countdown else ""
+        parts.append(f"timer fires at {when}{left}")
     for name in progress.waiting_events:
         parts.append(f"waiting for event <code>{html.escape(name)}</code>")
     if progress.custom_status is not None:
@@ -137,6 +139,8 @@ def _waits_html(progress: Progress) -> str:
 
 
 def header_html(progress: Progress, *, timing: bool = True) -> str:
+    """Status, counts and what the run waits for; with ``timing``, the elapsed time and
+    timers' countdowns too (the live widget shows those in :func:`clock_html`)."""
     totals = progress.totals()
     colour = _STATUS_COLOURS.get(progress.status, "#666")
     return (
@@ -145,13 +149,23 @@ def header_html(progress: Progress, *, timing: bool = True) -> str:
         f"<span style='color:{colour};font-weight:bold'>{progress.status}</span> "
         f"&middot; {totals.done}/{totals.total} calls"
         + (f" &middot; {progress.elapsed:.1f} s" if timing else "")
-        + (_waits_html(progress) if progress.finished is None else "")
+        + (_waits_html(progress, countdown=timing) if progress.finished is None else "")
         + (
             f"<br><span style='color:#cf222e'>{html.escape(progress.message)}</span>"
             if progress.message and progress.status in ("failed", "terminated")
             else ""
         )
     )
+
+
+def clock_html(progress: Progress) -> str:
+    """What moves with time alone: the elapsed time and the next timer's countdown. Its
+    own widget, so that a tick while nothing else changes is one small message."""
+    text = f"{progress.elapsed:.1f} s"
+    if progress.finished is None and progress.timers:
+        left = max(0.0, min(progress.timers.values()) - time.time())
+        text += f" &middot; next timer in {left:.0f} s"
+    return f"<span style='color:#666'>{text}</span>"
 
 
 def table_html(progress: Progress) -> str:
@@ -230,8 +244,8 @@ def show_final_summary(progress: Progress) -> None:
 
 
 def make_widget(progress: Progress) -> Any:
-    """A VBox of header and table that follows ``progress``; raises ImportError without
-    ipywidgets."""
+    """A VBox of header, clock and table that follows ``progress``; raises ImportError
+    without ipywidgets."""
     import ipywidgets
     import traitlets
 
@@ -244,10 +258,11 @@ def make_widget(progress: Progress) -> Any:
             # What nbval compares: fixed at display time, no durations.
             return f"<durable_nb progress: {progress.orchestrator} [{progress.instance_id}]>"
 
-    header = ipywidgets.HTML(value=header_html(progress))
+    header = ipywidgets.HTML(value=header_html(progress, timing=False))
+    clock = ipywidgets.HTML(value=clock_html(progress))
     table = ipywidgets.HTML(value=table_html(progress))
     approvals = ipywidgets.VBox(children=[])
-    widget = ProgressWidget(children=[header, table, approvals])
+    widget = ProgressWidget(children=[header, clock, table, approvals])
     shown: list[str] = []
 
     def approval_row(name: str) -> Any:
@@ -269,14 +284,22 @@ def make_widget(progress: Progress) -> Any:
         return ipywidgets.HBox(children=[label, approve, reject])
 
     def update(p: Progress) -> None:
-        header.value = header_html(p)
+        # Rows first, status last: each value is a message of its own, and a frontend
+        # may draw between them; a header saying `completed` above rows still in flight
+        # would be a lie, while rows a moment ahead of their header are not.
         table.value = table_html(p)
+        clock.value = clock_html(p)
         waiting = p.waiting_events if p.finished is None else []
         if waiting != shown:
             shown[:] = waiting
             approvals.children = [approval_row(name) for name in waiting]
+        header.value = header_html(p, timing=False)
         if p.finished is not None:
             widget.summary = text_summary(p)
 
+    def tick(p: Progress) -> None:
+        clock.value = clock_html(p)  # only time moved: one small message, no table
+
     progress.subscribe(update)
+    progress.subscribe_clock(tick)
     return widget

@@ -56,6 +56,8 @@ class CellResult:
     code: str
     reply: dict[str, Any] | None = None
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # For each output: when the kernel made it and when it arrived here (epoch seconds).
+    times: list[tuple[float, float]] = field(default_factory=list)
     idle: bool = False
 
     @property
@@ -326,6 +328,9 @@ class KernelSession:
             "comm_msg",
         ):
             cell.outputs.append((msg_type, content))
+            sent = msg["header"].get("date")
+            arrived = time.time()
+            cell.times.append((sent.timestamp() if sent is not None else arrived, arrived))
 
 
 # ---------------------------------------------------------------- widget comms

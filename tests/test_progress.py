@@ -56,10 +56,11 @@ def test_widget_repr_is_fixed_and_its_html_follows_progress() -> None:
     assert bundle["text/plain"] == "<durable_nb progress: orch [orch-1]>"
     assert "application/vnd.jupyter.widget-view+json" in bundle
     progress.begin()
+    progress.changed()  # the first notice comes at once
     progress.scheduled("fetch")
     progress.attempt_started("fetch")
     progress.changed()
-    header, table, approvals = widget.children
+    header, _clock, table, approvals = widget.children
     assert "fetch" not in table.value  # within 0.1 s of the last update: held back
     clock.now += 0.2
     progress.changed()
@@ -84,9 +85,10 @@ def test_waiting_events_get_approve_and_reject_buttons_that_raise_the_event() ->
     progress.scheduled("a")
     clock.now += 1
     progress.changed()
-    header, _table, approvals = widget.children
+    header, clock_view, _table, approvals = widget.children
     assert "waiting for event <code>approval</code>" in header.value
     assert "timer fires at" in header.value
+    assert "next timer in" in clock_view.value  # the countdown moves with the clock
     (row,) = approvals.children
     _label, approve, reject = row.children
     assert (approve.description, reject.description) == ("Approve", "Reject")
