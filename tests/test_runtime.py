@@ -372,13 +372,15 @@ def test_interrupt_keeps_checkpoints_and_late_results(rt: Runtime, effects: Side
             await task
 
     asyncio.run(interrupted())
-    in_flight = len(effects.lines())
-    assert 0 < in_flight <= 40
     time.sleep(0.5)  # the threads finish after the interrupt
+    # Counted once they are done: a thread that took its call just before the interrupt
+    # may write its line a moment after the cancelled run returns (on a busy machine).
+    ran = len(effects.lines())
+    assert 0 < ran < 40  # 32 threads, each call 0.3 s: the last ones never started
     record = rt.status(iid)
     assert record is not None and record.status == "interrupted"
     kept = [e for e in rt.store.read_history(iid) if isinstance(e, history.TaskCompleted)]
-    assert len(kept) == in_flight  # late results were checkpointed
+    assert len(kept) == ran  # late results were checkpointed
     assert fan.run(40) == sum(i * i for i in range(40))
     assert max(effects.counts().values()) == 1
 
