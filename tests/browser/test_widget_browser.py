@@ -1,0 +1,113 @@
+"""The progress widget in JupyterLab: the example notebooks run from the UI (issue 13).
+
+The expected rows and counts come from the notebooks themselves: the activities their
+orchestrators call, the number of repositories the quickstart's API serves and the
+counts its cells print (read from the store by ``get_runtime().status``), so the
+widget is checked against the run, not against numbers copied here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from lab_driver import WIDGET_ERROR_TEXTS, cell_source, find_cell
+
+if TYPE_CHECKING:
+    from lab_driver import Lab
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+QUICKSTART = NOTEBOOKS / "01_quickstart.ipynb"
+APPROVAL = NOTEBOOKS / "02_human_approval.ipynb"
+
+
+def _activities_called(source: str) -> list[str]:
+    """The activities an orchestrator cell calls, in the order it calls them."""
+    return list(dict.fromkeys(re.findall(r"call_activity\((\w+)", source)))
+
+
+def _assert_no_widget_errors(lab: Lab) -> None:
+    text = lab.all_output_text()
+    shown = [error for error in WIDGET_ERROR_TEXTS if error in text]
+    assert not shown, f"widget errors on the page: {shown}"
+    assert not lab.widget_console_errors(), lab.widget_console_errors()
+
+
+def test_quickstart_run_all(lab: Lab) -> None:
+    lab.open(QUICKSTART.name)
+    lab.run_all()
+
+    repos = int(
+        re.search(r"(\d+) repositories", lab.output_text(find_cell(QUICKSTART, "DemoApi(")))[1]
+    )
+    names = _activities_called(cell_source(QUICKSTART, find_cell(QUICKSTART, "def issue_report")))
+    # One list_repos, one open_issues per repository (its task_all), one save_report.
+    expected = {name: repos if name == "open_issues" else 1 for name in names}
+
+    first = lab.widget(find_cell(QUICKSTART, 'total = await issue_report("octo-org")'))
+    assert first.status == "completed", first
+    assert [row.name for row in first.rows] == names
+    assert (first.done, first.total) == (sum(expected.values()),) * 2, first.header
+    for row in first.rows:
+        # A fresh store: every call ran, none failed for good (the 503s were retried).
+        assert (row.done, row.total, row.ran) == (expected[row.name],) * 3, row
+        assert (row.cached, row.running, row.failed) == (0, 0, 0), row
+
+    # The rerun cell prints the store's counts of the same instance: all cached.
+    rerun = find_cell(QUICKSTART, "again = await issue_report")
+    printed = re.search(r"calls: (\d+), cached: (\d+), ran: (\d+)", lab.output_text(rerun))
+    assert printed, lab.output_text(rerun)
+    calls, cached, ran = (int(n) for n in printed.groups())
+    again = lab.widget(rerun)
+    assert (again.status, again.done, again.total) == ("completed", calls, calls), again
+    assert (calls, cached, ran) == (first.total, first.total, 0)
+    assert [(r.name, r.total, r.cached, r.ran) for r in again.rows] == [
+        (name, count, count, 0) for name, count in expected.items()
+    ]
+
+    # Two sweeps, two widgets, each as its printed store counts say.
+    loop = find_cell(QUICKSTART, "for n in (100, 200)")
+    sweeps = re.findall(r"sweep\((\d+)\): (\d+) ran, (\d+) cached", lab.output_text(loop))
+    views = lab.widgets(loop)
+    assert len(views) == len(sweeps) == 2, (views, sweeps)
+    for view, (n, ran_, cached_) in zip(views, sweeps, strict=True):
+        assert (view.status, view.done, view.total) == ("completed", int(n), int(n)), view
+        (score,) = view.rows
+        assert (score.name, score.total, score.ran, score.cached) == (
+            "score",
+            int(n),
+            int(ran_),
+            int(cached_),
+        )
+    _assert_no_widget_errors(lab)
+
+
+def test_approve_button_finishes_the_run(lab: Lab) -> None:
+    lab.open(APPROVAL.name)
+    # Everything before the cell that approves in code, so the button has to do it.
+    approve_in_code = find_cell(APPROVAL, 'h.raise_event("approval", True)')
+    lab.run_all_above(approve_in_code)
+
+    start = find_cell(APPROVAL, 'h = deploy_with_approval.start("web"')
+    waiting = lab.wait_for_widget(start, lambda v: ("Approve", False) in v.buttons)
+    assert waiting.status == "running", waiting
+    assert "waiting for event approval" in waiting.header, waiting.header
+
+    lab.click_button(start, "Approve")
+    done = lab.wait_for_widget(start, lambda v: v.status == "completed")
+    # The approved branch: every activity the orchestrator calls but notify_rejected.
+    names = _activities_called(cell_source(APPROVAL, find_cell(APPROVAL, "def deploy_with")))
+    approved = [name for name in names if name != "notify_rejected"]
+    assert [(r.name, r.done, r.total) for r in done.rows] == [(n, 1, 1) for n in approved]
+    assert (done.done, done.total) == (len(approved), len(approved)), done.header
+    assert not done.buttons, f"the buttons outlive the wait: {done.buttons}"
+
+    # The notebook's own next cell sees the run finished, deployed.
+    awaited = find_cell(APPROVAL, "result = await h")
+    lab.run_cell(awaited)
+    assert "'deployed': True" in lab.output_text(awaited), lab.output_text(awaited)
+    _assert_no_widget_errors(lab)
