@@ -8,7 +8,9 @@ widget is checked against the run, not against numbers copied here.
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,18 @@ APPROVAL = NOTEBOOKS / "02_human_approval.ipynb"
 def _activities_called(source: str) -> list[str]:
     """The activities an orchestrator cell calls, in the order it calls them."""
     return list(dict.fromkeys(re.findall(r"call_activity\((\w+)", source)))
+
+
+def _first_time_failures(repos: int) -> int:
+    """How many repositories the quickstart's API answers 503 the first time: each is
+    one retry of open_issues. Asked of demo_api itself, which the notebook builds with
+    its defaults but for ``repos``."""
+    sys.path.insert(0, str(NOTEBOOKS))  # demo_api imports local_server, beside it
+    try:
+        demo_api = importlib.import_module("demo_api")
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    return len(demo_api.DemoApi(repos=repos).flaky)
 
 
 def _assert_no_widget_errors(lab: Lab) -> None:
@@ -56,6 +70,7 @@ def test_quickstart_run_all(lab: Lab) -> None:
         # A fresh store: every call ran, none failed for good (the 503s were retried).
         assert (row.done, row.total, row.ran) == (expected[row.name],) * 3, row
         assert (row.cached, row.running, row.failed) == (0, 0, 0), row
+    assert first.row("open_issues").retried == _first_time_failures(repos) > 0, first
 
     # The rerun cell prints the store's counts of the same instance: all cached.
     rerun = find_cell(QUICKSTART, "again = await issue_report")
