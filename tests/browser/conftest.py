@@ -1,6 +1,6 @@
 """Browser tests: the progress widget in a real JupyterLab, in Debian's Chromium.
 
-What runs: one ``jupyter lab`` server per session (a subprocess of this interpreter, on
+What runs: one ``jupyter lab`` server for the package (a subprocess of this interpreter, on
 a free port with a random token, its root a temp folder), one headless Chromium
 driven by Playwright's sync API (the system browser, ``/usr/bin/chromium``: none is
 downloaded), and real kernels started by the server, of this interpreter, with this
@@ -22,6 +22,7 @@ failure report names the folder.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -191,7 +192,11 @@ class LabServer:
         self._log.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope (tests/browser is a package for it): one server and one browser for all
+# browser tests, gone before any other test runs. Not session scope: while Playwright's
+# sync API is started it marks its event loop as the thread's running loop, and the
+# tests of durable_nb that check there is no running loop would then see one.
+@pytest.fixture(scope="package")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     _require_browser_stack()
     server = LabServer(tmp_path_factory.mktemp("lab_home"), tmp_path_factory.mktemp("lab_root"))
@@ -204,7 +209,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium(lab_server: LabServer) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -214,6 +219,9 @@ def chromium(lab_server: LabServer) -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+    # Fail here, not later in some unrelated test, if Playwright left its loop behind.
+    leaked = asyncio._get_running_loop()
+    assert leaked is None, f"Playwright left a running event loop behind: {leaked}"
 
 
 @pytest.fixture
@@ -221,7 +229,7 @@ def lab(
     request: pytest.FixtureRequest, lab_server: LabServer, chromium: Any, tmp_path: Path
 ) -> Iterator[Any]:
     """A fresh page on the server, in a folder of the test's own (see the docstring)."""
-    from lab_driver import Lab
+    from browser.lab_driver import Lab
 
     folder = lab_server.root / request.node.name.replace("[", "_").replace("]", "")
     folder.mkdir()

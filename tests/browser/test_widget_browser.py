@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from lab_driver import WIDGET_ERROR_TEXTS, cell_source, find_cell
+
+from browser.lab_driver import WIDGET_ERROR_TEXTS, cell_source, find_cell
 
 if TYPE_CHECKING:
-    from lab_driver import Lab
+    from browser.lab_driver import Lab
 
 pytestmark = pytest.mark.browser
 
