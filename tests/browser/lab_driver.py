@@ -7,7 +7,7 @@ A test gets a :class:`Lab` from the ``lab`` fixture (tests/browser/conftest.py):
     view = lab.widget(cell=7)                 # the progress widget of a code cell
     view.status, view.done, view.total        # 'completed', 66, 66
     view.row("open_issues").ran               # one activity row of its table
-    lab.wait_for_widget(7, lambda v: v.status == "completed")
+    lab.wait_for_widget(7, Lab.settled)       # header, table and buttons all final
     lab.click_button(cell=7, label="Approve")
     lab.run_cell(9)                           # select the cell, Ctrl+Enter, wait
     lab.output_text(9)                        # the cell's outputs as text
@@ -263,17 +263,42 @@ class Lab:
     def wait_for_widget(
         self, cell: int, predicate: Callable[[WidgetView], bool], timeout: float = 30
     ) -> WidgetView:
-        """Poll a cell's widget until ``predicate`` holds; the last view is returned."""
+        """Poll a cell's one widget until ``predicate`` holds, and return that view."""
+        views = self.wait_for_widgets(
+            cell, lambda vs: len(vs) == 1 and predicate(vs[0]), timeout=timeout
+        )
+        return views[0]
+
+    def wait_for_widgets(
+        self, cell: int, predicate: Callable[[list[WidgetView]], bool], timeout: float = 30
+    ) -> list[WidgetView]:
+        """Poll a cell's widgets until ``predicate`` holds, and return those views.
+
+        Wait for the whole state a test asserts, not one part of it: the header, the
+        table and the buttons are separate widgets, changed by separate messages, so
+        the DOM can show the header's "completed" while the table or the buttons are
+        still those of a moment before."""
         deadline = time.monotonic() + timeout
         while True:
             views = self.widgets(cell)
-            if len(views) == 1 and predicate(views[0]):
-                return views[0]
+            if predicate(views):
+                return views
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"cell {cell}: widget not as expected after {timeout} s: {views}"
+                    f"cell {cell}: widgets not as expected after {timeout} s: {views}"
                 )
             time.sleep(0.1)
+
+    @staticmethod
+    def settled(view: WidgetView) -> bool:
+        """The run is over and the table says so too: every row done."""
+        return (
+            view.status == "completed"
+            and view.done == view.total
+            and all(row.done == row.total for row in view.rows)
+            and sum(row.total for row in view.rows) == view.total
+            and not view.buttons
+        )
 
     def click_button(self, cell: int, label: str) -> None:
         """Click the widget button labelled ``label`` in a cell's outputs."""

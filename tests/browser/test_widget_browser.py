@@ -12,14 +12,10 @@ import importlib
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from browser.lab_driver import WIDGET_ERROR_TEXTS, cell_source, find_cell
-
-if TYPE_CHECKING:
-    from browser.lab_driver import Lab
+from browser.lab_driver import WIDGET_ERROR_TEXTS, Lab, cell_source, find_cell
 
 pytestmark = pytest.mark.browser
 
@@ -63,7 +59,9 @@ def test_quickstart_run_all(lab: Lab) -> None:
     # One list_repos, one open_issues per repository (its task_all), one save_report.
     expected = {name: repos if name == "open_issues" else 1 for name in names}
 
-    first = lab.widget(find_cell(QUICKSTART, 'total = await issue_report("octo-org")'))
+    # Run All has returned: the run is over, but the widget's messages may still be on
+    # their way (header, table and buttons are separate widgets): wait for all of them.
+    first = lab.wait_for_widget(find_cell(QUICKSTART, 'total = await issue_report("'), Lab.settled)
     assert first.status == "completed", first
     assert [row.name for row in first.rows] == names
     assert (first.done, first.total) == (sum(expected.values()),) * 2, first.header
@@ -78,7 +76,7 @@ def test_quickstart_run_all(lab: Lab) -> None:
     printed = re.search(r"calls: (\d+), cached: (\d+), ran: (\d+)", lab.output_text(rerun))
     assert printed, lab.output_text(rerun)
     calls, cached, ran = (int(n) for n in printed.groups())
-    again = lab.widget(rerun)
+    again = lab.wait_for_widget(rerun, Lab.settled)
     assert (again.status, again.done, again.total) == ("completed", calls, calls), again
     assert (calls, cached, ran) == (first.total, first.total, 0)
     assert [(r.name, r.total, r.cached, r.ran) for r in again.rows] == [
@@ -88,8 +86,8 @@ def test_quickstart_run_all(lab: Lab) -> None:
     # Two sweeps, two widgets, each as its printed store counts say.
     loop = find_cell(QUICKSTART, "for n in (100, 200)")
     sweeps = re.findall(r"sweep\((\d+)\): (\d+) ran, (\d+) cached", lab.output_text(loop))
-    views = lab.widgets(loop)
-    assert len(views) == len(sweeps) == 2, (views, sweeps)
+    assert len(sweeps) == 2, lab.output_text(loop)
+    views = lab.wait_for_widgets(loop, lambda vs: len(vs) == 2 and all(map(Lab.settled, vs)))
     for view, (n, ran_, cached_) in zip(views, sweeps, strict=True):
         assert (view.status, view.done, view.total) == ("completed", int(n), int(n)), view
         (score,) = view.rows
@@ -114,10 +112,10 @@ def test_approve_button_finishes_the_run(lab: Lab) -> None:
     assert "waiting for event approval" in waiting.header, waiting.header
 
     lab.click_button(start, "Approve")
-    done = lab.wait_for_widget(start, lambda v: v.status == "completed")
     # The approved branch: every activity the orchestrator calls but notify_rejected.
     names = _activities_called(cell_source(APPROVAL, find_cell(APPROVAL, "def deploy_with")))
     approved = [name for name in names if name != "notify_rejected"]
+    done = lab.wait_for_widget(start, lambda v: Lab.settled(v) and len(v.rows) == len(approved))
     assert [(r.name, r.done, r.total) for r in done.rows] == [(n, 1, 1) for n in approved]
     assert (done.done, done.total) == (len(approved), len(approved)), done.header
     assert not done.buttons, f"the buttons outlive the wait: {done.buttons}"
