@@ -151,7 +151,10 @@ class Lab:
 
     def open(self, name: str, timeout: float = 60) -> None:
         """Open ``name`` by its URL and wait until its kernel is idle."""
-        self.page.goto(f"{self.base_url}/lab/tree/{self.folder}/{name}?token={self.token}")
+        # ?reset: a fresh workspace. JupyterLab would otherwise restore the tabs of the
+        # test before (the workspace is kept by the server), and start their kernels.
+        url = f"{self.base_url}/lab/tree/{self.folder}/{name}?reset&token={self.token}"
+        self.page.goto(url)
         self.page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
         deadline = time.monotonic() + timeout
         while (state := self._read()) is None or not (
