@@ -39,7 +39,7 @@ PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 WIDGET_ERROR_TEXTS = ("Error displaying widget", "Failed to load model class", "Model not found")
 
 # Reads every code cell of the open notebook in one round trip: its prompt, its outputs'
-# text, and each progress widget in it (a VBox of header HTML, table HTML, approvals).
+# text, and each progress widget in it (a VBox of a header HTML, a table HTML, approvals).
 _READ_CELLS_JS = """
 (panel) => {
   const root = document.querySelector(panel);
@@ -49,9 +49,11 @@ _READ_CELLS_JS = """
   const cells = [...root.querySelectorAll('.jp-Notebook .jp-Cell')].map((cell) => {
     const prompt = cell.querySelector('.jp-InputPrompt');
     const widgets = [...cell.querySelectorAll('.jp-OutputArea .widget-vbox')].flatMap((box) => {
+      // The header is the first HTML part, the table the one holding a <table>: other
+      // parts (a clock, a timeline) may come between them.
       const parts = [...box.children].filter((c) => c.classList.contains('widget-html'));
-      const table = parts.length >= 2 ? parts[1].querySelector('table') : null;
-      if (!table) return [];
+      const table = parts.length >= 2 ? box.querySelector(':scope > .widget-html table') : null;
+      if (!table || parts[0].contains(table)) return [];
       return [{
         header: parts[0].innerText.trim(),
         status: (parts[0].querySelector('span') || {innerText: ''}).innerText.trim(),
