@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast, overload
 
+from durable_nb.engine.context import CLIENT_INPUT
 from durable_nb.errors import (
     ActivityNotFoundError,
     DefinitionError,
@@ -89,7 +90,7 @@ class Activity:
                 activity=getattr(fn, "__name__", None),
             )
         self.fn = fn
-        self.name: str = name or fn.__name__
+        self.name: str = _checked_name(name, fn, "activity")
         self.options = options or ActivityOptions()
         # ``source_node``: the function's AST as the cell defined it (%%activity), which
         # digests faster and more faithfully than source looked up again.
@@ -125,6 +126,19 @@ class Activity:
         if opts.concurrency:
             extras.append(f"concurrency={opts.concurrency}")
         return f"<activity {self.name}{' ' if extras else ''}{' '.join(extras)}>"
+
+
+def _checked_name(name: str | None, fn: Callable[..., Any], kind: str) -> str:
+    """The name to register ``fn`` under: ``name`` (``@activity(name=...)``), else its own."""
+    if name is None:
+        return str(getattr(fn, "__name__", repr(fn)))
+    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("sub:"):
+        raise DefinitionError(
+            f"{kind} name {name!r} cannot be used: give a non-empty string without '/' "
+            "and not starting with 'sub:', e.g. name='SayHello'",
+            **{kind: str(name)},
+        )
+    return name
 
 
 _REGISTRY: dict[str, Activity] = {}
@@ -271,8 +285,9 @@ class Orchestrator:
         strict: bool = False,
         source_digest: str | None = None,
         source_node: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
+        name: str | None = None,
     ) -> None:
-        name = getattr(fn, "__name__", repr(fn))
+        name = _checked_name(name, fn, "orchestrator")
         if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
             raise DefinitionError(
                 f"orchestrator {name!r} must be a generator function (using yield ctx....) "
@@ -310,6 +325,10 @@ class Orchestrator:
     ) -> dict[str, Any]:
         """The arguments by name (defaults applied), checked against the signature;
         ``via`` names the ctx method that passed them (none: a run of the instance)."""
+        if len(self._signature.parameters) == 1 and len(args) == 1 and not kwargs:
+            # Takes only the context (Durable Functions' style): its one input is read
+            # with ctx.get_input().
+            return {CLIENT_INPUT: args[0]}
         return bind_orchestrator_input(self.name, self._signature, args, kwargs, via)
 
     def instance_id_for(self, *args: Any, **kwargs: Any) -> str:
@@ -379,6 +398,8 @@ def activity(
     executor: str | None = None,
     share: bool = False,
     ttl: float | _dt.timedelta | str | None = None,
+    name: str | None = None,
+    max_attempts: int | None = None,
 ) -> Callable[[F], Activity]: ...
 
 
@@ -399,6 +420,8 @@ def activity(
     executor: str | None = None,
     share: bool = False,
     ttl: float | _dt.timedelta | str | None = None,
+    name: str | None = None,
+    max_attempts: int | None = None,
 ) -> Activity | Callable[[Callable[..., Any]], Activity]:
     """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``.
 
@@ -412,7 +435,25 @@ def activity(
     the same activity name, code and arguments (by default results belong to their
     instance); ``ttl`` (seconds, a timedelta, or text like ``"12h"``) reruns shared
     results older than that.
+
+    ``name`` registers it under another name than the function's (``ctx.call_activity(
+    "name")``; Durable Functions' samples name every activity function ``main``);
+    ``max_attempts`` is ``retries + 1``, as ``%%activity --max-attempts``: give one of them.
     """
+    if max_attempts is not None:
+        if retries:
+            raise DefinitionError(
+                f"@activity got retries={retries!r} and max_attempts={max_attempts!r}; give "
+                "one of them (max_attempts counts the first attempt: retries + 1)",
+                activity=name,
+            )
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise DefinitionError(
+                f"@activity(max_attempts={max_attempts!r}): max_attempts must be a whole "
+                "number >= 1 (1: no retry)",
+                activity=name,
+            )
+        retries = max_attempts - 1
     options = ActivityOptions(
         retries=retries,
         backoff=backoff,
@@ -430,7 +471,7 @@ def activity(
     )
 
     def wrap(target: Callable[..., Any]) -> Activity:
-        return register(Activity(target, options))
+        return register(Activity(target, options, name=name))
 
     return wrap(fn) if fn is not None else wrap
 
@@ -438,15 +479,19 @@ def activity(
 @overload
 def orchestrator(fn: F, /) -> Orchestrator: ...
 @overload
-def orchestrator(*, strict: bool = False) -> Callable[[F], Orchestrator]: ...
+def orchestrator(
+    *, strict: bool = False, name: str | None = None
+) -> Callable[[F], Orchestrator]: ...
 
 
 def orchestrator(
-    fn: Callable[..., Any] | None = None, /, *, strict: bool = False
+    fn: Callable[..., Any] | None = None, /, *, strict: bool = False, name: str | None = None
 ) -> Orchestrator | Callable[[Callable[..., Any]], Orchestrator]:
-    """Decorator: ``@orchestrator`` or ``@orchestrator(strict=True)``."""
+    """Decorator: ``@orchestrator``, ``@orchestrator(strict=True)``, or
+    ``@orchestrator(name="...")`` to register it under another name than the function's
+    (``ctx.call_sub_orchestrator("name")``, ``%durable rewind``, default instance ids)."""
 
     def wrap(target: Callable[..., Any]) -> Orchestrator:
-        return register_orchestrator(Orchestrator(target, strict=strict))
+        return register_orchestrator(Orchestrator(target, strict=strict, name=name))
 
     return wrap(fn) if fn is not None else wrap
