@@ -447,7 +447,7 @@ def activity(
                 "one of them (max_attempts counts the first attempt: retries + 1)",
                 activity=name,
             )
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise DefinitionError(
                 f"@activity(max_attempts={max_attempts!r}): max_attempts must be a whole "
                 "number >= 1 (1: no retry)",
