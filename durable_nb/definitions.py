@@ -148,8 +148,14 @@ _LAST_WRAPPED: dict[str, weakref.ref[Activity]] = {}
 
 
 def register(act: Activity) -> Activity:
-    """Make ``act`` reachable by name from ``ctx.call_activity("name")``; latest wins."""
+    """Make ``act`` reachable by name from ``ctx.call_activity("name")``; latest wins.
+    Its plain function, passed to ``ctx.call_activity``, means it too (its name and
+    options), registered under another name or not."""
     _REGISTRY[act.name] = act
+    try:
+        _WRAPPED[act.fn] = act
+    except TypeError:  # a callable that takes no weak reference: found by name only
+        pass
     return act
 
 
@@ -441,16 +447,11 @@ def activity(
     ``max_attempts`` is ``retries + 1``, as ``%%activity --max-attempts``: give one of them.
     """
     if max_attempts is not None:
-        if retries:
+        whole = isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
+        if retries or not whole or max_attempts < 1:
             raise DefinitionError(
-                f"@activity got retries={retries!r} and max_attempts={max_attempts!r}; give "
-                "one of them (max_attempts counts the first attempt: retries + 1)",
-                activity=name,
-            )
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise DefinitionError(
-                f"@activity(max_attempts={max_attempts!r}): max_attempts must be a whole "
-                "number >= 1 (1: no retry)",
+                f"@activity(retries={retries!r}, max_attempts={max_attempts!r}): give one of "
+                "them; max_attempts is a whole number >= 1 that counts the first attempt",
                 activity=name,
             )
         retries = max_attempts - 1

@@ -19,7 +19,7 @@ import pytest
 
 import durable_nb as dn
 from durable_nb import history
-from durable_nb.definitions import find_orchestrator
+from durable_nb.definitions import find_orchestrator, resolve_activity
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
 
@@ -176,8 +176,10 @@ def test_max_attempts_in_the_activity_decorator(rt: Runtime, tmp_path: Path) -> 
 
     with pytest.raises(dn.DefinitionError, match="give one of them"):
         dn.activity(retries=1, max_attempts=3)
-    with pytest.raises(dn.DefinitionError, match="max_attempts"):
+    with pytest.raises(dn.DefinitionError, match="max_attempts=0.*whole number >= 1"):
         dn.activity(max_attempts=0)(lambda: None)
+    with pytest.raises(dn.DefinitionError, match="whole number >= 1"):
+        dn.activity(max_attempts=2.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "sub:x", 3])
@@ -299,6 +301,8 @@ def test_the_simple_sub_orchestration_sample_ported_as_written(rt: Runtime, tmp_
 
     assert durable_orchestrator.run() == "Hello Seattle!"
     assert _runs(ran) == 2  # failed once, retried once
+    # The plain function means the activity it was registered as.
+    assert resolve_activity(main).name == "Hello"
     # The sub-orchestrator started by a client with its one input, as start_new does.
     found = find_orchestrator("DurableSubOrchestrator")
     assert found is not None and asyncio.run(_await(found("Tokyo"))) == "Hello Tokyo!"
