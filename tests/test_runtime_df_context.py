@@ -176,7 +176,7 @@ def test_max_attempts_in_the_activity_decorator(rt: Runtime, tmp_path: Path) -> 
 
     with pytest.raises(dn.DefinitionError, match="give one of them"):
         dn.activity(retries=1, max_attempts=3)
-    with pytest.raises(dn.DefinitionError, match="max_attempts=0.*whole number >= 1"):
+    with pytest.raises(dn.DefinitionError, match=r"max_attempts=0.*whole number >= 1"):
         dn.activity(max_attempts=0)(lambda: None)
     with pytest.raises(dn.DefinitionError, match="whole number >= 1"):
         dn.activity(max_attempts=2.0)  # type: ignore[arg-type]
