@@ -315,6 +315,10 @@ class Orchestrator:
         self.strict = strict
         self._code = _CodeDigests(fn, source_node, None, source_digest)
         self._signature = inspect.signature(fn)
+        # Takes only the context and calls get_input (Durable Functions' style): it takes
+        # one input, kept aside. Any other ctx-only orchestrator refuses input.
+        code = getattr(fn, "__code__", None)
+        self._reads_input = len(params) == 1 and "get_input" in getattr(code, "co_names", ())
         functools.update_wrapper(self, fn)
 
     @property
@@ -331,10 +335,8 @@ class Orchestrator:
     ) -> dict[str, Any]:
         """The arguments by name (defaults applied), checked against the signature;
         ``via`` names the ctx method that passed them (none: a run of the instance)."""
-        if len(self._signature.parameters) == 1 and len(args) == 1 and not kwargs:
-            # Takes only the context (Durable Functions' style): its one input is read
-            # with ctx.get_input().
-            return {CLIENT_INPUT: args[0]}
+        if self._reads_input and len(args) == 1 and not kwargs:
+            return {CLIENT_INPUT: args[0]}  # read with ctx.get_input()
         return bind_orchestrator_input(self.name, self._signature, args, kwargs, via)
 
     def instance_id_for(self, *args: Any, **kwargs: Any) -> str:

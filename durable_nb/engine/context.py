@@ -53,10 +53,10 @@ class OrchestrationContext:
     def get_input(self) -> Any:
         """The orchestrator's input, for code written in Durable Functions' style.
 
-        An orchestrator that takes only ``ctx`` gets the one value it was started with
-        (``orch.run(value)``, ``ctx.call_sub_orchestrator(orch, value)``), or None; one
-        that takes parameters gets the value of its only parameter, or a dict of them
-        by name when it has several.
+        An orchestrator that takes only ``ctx`` (and calls this) gets the one value it
+        was started with (``orch.run(value)``, ``ctx.call_sub_orchestrator(orch, value)``),
+        or None; one that takes parameters gets the value of its only parameter, or a
+        dict of them by name when it has several.
         """
         arguments = self._engine.arguments
         if CLIENT_INPUT in arguments:
