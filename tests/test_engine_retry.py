@@ -7,12 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-import durable_nb as dn
-from durable_nb import history
-from durable_nb.engine import OrchestrationEngine, Step, TimerCall
-from durable_nb.engine.context import CLIENT_INPUT
-from tests.builders import (
+from builders import (
     T0,
     completed,
     engine,
@@ -23,6 +18,11 @@ from tests.builders import (
     sub_failed,
     timer_fired,
 )
+
+import durable_nb as dn
+from durable_nb import history
+from durable_nb.engine import OrchestrationEngine, Step, TimerCall
+from durable_nb.engine.context import CLIENT_INPUT
 
 RetryOptions = dn.RetryOptions
 
