@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # what the names below are, for mypy and IDEs; loaded on firs
         activity,
         orchestrator,
     )
-    from durable_nb.engine import OrchestrationContext, Task
+    from durable_nb.engine import OrchestrationContext, RetryOptions, Task
     from durable_nb.errors import (
         ActivityArgumentsError,
         ActivityError,
@@ -97,6 +97,7 @@ __all__ = [
     "OrchestratorInputError",
     "OrchestratorNotFoundError",
     "ResultNotStorableError",
+    "RetryOptions",
     "RunawayOrchestratorWarning",
     "Runtime",
     "SlowOrchestratorWarning",
@@ -119,7 +120,7 @@ __all__ = [
 # it does not have yet).
 _LAZY: dict[str, str] = {
     **dict.fromkeys(["Activity", "Orchestrator", "activity", "orchestrator"], "definitions"),
-    **dict.fromkeys(["OrchestrationContext", "Task"], "engine"),
+    **dict.fromkeys(["OrchestrationContext", "RetryOptions", "Task"], "engine"),
     **dict.fromkeys(
         [
             "ActivityArgumentsError",

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast, overload
 
+from durable_nb.engine.context import CLIENT_INPUT
 from durable_nb.errors import (
     ActivityNotFoundError,
     DefinitionError,
@@ -89,7 +90,7 @@ class Activity:
                 activity=getattr(fn, "__name__", None),
             )
         self.fn = fn
-        self.name: str = name or fn.__name__
+        self.name: str = _checked_name(name, fn, "activity")
         self.options = options or ActivityOptions()
         # ``source_node``: the function's AST as the cell defined it (%%activity), which
         # digests faster and more faithfully than source looked up again.
@@ -127,6 +128,19 @@ class Activity:
         return f"<activity {self.name}{' ' if extras else ''}{' '.join(extras)}>"
 
 
+def _checked_name(name: str | None, fn: Callable[..., Any], kind: str) -> str:
+    """The name to register ``fn`` under: ``name`` (``@activity(name=...)``), else its own."""
+    if name is None:
+        return str(getattr(fn, "__name__", repr(fn)))
+    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("sub:"):
+        raise DefinitionError(
+            f"{kind} name {name!r} cannot be used: give a non-empty string without '/' "
+            "and not starting with 'sub:', e.g. name='SayHello'",
+            **{kind: str(name)},
+        )
+    return name
+
+
 _REGISTRY: dict[str, Activity] = {}
 _WRAPPED: weakref.WeakKeyDictionary[Callable[..., Any], Activity] = weakref.WeakKeyDictionary()
 # The plain function last called as an activity under each name, for find_activity.
@@ -134,8 +148,14 @@ _LAST_WRAPPED: dict[str, weakref.ref[Activity]] = {}
 
 
 def register(act: Activity) -> Activity:
-    """Make ``act`` reachable by name from ``ctx.call_activity("name")``; latest wins."""
+    """Make ``act`` reachable by name from ``ctx.call_activity("name")``; latest wins.
+    Its plain function, passed to ``ctx.call_activity``, means it too (its name and
+    options), registered under another name or not."""
     _REGISTRY[act.name] = act
+    try:
+        _WRAPPED[act.fn] = act
+    except TypeError:  # a callable that takes no weak reference: found by name only
+        pass
     return act
 
 
@@ -271,8 +291,9 @@ class Orchestrator:
         strict: bool = False,
         source_digest: str | None = None,
         source_node: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
+        name: str | None = None,
     ) -> None:
-        name = getattr(fn, "__name__", repr(fn))
+        name = _checked_name(name, fn, "orchestrator")
         if not (inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)):
             raise DefinitionError(
                 f"orchestrator {name!r} must be a generator function (using yield ctx....) "
@@ -294,6 +315,10 @@ class Orchestrator:
         self.strict = strict
         self._code = _CodeDigests(fn, source_node, None, source_digest)
         self._signature = inspect.signature(fn)
+        # Takes only the context and calls get_input (Durable Functions' style): it takes
+        # one input, kept aside. Any other ctx-only orchestrator refuses input.
+        code = getattr(fn, "__code__", None)
+        self._reads_input = len(params) == 1 and "get_input" in getattr(code, "co_names", ())
         functools.update_wrapper(self, fn)
 
     @property
@@ -310,6 +335,8 @@ class Orchestrator:
     ) -> dict[str, Any]:
         """The arguments by name (defaults applied), checked against the signature;
         ``via`` names the ctx method that passed them (none: a run of the instance)."""
+        if self._reads_input and len(args) == 1 and not kwargs:
+            return {CLIENT_INPUT: args[0]}  # read with ctx.get_input()
         return bind_orchestrator_input(self.name, self._signature, args, kwargs, via)
 
     def instance_id_for(self, *args: Any, **kwargs: Any) -> str:
@@ -379,6 +406,8 @@ def activity(
     executor: str | None = None,
     share: bool = False,
     ttl: float | _dt.timedelta | str | None = None,
+    name: str | None = None,
+    max_attempts: int | None = None,
 ) -> Callable[[F], Activity]: ...
 
 
@@ -399,6 +428,8 @@ def activity(
     executor: str | None = None,
     share: bool = False,
     ttl: float | _dt.timedelta | str | None = None,
+    name: str | None = None,
+    max_attempts: int | None = None,
 ) -> Activity | Callable[[Callable[..., Any]], Activity]:
     """Decorator: ``@activity`` or ``@activity(retries=3, timeout=30)``.
 
@@ -412,7 +443,20 @@ def activity(
     the same activity name, code and arguments (by default results belong to their
     instance); ``ttl`` (seconds, a timedelta, or text like ``"12h"``) reruns shared
     results older than that.
+
+    ``name`` registers it under another name than the function's (``ctx.call_activity(
+    "name")``; Durable Functions' samples name every activity function ``main``);
+    ``max_attempts`` is ``retries + 1``, as ``%%activity --max-attempts``: give one of them.
     """
+    if max_attempts is not None:
+        whole = isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
+        if retries or not whole or max_attempts < 1:
+            raise DefinitionError(
+                f"@activity(retries={retries!r}, max_attempts={max_attempts!r}): give one of "
+                "them; max_attempts is a whole number >= 1 that counts the first attempt",
+                activity=name,
+            )
+        retries = max_attempts - 1
     options = ActivityOptions(
         retries=retries,
         backoff=backoff,
@@ -430,7 +474,7 @@ def activity(
     )
 
     def wrap(target: Callable[..., Any]) -> Activity:
-        return register(Activity(target, options))
+        return register(Activity(target, options, name=name))
 
     return wrap(fn) if fn is not None else wrap
 
@@ -438,15 +482,19 @@ def activity(
 @overload
 def orchestrator(fn: F, /) -> Orchestrator: ...
 @overload
-def orchestrator(*, strict: bool = False) -> Callable[[F], Orchestrator]: ...
+def orchestrator(
+    *, strict: bool = False, name: str | None = None
+) -> Callable[[F], Orchestrator]: ...
 
 
 def orchestrator(
-    fn: Callable[..., Any] | None = None, /, *, strict: bool = False
+    fn: Callable[..., Any] | None = None, /, *, strict: bool = False, name: str | None = None
 ) -> Orchestrator | Callable[[Callable[..., Any]], Orchestrator]:
-    """Decorator: ``@orchestrator`` or ``@orchestrator(strict=True)``."""
+    """Decorator: ``@orchestrator``, ``@orchestrator(strict=True)``, or
+    ``@orchestrator(name="...")`` to register it under another name than the function's
+    (``ctx.call_sub_orchestrator("name")``, ``%durable rewind``, default instance ids)."""
 
     def wrap(target: Callable[..., Any]) -> Orchestrator:
-        return register_orchestrator(Orchestrator(target, strict=strict))
+        return register_orchestrator(Orchestrator(target, strict=strict, name=name))
 
     return wrap(fn) if fn is not None else wrap

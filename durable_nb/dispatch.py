@@ -25,6 +25,7 @@ from durable_nb import history
 from durable_nb.errors import ActivityLostError, ActivityTimeoutError
 from durable_nb.executors import SubmitWindow
 from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
+from durable_nb.options import with_retry
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources, SlotLimit
 from durable_nb.threads import ThreadHandle
@@ -402,7 +403,8 @@ class Dispatcher:
         retry = False
         if error is not None:
             error = explain_bad_arguments(call, error, self._instance_id)
-            retry = call.activity.options.should_retry(
+            # The call's own policy (ctx.call_activity_with_retry), else the activity's.
+            retry = with_retry(call.activity.options, call.retry).should_retry(
                 error, attempt.number, attempt.first_started, time.time()
             )
             error = as_activity_error(error, call, attempt.number, self._instance_id)
@@ -421,7 +423,7 @@ class Dispatcher:
             )
             return
         if retry:
-            delay = call.activity.options.delay_before(attempt.number + 1)
+            delay = with_retry(call.activity.options, call.retry).delay_before(attempt.number + 1)
             kind, text = type(error).__name__, str(error)
             self._note(
                 history.TaskRetried(

@@ -97,8 +97,8 @@ class DurableNbError(Exception):
 class ConfigurationError(DurableNbError, ValueError):
     """A value given to durable_nb that it cannot use: a ``configure()`` setting, an
     ``instance_id``, an executor or its name, a progress mode, an age, an event name
-    or value, a management action. ``setting`` names the parameter, ``value`` is
-    what was given."""
+    or value, a management action, a ``RetryOptions`` field. ``setting`` names the
+    parameter, ``value`` is what was given."""
 
     def __init__(
         self,

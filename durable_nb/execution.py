@@ -111,6 +111,7 @@ class Execution:
             ),
             strict=orchestrator.strict,
             runaway_calls=runtime.runaway_calls,
+            parent_instance_id=parent,
         )
         self.journal = Journal(self.store, instance_id, progress)
         self._lease = LeaseKeeper(self.store, instance_id)

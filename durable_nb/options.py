@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import re
 from dataclasses import dataclass
 
+from durable_nb.engine.retry_options import RetryOptions
 from durable_nb.errors import ActivityArgumentsError, DefinitionError, ResultNotStorableError
 
 _TTL_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -145,3 +147,21 @@ class ActivityOptions:
             if next_start - first_started > self.retry_timeout:
                 return False
         return True
+
+
+def with_retry(options: ActivityOptions, retry: RetryOptions | None) -> ActivityOptions:
+    """``options`` with the retry policy of one call (ctx.call_activity_with_retry) in
+    place of its own: attempts, waits and retry timeout; which exceptions are retried
+    (``retry_on``, ``no_retry_on``), the timeout of an attempt and the rest stay."""
+    if retry is None:
+        return options
+    most = retry.max_retry_interval_in_milliseconds
+    timeout = retry.retry_timeout_in_milliseconds
+    return dataclasses.replace(
+        options,
+        retries=retry.max_number_of_attempts - 1,
+        backoff=retry.first_retry_interval_in_milliseconds / 1000.0,
+        backoff_coefficient=retry.backoff_coefficient,
+        max_backoff=float("inf") if most is None else most / 1000.0,
+        retry_timeout=None if timeout is None else timeout / 1000.0,
+    )

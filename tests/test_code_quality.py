@@ -44,7 +44,9 @@ def test_the_activity_decorator_offers_every_activity_option_with_its_default() 
     """``@activity(...)`` spells out ActivityOptions' fields so editors and help() show
     them; this keeps the two copies in step."""
     fields = {f.name: f.default for f in dataclasses.fields(ActivityOptions)}
-    assert _keywords(activity) == fields
+    # Besides the options: the registered name, and max_attempts (another way to say
+    # retries, as %%activity --max-attempts).
+    assert _keywords(activity) == {**fields, "name": None, "max_attempts": None}
 
 
 def test_module_configure_mirrors_runtime_configure() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from durable_nb.engine.context import OrchestrationContext
 from durable_nb.engine.protocols import ActivityDefinition, OrchestratorDefinition
 from durable_nb.engine.replay import OrchestrationEngine
+from durable_nb.engine.retry_options import RetryOptions
 from durable_nb.engine.step import Outcome, Step
 from durable_nb.engine.tasks import (
     ActivityCall,
@@ -28,6 +29,7 @@ __all__ = [
     "OrchestrationEngine",
     "OrchestratorDefinition",
     "Outcome",
+    "RetryOptions",
     "Step",
     "SubOrchestrationCall",
     "SubOrchestrationTask",

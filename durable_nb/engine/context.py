@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from durable_nb.engine.retry_options import check_retry_options
 from durable_nb.engine.tasks import Task, WhenAll, WhenAny
 from durable_nb.errors import OrchestratorError
 
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
     from durable_nb.engine.replay import OrchestrationEngine
 
 _UUID_NAMESPACE = uuid.UUID("5f6c2a6e-5d0b-4c52-9f0e-6a1d2b7c9e31")
+
+# The input of an orchestrator that takes only the context (Durable Functions' style,
+# read with ctx.get_input()), as it is kept among the bound arguments: a name no
+# parameter can have, left out when the orchestrator is called.
+CLIENT_INPUT = "<input>"
+
+
+def parameters(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments an orchestrator is called with (its client input left out)."""
+    if CLIENT_INPUT in arguments:
+        return {k: v for k, v in arguments.items() if k != CLIENT_INPUT}
+    return arguments
 
 
 class OrchestrationContext:
@@ -30,6 +43,27 @@ class OrchestrationContext:
     @property
     def instance_id(self) -> str:
         return self._engine.instance_id
+
+    @property
+    def parent_instance_id(self) -> str | None:
+        """The id of the instance that started this one as a sub-orchestration; None
+        for an instance started by a client (``await orch(...)``, ``run``, ``start``)."""
+        return self._engine.parent_instance_id
+
+    def get_input(self) -> Any:
+        """The orchestrator's input, for code written in Durable Functions' style.
+
+        An orchestrator that takes only ``ctx`` (and calls this) gets the one value it
+        was started with (``orch.run(value)``, ``ctx.call_sub_orchestrator(orch, value)``),
+        or None; one that takes parameters gets the value of its only parameter, or a
+        dict of them by name when it has several.
+        """
+        arguments = self._engine.arguments
+        if CLIENT_INPUT in arguments:
+            return arguments[CLIENT_INPUT]
+        if len(arguments) == 1:
+            return next(iter(arguments.values()))
+        return dict(arguments) if arguments else None
 
     @property
     def is_replaying(self) -> bool:
@@ -54,6 +88,20 @@ class OrchestrationContext:
         """
         return self._engine.call_activity(activity, args, kwargs)
 
+    def call_activity_with_retry(
+        self, activity: Any, retry_options: Any, /, *args: Any, **kwargs: Any
+    ) -> Task:
+        """Schedule an activity with a retry policy of this call (a
+        :class:`~durable_nb.RetryOptions`) instead of the activity's own.
+
+        The policy sets how many attempts and the waits between them; which exceptions
+        are retried stays the activity's (``retry_on``, ``no_retry_on``). The call key
+        does not include the policy: a checkpoint made under another policy is replayed.
+        """
+        where = "ctx.call_activity_with_retry"
+        retry = check_retry_options(retry_options, where)
+        return self._engine.call_activity(activity, args, kwargs, retry)
+
     def call_sub_orchestrator(
         self, orchestrator: Any, /, *args: Any, instance_id: str | None = None, **kwargs: Any
     ) -> Task:
@@ -64,6 +112,25 @@ class OrchestrationContext:
         plus the child's name and a digest of its input.
         """
         return self._engine.call_sub_orchestrator(orchestrator, args, kwargs, instance_id)
+
+    def call_sub_orchestrator_with_retry(
+        self,
+        orchestrator: Any,
+        retry_options: Any,
+        /,
+        *args: Any,
+        instance_id: str | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        """Run a child instance; when it fails, run it again (its successes replayed,
+        as a rewind does) after the waits of ``retry_options`` (a
+        :class:`~durable_nb.RetryOptions`), until it completes or the policy gives up.
+
+        The count and the waits are durable: a kernel killed during a wait goes on
+        where it was when the instance is run again.
+        """
+        retry = check_retry_options(retry_options, "ctx.call_sub_orchestrator_with_retry")
+        return self._engine.call_sub_orchestrator(orchestrator, args, kwargs, instance_id, retry)
 
     def create_timer(self, fire_at: Any, /) -> Task:
         """A durable timer: seconds, a timedelta, or an aware datetime.
@@ -92,7 +159,8 @@ class OrchestrationContext:
         return WhenAll(self._tasks(tasks, "ctx.task_all"))
 
     def task_any(self, tasks: Iterable[Task], /) -> Task:
-        """A task that completes with the first of ``tasks`` to finish (the task itself)."""
+        """A task that completes with the first of ``tasks`` to finish (the task itself);
+        with no tasks, at once with None, as in Durable Functions."""
         return WhenAny(self._tasks(tasks, "ctx.task_any"))
 
     def new_uuid(self) -> str:

@@ -25,11 +25,14 @@ from typing import Any, Generic
 
 from durable_nb import history
 from durable_nb.engine.awaited import not_a_task
-from durable_nb.engine.context import OrchestrationContext
+from durable_nb.engine.children import ChildCalls
+from durable_nb.engine.context import OrchestrationContext, parameters
 from durable_nb.engine.keys import CallKeys
 from durable_nb.engine.preview import arguments_preview
 from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook, failure_known_by_name
+from durable_nb.engine.retry import RecordedFailures
+from durable_nb.engine.retry_options import RetryOptions
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
 from durable_nb.engine.step import Outcome, Step, end_message, finished_event
 from durable_nb.engine.strict import check_position
@@ -39,7 +42,6 @@ from durable_nb.engine.tasks import (
     ActivityCall,
     ActivityTask,
     EventTask,
-    SubOrchestrationCall,
     SubOrchestrationTask,
     Task,
     TimerCall,
@@ -55,7 +57,7 @@ from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
 from durable_nb.history import Status
 
 
-class OrchestrationEngine(Generic[A, O]):
+class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
     """Drives one run of an orchestrator from history and new events.
 
     ``resolve_activity`` and ``resolve_orchestrator`` turn what the orchestrator passes
@@ -75,10 +77,11 @@ class OrchestrationEngine(Generic[A, O]):
         bind_input: BindInput | None = None,
         strict: bool = False,
         runaway_calls: int | None = RUNAWAY_CALLS,
+        parent_instance_id: str | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
-        self.instance_id = instance_id
+        self.instance_id, self.parent_instance_id = instance_id, parent_instance_id
         self.arguments = arguments
         self.strict = strict
         self.status = Status.RUNNING
@@ -98,6 +101,7 @@ class OrchestrationEngine(Generic[A, O]):
         self._position_in_history = 0
         self._run_started = 0.0
         self._results = ResultBook()
+        self._failures = RecordedFailures()  # of children, for their retry count
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._finished: history.ExecutionFinished | None = None
         self._keys: CallKeys[A] = CallKeys()
@@ -124,7 +128,7 @@ class OrchestrationEngine(Generic[A, O]):
             history.TimerFired: self._on_timer_fired,
             history.EventRaised: self._on_event_raised,
             history.SubOrchestrationCompleted: self._on_completed,
-            history.SubOrchestrationFailed: self._on_failed,
+            history.SubOrchestrationFailed: self._on_sub_failed,
             history.ControlRequested: self._on_control,
         }
 
@@ -169,7 +173,7 @@ class OrchestrationEngine(Generic[A, O]):
         self.is_replaying = bool(self._results)
         ctx = OrchestrationContext(self)
         try:
-            self._coroutine = self.fn(ctx, **self.arguments)
+            self._coroutine = self.fn(ctx, **parameters(self.arguments))
         except Exception as exc:  # the orchestrator raised before its first yield
             self._fail_run(exc)
             return self._close_step()
@@ -228,7 +232,13 @@ class OrchestrationEngine(Generic[A, O]):
 
     # ------------------------------------------------------------ ctx support
 
-    def call_activity(self, ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
+    def call_activity(
+        self,
+        ref: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: RetryOptions | None = None,
+    ) -> Task:
         act = self._resolve(ref)
         name = act.name
 
@@ -245,7 +255,7 @@ class OrchestrationEngine(Generic[A, O]):
         if (runaway := self._runaway.called(name, self._resumes)) is not None:
             self._step.runaway = runaway
         key, occurrence, position = self._next_call(triple(KEY_SCHEME), name)
-        call = ActivityCall(key, act, args, kwargs, position)
+        call = ActivityCall(key, act, args, kwargs, position, retry)
         task = ActivityTask(call)
         if self._answer(task, key, name, triple, occurrence):
             self._step.scheduled.append(call)
@@ -279,35 +289,6 @@ class OrchestrationEngine(Generic[A, O]):
             return False
         self._pending[key] = task
         return True
-
-    def call_sub_orchestrator(
-        self,
-        ref: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        instance_id: str | None,
-    ) -> Task:
-        orch = self._resolve_sub(ref)
-        arguments = orch.bind_input(args, kwargs, via="ctx.call_sub_orchestrator")
-        owner = f"sub-orchestrator {orch.name!r} (instance {self.instance_id})"
-        name = f"sub:{orch.name}"
-
-        def triple(scheme: int) -> str:
-            digest = arguments_digest(owner, (), arguments, scheme=scheme)
-            return f"{name}/{orch.code_digest(scheme)[:16]}/{digest}"
-
-        current = triple(KEY_SCHEME)
-        arg_digest = current.rsplit("/", 1)[1]
-        self.code_used[name] = orch
-        key, occurrence, position = self._next_call(current, name)
-        if instance_id is None:
-            suffix = f"#{occurrence}" if occurrence else ""
-            instance_id = f"{self.instance_id}:{orch.name}-{arg_digest[:8]}{suffix}"
-        call = SubOrchestrationCall(key, orch, arguments, instance_id, position)
-        task = SubOrchestrationTask(call)
-        if self._answer(task, key, name, triple, occurrence):
-            self._step.subs.append(call)
-        return task
 
     def create_timer(self, when: Any) -> Task:
         timer = self._timers.new(when, max(self.now, self._run_started), self.name)
@@ -393,9 +374,17 @@ class OrchestrationEngine(Generic[A, O]):
             error = event.error or failure_known_by_name(event, self.instance_id)
             task._fail(error, event.timestamp, self._position_in_history)
 
+    def _on_sub_failed(self, event: history.SubOrchestrationFailed) -> None:
+        if self._loading:  # not replayed either, but counted for a retry policy
+            self._failures.add(event, self._position_in_history, self.instance_id)
+        else:
+            self._on_failed(event)  # type: ignore[arg-type]  # the same fields used
+
     def _on_finished(self, event: history.ExecutionFinished) -> None:
         if event.calls is not None:
             self._reference_calls = event.calls
+        if self._loading:
+            self._failures.run_ended(event)
 
     def _on_timer_created(self, event: history.TimerCreated) -> None:
         if self._loading:
@@ -472,7 +461,8 @@ class OrchestrationEngine(Generic[A, O]):
                 return
             if yielded.finished_at > self.now:
                 self.now = yielded.finished_at
-            self.is_replaying = yielded.replayed
+            if yielded.order:  # an empty task_all or task_any leaves it as it is
+                self.is_replaying = yielded.replayed
             if state == _FAILED:
                 value, error = None, yielded._error
             else:

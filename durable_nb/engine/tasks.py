@@ -8,10 +8,11 @@ of executors or stores; the engine drives them from history events.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic
 
 from durable_nb.engine.protocols import A, O
+from durable_nb.engine.retry_options import RetryOptions
 from durable_nb.errors import OrchestratorError
 
 _PENDING, _DONE, _FAILED = 0, 1, 2
@@ -116,6 +117,9 @@ class ActivityCall(Generic[A]):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     position: int
+    # ctx.call_activity_with_retry's policy, used instead of the activity's own; not
+    # part of the key (the same call under another policy is the same call).
+    retry: RetryOptions | None = field(default=None, compare=False)
 
 
 class ActivityTask(Task):
@@ -237,6 +241,7 @@ class WhenAny(Task):
 
     "First" means first in history, so a replay hands back the same winner as the
     live run even when several children are already done when the race is built.
+    With no children it is done at once, with None, as in Durable Functions' Python SDK.
     """
 
     __slots__ = ("children",)
@@ -245,9 +250,8 @@ class WhenAny(Task):
         super().__init__()
         self.children = list(children)
         if not self.children:
-            raise OrchestratorError(
-                "ctx.task_any needs at least one task to race; got none (an empty list)"
-            )
+            self._state, self.replayed = _DONE, True
+            return
         done = [child for child in self.children if child.is_done]
         if done:
             self._child_finished(min(done, key=_history_order))
