@@ -22,6 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
+from durable_nb.attempts import Attempt
 from durable_nb.errors import ActivityLostError, ActivityTimeoutError
 from durable_nb.executors import SubmitWindow
 from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
@@ -37,62 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[history.Event], None]
-_Ended = tuple["_Attempt", ThreadHandle]  # a thread that ended, and its attempt
-
-
-class _Attempt:
-    """One try of one call; finishes exactly once."""
-
-    __slots__ = (
-        "call",
-        "dispatcher",
-        "finished",
-        "first_started",
-        "handle",
-        "kept",
-        "limiter",
-        "number",
-        "started",
-        "timer",
-        "window",
-    )
-
-    def __init__(
-        self,
-        dispatcher: Dispatcher,
-        call: ScheduledCall,
-        number: int,
-        first_started: float,
-        limiter: SlotLimit | None,
-    ) -> None:
-        self.dispatcher = dispatcher
-        self.call = call
-        self.number = number
-        self.first_started = first_started  # when the call's first attempt was asked for
-        self.limiter = limiter
-        self.handle: ThreadHandle | asyncio.Task[Any] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.window: SubmitWindow[_Attempt] | None = None  # submitted through it (not adopted)
-        self.finished = False  # outcome delivered, or slot given back
-        self.kept = False  # result stored after the run ended
-        self.started: float | None = None  # when handed to its executor (or the loop)
-
-    def began(self) -> float | None:
-        """When it began to run: the default pool's thread says so; others, when they
-        were given the attempt (an adopted thread of an earlier run: unknown)."""
-        return getattr(self.handle, "started_at", None) or self.started
-
-    def ended(self) -> float:
-        """When it ended: the default pool's thread says so, else now (the loop took
-        the outcome; with threads busy, later than the call really ended)."""
-        return getattr(self.handle, "ended_at", None) or time.time()
-
-    def thread_done(self, future: ThreadHandle) -> None:
-        """The executor's done callback (a bound method: no partial per attempt)."""
-        self.dispatcher._thread_done(self, future)
-
-    def task_done(self, task: asyncio.Task[Any]) -> None:
-        self.dispatcher._task_done(self, task)
+_Ended = tuple[Attempt, ThreadHandle]  # a thread that ended, and its attempt
 
 
 class Dispatcher:
@@ -127,10 +73,10 @@ class Dispatcher:
         # recorded with the completion. None: every call runs.
         self._journal = journal
         self._asking: list[ScheduledCall] = []  # share=True calls to look up, in one batch
-        self._live: set[_Attempt] = set()
+        self._live: set[Attempt] = set()
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._queued: dict[Callable[[], None], SlotLimit] = {}
-        self._windows: dict[int, SubmitWindow[_Attempt]] = {}  # by id(executor)
+        self._windows: dict[int, SubmitWindow[Attempt]] = {}  # by id(executor)
         self._ended: collections.deque[_Ended] = collections.deque()  # for the loop to take
         self._woken = False  # the loop is to take _ended soon
         self._post_batch = post_batch  # the outcomes of threads that ended together
@@ -201,7 +147,7 @@ class Dispatcher:
         first_started: float,
         future: ThreadHandle,
     ) -> None:
-        attempt = _Attempt(self, call, number, first_started, None)
+        attempt = Attempt(self, call, number, first_started, None)
         attempt.handle = future
         self._live.add(attempt)
         self._progress.attempt_started(call.activity.name)
@@ -214,7 +160,7 @@ class Dispatcher:
             if limiter is not None:
                 limiter.release()
             return
-        attempt = _Attempt(self, call, number, first_started, limiter)
+        attempt = Attempt(self, call, number, first_started, limiter)
         self._live.add(attempt)
         act = call.activity
         self._progress.attempt_started(act.name)
@@ -234,14 +180,14 @@ class Dispatcher:
             # Its time runs from here, as when every attempt went to the executor's queue.
             attempt.timer = self._loop.call_later(timeout, self._timed_out, attempt, timeout)
 
-    def _window_for(self, call: ScheduledCall) -> SubmitWindow[_Attempt]:
+    def _window_for(self, call: ScheduledCall) -> SubmitWindow[Attempt]:
         executor = self._resources.executor_for(call)
         window = self._windows.get(id(executor))
         if window is None or window.executor is not executor:
             window = self._windows[id(executor)] = SubmitWindow(executor)
         return window
 
-    def _submit(self, attempt: _Attempt, window: SubmitWindow[_Attempt]) -> None:
+    def _submit(self, attempt: Attempt, window: SubmitWindow[Attempt]) -> None:
         """Hand the attempt to its executor now, or when one of its window's ends."""
         if window.submitted >= window.size:
             window.waiting.append(attempt)
@@ -258,7 +204,7 @@ class Dispatcher:
         window.submitted += 1
         attempt.window = window
 
-    def _submitted_ended(self, window: SubmitWindow[_Attempt]) -> None:
+    def _submitted_ended(self, window: SubmitWindow[Attempt]) -> None:
         """An attempt this run submitted ended in its executor: submit the next waiting
         one of that executor (skipping those that timed out while waiting)."""
         window.submitted -= 1
@@ -274,7 +220,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------ ending
 
-    def _thread_done(self, attempt: _Attempt, future: ThreadHandle) -> None:
+    def _thread_done(self, attempt: Attempt, future: ThreadHandle) -> None:
         """Worker thread: hand the outcome to the loop, or keep it if the run is over.
         The loop is woken once for the threads that end before it takes them."""
         if self.stopped:
@@ -334,7 +280,7 @@ class Dispatcher:
                 return
             self._keep_if_success(attempt, future)
 
-    def _future_done(self, attempt: _Attempt, future: ThreadHandle) -> None:
+    def _future_done(self, attempt: Attempt, future: ThreadHandle) -> None:
         if self.stopped:
             self._keep_if_success(attempt, future)
             return
@@ -354,7 +300,7 @@ class Dispatcher:
         error = future.exception()
         self._finish(attempt, None if error is not None else future.result(), error)
 
-    def _task_done(self, attempt: _Attempt, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, attempt: Attempt, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             if not attempt.finished:
                 self._release(attempt)
@@ -368,7 +314,7 @@ class Dispatcher:
             # The only attempt in flight (a chain's): taken now, not one loop turn later.
             self._as_one_batch(partial(self._finish, attempt, result, error))
 
-    def _timed_out(self, attempt: _Attempt, timeout: float) -> None:
+    def _timed_out(self, attempt: Attempt, timeout: float) -> None:
         call = attempt.call
         error = ActivityTimeoutError(
             f"activity {call.activity.name!r} (instance {self._instance_id}, call {call.key}) "
@@ -384,7 +330,7 @@ class Dispatcher:
         # A thread cannot be stopped: it is abandoned and its outcome ignored.
         self._finish(attempt, None, error)
 
-    def _release(self, attempt: _Attempt) -> None:
+    def _release(self, attempt: Attempt) -> None:
         attempt.finished = True
         attempt.handle = None  # the future's callback refers back: break the cycle
         self._live.discard(attempt)
@@ -394,7 +340,7 @@ class Dispatcher:
         if attempt.limiter is not None:
             attempt.limiter.release()
 
-    def _finish(self, attempt: _Attempt, result: Any, error: BaseException | None) -> None:
+    def _finish(self, attempt: Attempt, result: Any, error: BaseException | None) -> None:
         if attempt.finished:
             return
         call = attempt.call
@@ -455,7 +401,7 @@ class Dispatcher:
         timer = self._loop.call_later(delay, fire)
         self._retry_timers.add(timer)
 
-    def _keep_if_success(self, attempt: _Attempt, future: ThreadHandle) -> None:
+    def _keep_if_success(self, attempt: Attempt, future: ThreadHandle) -> None:
         if attempt.kept or future.cancelled() or future.exception() is not None:
             return
         attempt.kept = True
