@@ -389,8 +389,7 @@ class DiskCacheStore:
     ) -> tuple[list[history.Event], int]:
         stream = self._stream_of(instance_id)
         if compact_after is None:
-            rows = self._tables.read(stream)
-            chunks, count = [data for _, data in rows], (rows[-1][0] + 1 if rows else 0)
+            chunks, count = self._tables.read_all(stream)
         else:
             loaded: list[Any] = []  # the rows of every chunk, when they were merged
 
@@ -401,10 +400,8 @@ class DiskCacheStore:
             chunks, count = self._tables.read_compacting(stream, compact_after, merge)
             if loaded:  # decoded from the rows the merge read, compacted or not
                 return self._decode_rows(loaded), count
-        events: list[history.Event] = []
-        for data in chunks:
-            events.extend(self._decode_rows(self._loads(data)))
-        return events, count
+        loads = self._loads  # a chain's history is a chunk per step: one pass, one decode
+        return self._decode_rows([row for data in chunks for row in loads(data)]), count
 
     def history_chunks(self, instance_id: str) -> int:
         return self._tables.count(self._stream_of(instance_id))

@@ -265,6 +265,13 @@ class StoreTables:
         )
         return [(int(number), bytes(data)) for number, data in rows]
 
+    def read_all(self, stream: str) -> tuple[list[bytes], int]:
+        """All the stream's chunks in order, and the number the next one gets."""
+        rows = self._query(
+            "SELECT n, data FROM durable_history WHERE stream = ? ORDER BY n", stream
+        )
+        return [row[1] for row in rows], (rows[-1][0] + 1 if rows else 0)
+
     def read_compacting(
         self, stream: str, more_than: int, merge: Callable[[list[bytes]], bytes]
     ) -> tuple[list[bytes], int]:
