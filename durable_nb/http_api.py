@@ -114,22 +114,6 @@ def store_folder(root: Path, store: str) -> Path | Reply:
     return folder
 
 
-def store_urls(api_base: str, store: str, instance_id: str) -> dict[str, str]:
-    """The management URLs of one instance, named as Durable Functions names them
-    (``{eventName}`` and ``{text}`` are for the caller to fill in)."""
-    path = f"{api_base}/stores/{quote(store, safe='')}/instances/{quote(instance_id, safe='')}"
-    return {
-        "id": instance_id,
-        "statusQueryGetUri": path,
-        "sendEventPostUri": f"{path}/raiseEvent/{{eventName}}",
-        "terminatePostUri": f"{path}/terminate?reason={{text}}",
-        "suspendPostUri": f"{path}/suspend?reason={{text}}",
-        "resumePostUri": f"{path}/resume?reason={{text}}",
-        "rewindPostUri": f"{path}/rewind?reason={{text}}",
-        "purgeHistoryDeleteUri": path,
-    }
-
-
 def jsonable(value: Any) -> Any:
     """``value`` if JSON can carry it as it is, else its repr: outputs may be any
     Python object (a DataFrame, an array), and a status must still be readable."""

@@ -26,8 +26,8 @@ from tornado import web
 
 from durable_nb import http_api
 from durable_nb.http_api import Reply
+from durable_nb.server_urls import API_PATH
 
-API_PATH = "durable-nb/api"
 AUTH_RESOURCE = "durable-nb"
 # A URL segment: the store and the instance id come URL-encoded, so a "/" in either is
 # %2F and stays within its segment (tornado decodes the groups after matching).

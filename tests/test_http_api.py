@@ -25,6 +25,7 @@ import pytest
 
 import durable_nb as dn
 from durable_nb import runtime as runtime_module
+from durable_nb import server_urls
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
 
@@ -33,8 +34,9 @@ pytest.importorskip("jupyter_server")
 
 
 class Server:
-    def __init__(self, url: str, token: str, root: Path) -> None:
+    def __init__(self, url: str, token: str, root: Path, runtime_dir: Path, pid: int) -> None:
         self.url, self.token, self.root = url, token, root
+        self.runtime_dir, self.pid = runtime_dir, pid
 
     def call(
         self,
@@ -46,7 +48,8 @@ class Server:
         opener: urllib.request.OpenerDirector | None = None,
     ) -> tuple[int, Any]:
         """The status and the JSON body of a request; ``token=""`` is the server's."""
-        request = urllib.request.Request(self.url + path, data=body, method=method)
+        url = path if path.startswith("http") else self.url + path
+        request = urllib.request.Request(url, data=body, method=method)
         if token is not None:
             request.add_header("Authorization", f"token {token or self.token}")
         for name, value in (headers or {}).items():
@@ -113,7 +116,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        served = Server(f"http://127.0.0.1:{port}", token, root)
+        served = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], process.pid)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -333,3 +336,40 @@ def test_terminate_suspend_resume_rewind_and_purge_change_the_store(
     assert server.api("DELETE", f"{at}/done") == (200, {"instancesDeleted": 1})
     assert _status(server, store_in, "done") == "purged"
     assert server.api("DELETE", f"{at}/done")[0] == 404
+
+
+def test_a_handle_gives_its_urls_on_the_server_found_by_itself(
+    server: Server, store_in: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's runtime file is found as a kernel finds it (here by its root holding
+    the store: this test process is not the server's child), and the URLs work."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(server.runtime_dir))
+    servers = server_urls.running_servers()
+    assert [s["pid"] for s in servers] == [server.pid]
+    assert server_urls.kernel_server(servers, "/elsewhere", parent_pid=server.pid) == servers[0]
+    assert server_urls.kernel_server(servers, "/elsewhere", parent_pid=1) is None
+
+    async def run_and_approve() -> tuple[dict[str, str], Any]:
+        handle = gate.start(instance_id="with/urls")
+        await asyncio.sleep(0.2)
+        urls = handle.http_urls()
+        code, status = await asyncio.to_thread(server.call, "GET", urls["statusQueryGetUri"])
+        assert code == 202 and status["instanceId"] == "with/urls", status
+        send = urls["sendEventPostUri"].replace("{eventName}", "approval")
+        code, _ = await asyncio.to_thread(server.call, "POST", send, b'"yes"')
+        assert code == 202
+        return urls, await asyncio.wait_for(handle, 20)
+
+    urls, output = asyncio.run(run_and_approve())
+    assert output == "yes"
+    instance = f"/durable-nb/api/stores/{store_in}/instances/with%2Furls"
+    assert urls["statusQueryGetUri"] == server.url + "/" + instance.lstrip("/")
+    assert urls["terminatePostUri"].endswith(f"{instance}/terminate?reason={{text}}")
+    for key in ("id", "sendEventPostUri", "purgeHistoryDeleteUri"):
+        assert key in urls
+    assert server.call("DELETE", urls["purgeHistoryDeleteUri"])[0] == 200
+    with pytest.raises(dn.ConfigurationError, match="outside the server's root"):
+        server_urls.http_urls("/elsewhere", "x", server.url, str(server.root))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(server.root / "no-servers"))
+    with pytest.raises(dn.ConfigurationError, match="which Jupyter server"):
+        server_urls.http_urls(str(server.root / "s"), "x")
