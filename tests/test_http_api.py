@@ -373,3 +373,58 @@ def test_a_handle_gives_its_urls_on_the_server_found_by_itself(
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(server.root / "no-servers"))
     with pytest.raises(dn.ConfigurationError, match="which Jupyter server"):
         server_urls.http_urls(str(server.root / "s"), "x")
+
+
+_IN_KERNEL = """
+import asyncio, json, os
+import durable_nb as dn
+from durable_nb import server_urls
+dn.configure(store={store!r}, progress="none")
+
+@dn.orchestrator
+def hello(ctx):
+    return "hi"
+    yield
+
+h = hello.start(instance_id="from-kernel")
+await h
+found = server_urls.kernel_server(server_urls.running_servers(), "/elsewhere")
+print(json.dumps({{"urls": h.http_urls(), "parent": found and found["pid"]}}))
+"""
+
+
+@pytest.mark.kernel
+def test_a_kernel_the_server_started_finds_it_as_its_parent(server: Server) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    code, kernel = server.call("POST", "/api/kernels", b"{}")
+    assert code == 201, kernel
+    client = BlockingKernelClient(
+        connection_file=str(server.runtime_dir / f"kernel-{kernel['id']}.json")
+    )
+    client.load_connection_file()
+    client.start_channels()
+    printed: list[str] = []
+
+    def collect(message: dict[str, Any]) -> None:
+        if message["msg_type"] == "stream":
+            printed.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            printed.append("\n".join(message["content"]["traceback"]))
+
+    try:
+        client.wait_for_ready(timeout=60)
+        store = server.root / "kernel" / ".durable_nb"
+        client.execute_interactive(
+            _IN_KERNEL.format(store=str(store)), timeout=60, output_hook=collect
+        )
+    finally:
+        client.stop_channels()
+        server.call("DELETE", f"/api/kernels/{kernel['id']}")
+    seen = json.loads("".join(printed).strip().splitlines()[-1])
+    assert seen["parent"] == server.pid  # found by its parent pid, not by its root
+    assert seen["urls"]["statusQueryGetUri"].endswith(
+        "/durable-nb/api/stores/kernel%2F.durable_nb/instances/from-kernel"
+    )
+    code, status = server.call("GET", seen["urls"]["statusQueryGetUri"])
+    assert code == 200 and status["output"] == "hi"
