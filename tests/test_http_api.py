@@ -300,6 +300,9 @@ def test_an_event_raised_over_http_reaches_a_waiting_run(server: Server, store_i
     async def run_and_approve() -> Any:
         handle = gate.start(instance_id="live")
         await asyncio.sleep(0.3)
+        purge = f"stores/{store_in}/instances/live"
+        code, _ = await asyncio.to_thread(server.api, "DELETE", purge)
+        assert code == 409  # running: not purged
         code, _ = await asyncio.to_thread(server.api, "POST", path, b'{"by": "ana"}')
         assert code == 202
         return await asyncio.wait_for(handle, 20)
