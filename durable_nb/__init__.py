@@ -194,3 +194,9 @@ def unload_ipython_extension(ipython: Any) -> None:
     from durable_nb.magics import unregister_magics
 
     unregister_magics(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Jupyter Server's hook: the HTTP management API (``durable_nb.server_extension``),
+    enabled by the config file the package installs."""
+    return [{"module": "durable_nb.server_extension"}]

@@ -119,6 +119,16 @@ class InstanceHandle:
 
         return chart_of(self._runtime.store, self.instance_id, live=not self._task.done())
 
+    def http_urls(self, base_url: str | None = None, root_dir: str | None = None) -> dict[str, str]:
+        """The instance's URLs in the HTTP management API of the Jupyter server this
+        kernel belongs to (found by itself; else pass the server's ``base_url`` and
+        ``root_dir``), named as Durable Functions names them: statusQueryGetUri,
+        sendEventPostUri, terminatePostUri, purgeHistoryDeleteUri... Requests need the
+        server's token (``Authorization: token ...``); the URLs do not carry it."""
+        from durable_nb.server_urls import http_urls
+
+        return http_urls(self._runtime.store.location, self.instance_id, base_url, root_dir)
+
     def __repr__(self) -> str:
         state = "done" if self._task.done() else "running"
         return f"<InstanceHandle {self.instance_id} {state}>"

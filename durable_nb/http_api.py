@@ -1,0 +1,293 @@
+"""The HTTP management API's work, without the web server: finding the stores under a
+root folder, the JSON of an instance in the shape of Durable Functions' HTTP API, and
+the management verbs as (HTTP status, JSON body) replies.
+
+``server_extension.py`` routes requests here; everything that touches a store runs in
+a worker thread there, so these functions may block. The verbs themselves are
+``management``'s, the same as ``durable-nb`` and ``%durable`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+from urllib.parse import quote
+
+from durable_nb import management
+from durable_nb.errors import (
+    ConfigurationError,
+    InstanceFinishedError,
+    InstanceNotFoundError,
+    StoreError,
+)
+from durable_nb.history import Status
+from durable_nb.store import DiskCacheStore, InstanceRecord
+
+# durable_nb's statuses as Durable Functions' runtimeStatus. ``interrupted`` (the run
+# stopped before it ended: Ctrl-C, a kernel restart, a kill) has no equivalent: it is
+# not finished and nothing runs it until its cell runs again, which is what DF's
+# Pending says of an instance; ``durableNbStatus`` keeps the exact value.
+RUNTIME_STATUS = {
+    Status.PENDING.value: "Pending",
+    Status.RUNNING.value: "Running",
+    Status.SUSPENDED.value: "Suspended",
+    Status.COMPLETED.value: "Completed",
+    Status.FAILED.value: "Failed",
+    Status.INTERRUPTED.value: "Pending",
+    Status.TERMINATED.value: "Terminated",
+    Status.CONTINUED_AS_NEW.value: "ContinuedAsNew",
+}
+_ENDED = {Status.COMPLETED.value, Status.FAILED.value, Status.TERMINATED.value}
+_REWINDABLE = {Status.FAILED.value, Status.TERMINATED.value, Status.INTERRUPTED.value}
+ACTIONS = (*management.ACTIONS, "rewind")
+
+# Finding stores walks the server's root: bounded, so that a root holding a home folder
+# or a large data tree answers quickly. Folders no store lives in are skipped.
+MAX_DEPTH = 6
+MAX_FOLDERS = 20_000
+_SKIPPED = frozenset(
+    {".git", ".hg", ".svn", "node_modules", "__pycache__", ".ipynb_checkpoints", ".venv"}
+    | {"venv", "site-packages", ".tox", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP status code and the JSON body to send with it."""
+
+    code: int
+    body: Any
+
+
+def _error(code: int, message: str) -> Reply:
+    return Reply(code, {"message": message})
+
+
+def is_store(folder: Path) -> bool:
+    """A store folder has diskcache's database; anything else is never opened (opening
+    a folder as a store would create one)."""
+    database = folder / "cache.db"
+    return folder.is_dir() and database.is_file() and not database.is_symlink()
+
+
+def find_stores(root: Path) -> list[str]:
+    """The stores under ``root``, as paths relative to it (``.`` for the root itself),
+    hidden folders included: the default store is ``.durable_nb``."""
+    found: list[str] = []
+    visited = 0
+    for folder, subfolders, _files in os.walk(root):  # never follows symlinks
+        here = Path(folder)
+        visited += 1
+        depth = len(here.relative_to(root).parts)
+        if is_store(here):
+            found.append(here.relative_to(root).as_posix())
+            subfolders[:] = []  # a store's own folders hold no store
+        elif depth >= MAX_DEPTH or visited >= MAX_FOLDERS:
+            subfolders[:] = []
+        else:
+            subfolders[:] = sorted(name for name in subfolders if name not in _SKIPPED)
+    return sorted(found)
+
+
+def store_folder(root: Path, store: str) -> Path | Reply:
+    """The folder a ``{store}`` of a URL names: inside ``root`` and a store, or the
+    reply refusing it. Symlinks are followed, so one pointing out of the root is
+    refused too."""
+    pure = PurePosixPath(store)
+    if (
+        not store
+        or "\x00" in store
+        or "\\" in store
+        or pure.is_absolute()
+        or PureWindowsPath(store).anchor
+        or ".." in pure.parts
+    ):
+        return _error(400, f"a store is a folder's path relative to the server root: {store!r}")
+    folder = (root / pure).resolve()
+    if not folder.is_relative_to(root) or not is_store(folder):
+        return _error(404, f"no store {store!r} under the server root")
+    return folder
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if JSON can carry it as it is, else its repr: outputs may be any
+    Python object (a DataFrame, an array), and a status must still be readable."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _time(timestamp: float | None) -> str | None:
+    if not timestamp:
+        return None
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def instance_status(record: InstanceRecord, show_input: bool = True) -> dict[str, Any]:
+    """An instance as Durable Functions' get-status answers it, plus ``durableNbStatus``
+    (our own status, exact where runtimeStatus is not)."""
+    status = str(record.status)
+    # As in DF, a failed or terminated instance's output says why.
+    output = record.error if status in (Status.FAILED, Status.TERMINATED) else record.output
+    body: dict[str, Any] = {
+        "name": record.orchestrator,
+        "instanceId": record.instance_id,
+        "runtimeStatus": RUNTIME_STATUS.get(status, status),
+        "durableNbStatus": status,
+    }
+    if show_input:
+        body["input"] = jsonable(record.input)
+    body.update(
+        customStatus=jsonable(record.custom_status),
+        output=jsonable(output),
+        createdTime=_time(record.created_at),
+        lastUpdatedTime=_time(record.updated_at or record.created_at),
+    )
+    return body
+
+
+def _with_store(root: Path, store: str, work: Callable[[DiskCacheStore], Reply]) -> Reply:
+    """Open the store ``store`` names, do ``work`` and close it; durable_nb's errors
+    become their HTTP replies."""
+    folder = store_folder(root, store)
+    if isinstance(folder, Reply):
+        return folder
+    try:
+        opened = DiskCacheStore(folder)
+    except StoreError as exc:
+        return _error(500, str(exc))
+    try:
+        return work(opened)
+    except InstanceNotFoundError as exc:
+        return _error(404, str(exc))
+    except InstanceFinishedError as exc:
+        return _error(410, str(exc))  # DF's answer to a request an ended instance ignores
+    except ConfigurationError as exc:
+        return _error(400, str(exc))
+    finally:
+        opened.close()
+
+
+def list_stores(root: Path, api_base: str) -> Reply:
+    return Reply(
+        200,
+        [
+            {"store": rel, "instancesGetUri": f"{api_base}/stores/{quote(rel, safe='')}/instances"}
+            for rel in find_stores(root)
+        ],
+    )
+
+
+def _flag(query: dict[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    return default if value is None else value.lower() in ("1", "true", "yes")
+
+
+def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
+    """``durable-nb list``'s filters: ``name``, ``status``, ``older-than``, ``newer-than``
+    (ages as 90s, 15m, 2h, 7d); also DF's ``runtimeStatus`` (names, comma-separated) and
+    ``showInput`` (default false, as DF's list)."""
+
+    def work(opened: DiskCacheStore) -> Reply:
+        status = query.get("status")
+        if status is not None and status not in RUNTIME_STATUS:
+            return _error(400, f"status must be one of {sorted(RUNTIME_STATUS)}: {status!r}")
+        ages = {
+            key: management.parse_age(query[key])
+            for key in ("older-than", "newer-than")
+            if key in query
+        }
+        records = management.select(
+            opened,
+            name=query.get("name"),
+            status=status,
+            older_than=ages.get("older-than"),
+            newer_than=ages.get("newer-than"),
+        )
+        runtime = query.get("runtimeStatus")
+        if runtime:
+            wanted = {name.strip().lower() for name in runtime.split(",")}
+            records = [r for r in records if RUNTIME_STATUS[str(r.status)].lower() in wanted]
+        show_input = _flag(query, "showInput", False)
+        records.sort(key=lambda r: r.created_at)
+        return Reply(200, [instance_status(r, show_input) for r in records])
+
+    return _with_store(root, store, work)
+
+
+def get_instance(root: Path, store: str, instance_id: str, query: dict[str, str]) -> Reply:
+    """200 for an instance that ended (completed, failed, terminated), 202 for one that
+    did not, as DF answers; 404 for none."""
+
+    def work(opened: DiskCacheStore) -> Reply:
+        record = opened.get_instance(instance_id)
+        if record is None:
+            return _error(404, f"no instance {instance_id!r} in {store!r}")
+        body = instance_status(record, _flag(query, "showInput", True))
+        return Reply(200 if str(record.status) in _ENDED else 202, body)
+
+    return _with_store(root, store, work)
+
+
+def raise_event(root: Path, store: str, instance_id: str, name: str, content: bytes) -> Reply:
+    """The body is the event's value, as JSON (empty: null). 202, or 410 once ended."""
+    try:
+        value = json.loads(content) if content.strip() else None
+    except ValueError as exc:
+        return _error(400, f"the event's value must be JSON: {exc}")
+
+    def work(opened: DiskCacheStore) -> Reply:
+        management.raise_event(opened, instance_id, name, value)
+        return Reply(202, {"message": f"raised {name!r} to {instance_id}"})
+
+    return _with_store(root, store, work)
+
+
+def act(root: Path, store: str, instance_id: str, action: str, reason: str) -> Reply:
+    """terminate, suspend, resume or rewind: 202 when asked, 404 for no such instance,
+    410 for an instance that ended (409 when a rewind finds it not failed, terminated
+    or interrupted). A rewind here marks it pending: its notebook cell runs it."""
+    if action not in ACTIONS:
+        return _error(404, f"no action {action!r}: one of {ACTIONS}")
+
+    def work(opened: DiskCacheStore) -> Reply:
+        record = opened.get_instance(instance_id)
+        if record is None:
+            return _error(404, f"no instance {instance_id!r} in {store!r}")
+        status = str(record.status)
+        if action == "rewind":
+            if status not in _REWINDABLE:
+                code = 410 if status in _ENDED else 409
+                return _error(
+                    code,
+                    f"{instance_id} is {status}; only failed, terminated or "
+                    "interrupted instances rewind",
+                )
+            return Reply(202, {"message": management.rewind(opened, instance_id)})
+        if status in _ENDED:
+            return _error(410, f"{instance_id} is {status}; nothing to {action}")
+        return Reply(202, {"message": management.request(opened, instance_id, action, reason)})
+
+    return _with_store(root, store, work)
+
+
+def purge(root: Path, store: str, instance_id: str) -> Reply:
+    """DF's purge: 200 with ``instancesDeleted``; 404 for none; 409 while it runs."""
+
+    def work(opened: DiskCacheStore) -> Reply:
+        if opened.get_instance(instance_id) is None:
+            return _error(404, f"no instance {instance_id!r} in {store!r}")
+        purged, refused = management.purge(opened, [instance_id])
+        if refused:
+            return _error(409, f"not purged: {', '.join(refused)}")
+        return Reply(200, {"instancesDeleted": len(purged)})
+
+    return _with_store(root, store, work)

@@ -1,0 +1,119 @@
+"""The Jupyter Server extension: durable_nb's HTTP management API under
+``{base_url}durable-nb/api/``, behind Jupyter's own authentication.
+
+The handlers derive from Jupyter's ``APIHandler``: an unauthenticated request gets 403
+(``@tornado.web.authenticated``, which an API handler answers with 403 rather than a
+redirect to the login page), a browser's cookie-authenticated POST or DELETE needs the
+XSRF token (``APIHandler`` checks it; a request authenticated by token does not need
+it, as for Jupyter's own API), and ``@authorized`` asks the server's authorizer for
+read (GET) or write (POST, DELETE) on the resource ``durable-nb``. The work is
+``http_api``'s, run in a worker thread so that store access never holds the server's
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from durable_nb import http_api
+from durable_nb.http_api import Reply
+from durable_nb.server_urls import API_PATH
+
+AUTH_RESOURCE = "durable-nb"
+# A URL segment: the store and the instance id come URL-encoded, so a "/" in either is
+# %2F and stays within its segment (tornado decodes the groups after matching).
+_SEGMENT = r"([^/]+)"
+
+
+class _Handler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def api_base(self) -> str:
+        return str(url_path_join(self.base_url, API_PATH))
+
+    def query(self) -> dict[str, str]:
+        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
+
+    async def send(self, work: Callable[..., Reply], *args: Any) -> None:
+        reply = await asyncio.to_thread(work, *args)
+        self.set_status(reply.code)
+        self.set_header("Content-Type", "application/json")
+        await self.finish(json.dumps(reply.body))
+
+
+class StoresHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.send(http_api.list_stores, self.root, self.api_base)
+
+
+class InstancesHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, store: str) -> None:
+        await self.send(http_api.list_instances, self.root, store, self.query())
+
+
+class InstanceHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, store: str, instance_id: str) -> None:
+        await self.send(http_api.get_instance, self.root, store, instance_id, self.query())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, store: str, instance_id: str) -> None:
+        await self.send(http_api.purge, self.root, store, instance_id)
+
+
+class RaiseEventHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def post(self, store: str, instance_id: str, name: str) -> None:
+        body = self.request.body
+        await self.send(http_api.raise_event, self.root, store, instance_id, name, body)
+
+
+class ActionHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def post(self, store: str, instance_id: str, action: str) -> None:
+        reason = self.get_query_argument("reason", "")
+        await self.send(http_api.act, self.root, store, instance_id, action, reason)
+
+
+def handlers(base_url: str, root: Path) -> list[tuple[str, type[_Handler], dict[str, Any]]]:
+    """The routes, under ``base_url``; ``root`` is the folder stores are found in."""
+    instance = f"stores/{_SEGMENT}/instances/{_SEGMENT}"
+    actions = "|".join(http_api.ACTIONS)
+    routes: list[tuple[str, type[_Handler]]] = [
+        ("stores", StoresHandler),
+        (f"stores/{_SEGMENT}/instances", InstancesHandler),
+        (instance, InstanceHandler),
+        (f"{instance}/raiseEvent/{_SEGMENT}", RaiseEventHandler),
+        (f"{instance}/({actions})", ActionHandler),
+    ]
+    options = {"root": root}
+    return [(url_path_join(base_url, API_PATH, path), cls, options) for path, cls in routes]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Called by Jupyter Server when the extension is enabled (see ``jupyter-config/``)."""
+    root = Path(serverapp.root_dir).expanduser().resolve()
+    web_app = serverapp.web_app
+    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"], root))
+    serverapp.log.info("durable_nb: HTTP management API at %s", API_PATH)

@@ -1,0 +1,433 @@
+"""The HTTP management API: a real ``jupyter server`` with the extension enabled by the
+config file the package ships, stores filled by real runs in this process, and requests
+made with urllib as any client would."""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durable_nb as dn
+from durable_nb import runtime as runtime_module
+from durable_nb import server_urls
+from durable_nb.runtime import Runtime
+from durable_nb.store import DiskCacheStore
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("jupyter_server")
+
+
+class Server:
+    def __init__(self, url: str, token: str, root: Path, runtime_dir: Path, pid: int) -> None:
+        self.url, self.token, self.root = url, token, root
+        self.runtime_dir, self.pid = runtime_dir, pid
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        token: str | None = "",
+        headers: dict[str, str] | None = None,
+        opener: urllib.request.OpenerDirector | None = None,
+    ) -> tuple[int, Any]:
+        """The status and the JSON body of a request; ``token=""`` is the server's."""
+        url = path if path.startswith("http") else self.url + path
+        request = urllib.request.Request(url, data=body, method=method)
+        if token is not None:
+            request.add_header("Authorization", f"token {token or self.token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with (opener or urllib.request.build_opener()).open(request, timeout=30) as reply:
+                return reply.status, _parsed(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, _parsed(error.read())
+
+    def api(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        return self.call(method, "/durable-nb/api/" + path, body)
+
+
+def _parsed(content: bytes) -> Any:
+    """JSON, or the text of a page (the login form)."""
+    try:
+        return json.loads(content or b"null")
+    except ValueError:
+        return content
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("jupyter")
+    root = base / "root"
+    root.mkdir()
+    dirs = {name: base / name for name in ("config", "data", "runtime")}
+    for folder in dirs.values():
+        folder.mkdir()
+    # The config file the wheel installs, in this server's own config folder: the test
+    # enables the extension the way an installed package does.
+    shipped = ROOT / "jupyter-config" / "jupyter_server_config.d" / "durable_nb.json"
+    (dirs["config"] / "jupyter_server_config.d").mkdir()
+    shutil.copy(shipped, dirs["config"] / "jupyter_server_config.d")
+    token, port = secrets.token_hex(16), _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+        "JUPYTER_DATA_DIR": str(dirs["data"]),
+        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+    ]
+    log = base / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        served = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], process.pid)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if served.call("GET", "/api/status")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"jupyter server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def store_in(server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store under the server's root, this process's runtime on it; its URL path."""
+    rel = f"{request.node.name}/.durable_nb"
+    runtime_module._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(server.root / rel), progress="none")
+    )
+    yield urllib.parse.quote(rel, safe="")
+    runtime_module.get_runtime().close()
+    runtime_module._reset_for_tests()
+
+
+@dn.orchestrator
+def double(ctx, x):  # type: ignore[no-untyped-def]
+    ctx.set_custom_status({"step": "doubling"})
+    return x * 2
+    yield  # an orchestrator is a generator
+
+
+@dn.orchestrator
+def broken(ctx):  # type: ignore[no-untyped-def]
+    raise KeyError("no such thing")
+    yield
+
+
+@dn.orchestrator
+def gate(ctx):  # type: ignore[no-untyped-def]
+    approval = yield ctx.wait_for_external_event("approval")
+    return approval
+
+
+def _waiting(instance_id: str) -> None:
+    """An instance left waiting for its event, with nothing running it (interrupted)."""
+
+    async def start_and_stop() -> None:
+        handle = gate.start(instance_id=instance_id)
+        await asyncio.sleep(0.3)
+        handle.cancel()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(start_and_stop())
+
+
+def _status(server: Server, store: str, instance_id: str) -> str:
+    stored = DiskCacheStore(server.root / urllib.parse.unquote(store))
+    try:
+        record = stored.get_instance(instance_id)
+        return "purged" if record is None else str(record.status)
+    finally:
+        stored.close()
+
+
+def test_requests_without_jupyters_credentials_are_refused(server: Server, store_in: str) -> None:
+    assert double.run(2, instance_id="done") == 4
+    for method, path in (
+        ("GET", "stores"),
+        ("GET", f"stores/{store_in}/instances/done"),
+        ("POST", f"stores/{store_in}/instances/done/terminate"),
+        ("DELETE", f"stores/{store_in}/instances/done"),
+    ):
+        body = b"" if method == "POST" else None
+        for token in (None, "wrong"):
+            code, _ = server.call(method, f"/durable-nb/api/{path}", body, token=token)
+            assert code == 403, (method, path, token)
+    assert _status(server, store_in, "done") == "completed"
+
+
+def test_a_browser_session_needs_the_xsrf_token_to_post(server: Server, store_in: str) -> None:
+    _waiting("w")
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    server.call("GET", "/login", token=None, opener=browser)
+    xsrf = next(cookie.value for cookie in jar if cookie.name == "_xsrf")
+    form = urllib.parse.urlencode({"_xsrf": xsrf, "password": server.token}).encode()
+    server.call("POST", "/login", form, token=None, opener=browser)
+    path = f"/durable-nb/api/stores/{store_in}/instances/w"
+    assert server.call("GET", path, token=None, opener=browser)[0] == 202  # the cookie works
+    assert server.call("POST", f"{path}/suspend", b"", token=None, opener=browser)[0] == 403
+    assert _status(server, store_in, "w") == "interrupted"
+    code, _ = server.call(
+        "POST", f"{path}/suspend", b"", None, {"X-XSRFToken": xsrf}, opener=browser
+    )
+    assert code == 202 and _status(server, store_in, "w") == "suspended"
+
+
+def test_stores_are_found_under_the_root_and_nothing_outside_it(
+    server: Server, store_in: str, tmp_path: Path
+) -> None:
+    assert double.run(1) == 2
+    outside = tmp_path / "outside"
+    DiskCacheStore(outside).close()
+    (server.root / "link").symlink_to(outside)
+    (server.root / "plain").mkdir()
+    try:
+        code, stores = server.api("GET", "stores")
+        assert code == 200
+        names = [entry["store"] for entry in stores]
+        assert urllib.parse.unquote(store_in) in names and "link" not in names
+        (mine,) = [e for e in stores if e["store"] == urllib.parse.unquote(store_in)]
+        assert mine["instancesGetUri"] == f"/durable-nb/api/stores/{store_in}/instances"
+        for store, expected in (
+            ("link", 404),  # a symlink out of the root
+            ("plain", 404),  # not a store: never opened, so never made one
+            ("nowhere", 404),
+            (urllib.parse.quote(str(outside), safe=""), 400),  # absolute
+            (urllib.parse.quote("../outside", safe=""), 400),
+            (urllib.parse.quote(f"{store_in}/../../link", safe=""), 400),
+        ):
+            code, reply = server.api("GET", f"stores/{store}/instances")
+            assert code == expected, (store, reply)
+        assert list((server.root / "plain").iterdir()) == []
+        assert not (server.root / "nowhere").exists()
+    finally:
+        (server.root / "link").unlink()
+
+
+def test_list_filters_and_status_in_durable_functions_shape(server: Server, store_in: str) -> None:
+    assert double.run(21, instance_id="batch/1") == 42
+    with pytest.raises(KeyError):
+        broken.run(instance_id="bad")
+    _waiting("waits")
+    instances = f"stores/{store_in}/instances"
+
+    code, listed = server.api("GET", instances)
+    assert code == 200
+    assert {i["instanceId"]: i["runtimeStatus"] for i in listed} == {
+        "batch/1": "Completed",
+        "bad": "Failed",
+        "waits": "Pending",  # interrupted: no DF equivalent
+    }
+    assert all("input" not in i for i in listed)  # DF's list shows input when asked
+    for query, expected in (
+        ("name=double", {"batch/1"}),
+        ("status=interrupted", {"waits"}),
+        ("runtimeStatus=Failed,Completed", {"bad", "batch/1"}),
+        ("older-than=1h", set()),
+        ("newer-than=1h&name=broken", {"bad"}),
+    ):
+        code, listed = server.api("GET", f"{instances}?{query}")
+        assert code == 200 and {i["instanceId"] for i in listed} == expected, query
+    assert server.api("GET", f"{instances}?status=done")[0] == 400
+    assert server.api("GET", f"{instances}?older-than=soon")[0] == 400
+
+    code, status = server.api("GET", f"{instances}/{urllib.parse.quote('batch/1', safe='')}")
+    assert code == 200
+    assert status["name"] == "double" and status["instanceId"] == "batch/1"
+    assert status["runtimeStatus"] == "Completed" and status["durableNbStatus"] == "completed"
+    assert status["input"] == {"x": 21} and status["output"] == 42
+    assert status["customStatus"] == {"step": "doubling"}
+    assert status["createdTime"].endswith("Z") and status["lastUpdatedTime"].endswith("Z")
+    code, status = server.api("GET", f"{instances}/bad")
+    assert code == 200 and status["runtimeStatus"] == "Failed" and "KeyError" in status["output"]
+    code, status = server.api("GET", f"{instances}/waits")
+    assert code == 202 and status["durableNbStatus"] == "interrupted"
+    assert server.api("GET", f"{instances}/ghost")[0] == 404
+
+
+def test_an_event_raised_over_http_reaches_a_waiting_run(server: Server, store_in: str) -> None:
+    path = f"stores/{store_in}/instances/live/raiseEvent/approval"
+
+    async def run_and_approve() -> Any:
+        handle = gate.start(instance_id="live")
+        await asyncio.sleep(0.3)
+        purge = f"stores/{store_in}/instances/live"
+        code, _ = await asyncio.to_thread(server.api, "DELETE", purge)
+        assert code == 409  # running: not purged
+        code, _ = await asyncio.to_thread(server.api, "POST", path, b'{"by": "ana"}')
+        assert code == 202
+        return await asyncio.wait_for(handle, 20)
+
+    assert asyncio.run(run_and_approve()) == {"by": "ana"}
+    code, reply = server.api("POST", path, b"true")
+    assert code == 410, reply  # completed: the event would never be received
+    assert server.api("POST", f"stores/{store_in}/instances/ghost/raiseEvent/x", b"1")[0] == 404
+    assert server.api("POST", path.replace("live", "x"), b"{not json")[0] == 400
+
+
+def test_terminate_suspend_resume_rewind_and_purge_change_the_store(
+    server: Server, store_in: str
+) -> None:
+    _waiting("w")
+    assert double.run(1, instance_id="done") == 2
+    with pytest.raises(KeyError):
+        broken.run(instance_id="bad")
+    at = f"stores/{store_in}/instances"
+    for action, status in (("suspend", "suspended"), ("resume", "pending")):
+        assert server.api("POST", f"{at}/w/{action}?reason=test")[0] == 202
+        assert _status(server, store_in, "w") == status
+    assert server.api("POST", f"{at}/w/rewind")[0] == 409  # pending: nothing to rewind
+    assert server.api("POST", f"{at}/w/terminate?reason=no+longer+needed")[0] == 202
+    assert _status(server, store_in, "w") == "terminated"
+    code, status = server.api("GET", f"{at}/w")
+    assert code == 200 and status["runtimeStatus"] == "Terminated"
+    assert "no longer needed" in status["output"]
+    assert server.api("POST", f"{at}/done/terminate")[0] == 410
+    assert server.api("POST", f"{at}/done/rewind")[0] == 410
+    assert server.api("POST", f"{at}/ghost/suspend")[0] == 404
+    assert server.api("POST", f"{at}/bad/rewind")[0] == 202
+    assert _status(server, store_in, "bad") == "pending"
+    assert server.api("DELETE", f"{at}/done") == (200, {"instancesDeleted": 1})
+    assert _status(server, store_in, "done") == "purged"
+    assert server.api("DELETE", f"{at}/done")[0] == 404
+
+
+def test_a_handle_gives_its_urls_on_the_server_found_by_itself(
+    server: Server, store_in: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's runtime file is found as a kernel finds it (here by its root holding
+    the store: this test process is not the server's child), and the URLs work."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(server.runtime_dir))
+    servers = server_urls.running_servers()
+    assert [s["pid"] for s in servers] == [server.pid]
+    assert server_urls.kernel_server(servers, "/elsewhere", parent_pid=server.pid) == servers[0]
+    assert server_urls.kernel_server(servers, "/elsewhere", parent_pid=1) is None
+
+    async def run_and_approve() -> tuple[dict[str, str], Any]:
+        handle = gate.start(instance_id="with/urls")
+        await asyncio.sleep(0.2)
+        urls = handle.http_urls()
+        code, status = await asyncio.to_thread(server.call, "GET", urls["statusQueryGetUri"])
+        assert code == 202 and status["instanceId"] == "with/urls", status
+        send = urls["sendEventPostUri"].replace("{eventName}", "approval")
+        code, _ = await asyncio.to_thread(server.call, "POST", send, b'"yes"')
+        assert code == 202
+        return urls, await asyncio.wait_for(handle, 20)
+
+    urls, output = asyncio.run(run_and_approve())
+    assert output == "yes"
+    instance = f"/durable-nb/api/stores/{store_in}/instances/with%2Furls"
+    assert urls["statusQueryGetUri"] == server.url + "/" + instance.lstrip("/")
+    assert urls["terminatePostUri"].endswith(f"{instance}/terminate?reason={{text}}")
+    for key in ("id", "sendEventPostUri", "purgeHistoryDeleteUri"):
+        assert key in urls
+    assert server.call("DELETE", urls["purgeHistoryDeleteUri"])[0] == 200
+    with pytest.raises(dn.ConfigurationError, match="outside the server's root"):
+        server_urls.http_urls("/elsewhere", "x", server.url, str(server.root))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(server.root / "no-servers"))
+    with pytest.raises(dn.ConfigurationError, match="which Jupyter server"):
+        server_urls.http_urls(str(server.root / "s"), "x")
+
+
+_IN_KERNEL = """
+import asyncio, json, os
+import durable_nb as dn
+from durable_nb import server_urls
+dn.configure(store={store!r}, progress="none")
+
+@dn.orchestrator
+def hello(ctx):
+    return "hi"
+    yield
+
+h = hello.start(instance_id="from-kernel")
+await h
+found = server_urls.kernel_server(server_urls.running_servers(), "/elsewhere")
+print(json.dumps({{"urls": h.http_urls(), "parent": found and found["pid"]}}))
+"""
+
+
+@pytest.mark.kernel
+def test_a_kernel_the_server_started_finds_it_as_its_parent(server: Server) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    code, kernel = server.call("POST", "/api/kernels", b"{}")
+    assert code == 201, kernel
+    client = BlockingKernelClient(
+        connection_file=str(server.runtime_dir / f"kernel-{kernel['id']}.json")
+    )
+    client.load_connection_file()
+    client.start_channels()
+    printed: list[str] = []
+
+    def collect(message: dict[str, Any]) -> None:
+        if message["msg_type"] == "stream":
+            printed.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            printed.append("\n".join(message["content"]["traceback"]))
+
+    try:
+        client.wait_for_ready(timeout=60)
+        store = server.root / "kernel" / ".durable_nb"
+        client.execute_interactive(
+            _IN_KERNEL.format(store=str(store)), timeout=60, output_hook=collect
+        )
+    finally:
+        client.stop_channels()
+        server.call("DELETE", f"/api/kernels/{kernel['id']}")
+    seen = json.loads("".join(printed).strip().splitlines()[-1])
+    assert seen["parent"] == server.pid  # found by its parent pid, not by its root
+    assert seen["urls"]["statusQueryGetUri"].endswith(
+        "/durable-nb/api/stores/kernel%2F.durable_nb/instances/from-kernel"
+    )
+    code, status = server.call("GET", seen["urls"]["statusQueryGetUri"])
+    assert code == 200 and status["output"] == "hi"
