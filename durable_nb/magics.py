@@ -64,9 +64,11 @@ _ACTIVITY_PARSER.add_argument("--version", default=None)
 _ACTIVITY_PARSER.add_argument("--executor", default=None)
 _ACTIVITY_PARSER.add_argument("--share", action="store_true")
 _ACTIVITY_PARSER.add_argument("--ttl", default=None)  # parsed by ActivityOptions: 90s, 12h, 1d
+_ACTIVITY_PARSER.add_argument("--name", default=None)  # register under another name
 
 _ORCHESTRATOR_PARSER = _Parser(prog="%%orchestrator", add_help=False)
 _ORCHESTRATOR_PARSER.add_argument("--strict", action="store_true")
+_ORCHESTRATOR_PARSER.add_argument("--name", default=None)
 
 
 @magics_class
@@ -98,7 +100,8 @@ class DurableMagics(Magics):
 
         Options: --retries N, --backoff SECONDS, --timeout SECONDS, --concurrency N,
         --version TAG (change it to invalidate cached results), --share (answer calls
-        from any instance's results), --ttl DURATION (shared results older than that rerun).
+        from any instance's results), --ttl DURATION (shared results older than that rerun),
+        --name NAME (register the cell's one function under NAME, as @activity(name=...)).
         """
         opts = _ACTIVITY_PARSER.parse_line(line)
         if opts.retries is not None and opts.max_attempts is not None:
@@ -125,11 +128,16 @@ class DurableMagics(Magics):
         except DefinitionError as exc:
             raise UsageError(f"%%activity: {exc}") from None
         namespace, functions = self._run_definitions(cell, "activity")
+        _one_function_for_a_name("activity", opts.name, functions)
         for node in functions:
             fn = namespace[node.name]
             if isinstance(fn, Activity):
                 fn = fn.fn
-            namespace[node.name] = register(Activity(fn, options, source_node=node))
+            try:
+                made = Activity(fn, options, source_node=node, name=opts.name)
+            except DefinitionError as exc:
+                raise UsageError(f"%%activity: {exc}") from None
+            namespace[node.name] = register(made)
 
     def _exception_types(self, names: str | None, option: str) -> tuple[type[BaseException], ...]:
         """Exception classes named in a comma-separated option, looked up in the notebook."""
@@ -148,16 +156,18 @@ class DurableMagics(Magics):
     def orchestrator(self, line: str, cell: str) -> None:
         """Turn every top-level function of the cell into an orchestrator.
 
-        Options: --strict (the recorded calls must come again in the same order).
+        Options: --strict (the recorded calls must come again in the same order), --name
+        NAME (register the cell's one function under NAME, as @orchestrator(name=...)).
         """
         opts = _ORCHESTRATOR_PARSER.parse_line(line)
         namespace, functions = self._run_definitions(cell, "orchestrator")
+        _one_function_for_a_name("orchestrator", opts.name, functions)
         for node in functions:
             fn = namespace[node.name]
             if isinstance(fn, Orchestrator):
                 fn = fn.fn
             try:
-                orch = Orchestrator(fn, strict=opts.strict, source_node=node)
+                orch = Orchestrator(fn, strict=opts.strict, source_node=node, name=opts.name)
             except DefinitionError as exc:
                 raise UsageError(f"%%orchestrator: {exc}") from None
             namespace[node.name] = register_orchestrator(orch)
@@ -180,6 +190,17 @@ class DurableMagics(Magics):
             print(run_verb(args, runtime.store, runtime))
         except (DurableNbError, ValueError) as exc:
             raise UsageError(f"%durable {args.verb}: {exc}") from None
+
+
+def _one_function_for_a_name(kind: str, name: str | None, functions: list[_FunctionNode]) -> None:
+    """--name names one function: refused for a cell that defines several (checked after
+    the cell ran, as its functions are known only then)."""
+    if name is not None and len(functions) != 1:
+        defined = ", ".join(node.name for node in functions)
+        raise UsageError(
+            f"%%{kind} --name {name}: names one function, but this cell defines "
+            f"{len(functions)} ({defined}); put the one to rename in a cell of its own"
+        )
 
 
 _DURABLE_PARSER = _Parser(prog="%durable", add_help=False)

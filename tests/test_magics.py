@@ -188,3 +188,29 @@ def test_the_activity_magic_takes_share_and_ttl(ip: Any) -> None:
         ip.run_cell_magic("activity", "--ttl 1d", "def nope(x):\n    return x\n")
     with pytest.raises(UsageError, match="is not a duration"):
         ip.run_cell_magic("activity", "--share --ttl soon", "def nope(x):\n    return x\n")
+
+
+def test_name_registers_the_cells_function_under_another_name(ip: Any) -> None:
+    """Durable Functions' samples name every function `main`: --name tells them apart."""
+    hello, bye = (
+        "def main(city):\n    return f'Hello {city}'\n",
+        "def main(city):\n    return f'Bye {city}'\n",
+    )
+    ip.run_cell_magic("activity", "--name SayHello", hello)
+    ip.run_cell_magic("activity", "--name SayBye", bye)
+    ip.run_cell_magic(
+        "orchestrator",
+        "--name HelloCities",
+        "def main(ctx):\n"
+        "    a = yield ctx.call_activity('SayHello', 'Tokyo')\n"
+        "    b = yield ctx.call_activity('SayBye', 'Seattle')\n"
+        "    return [a, b]\n",
+    )
+    orch = ip.user_ns["main"]
+    assert isinstance(orch, dn.Orchestrator) and orch.name == "HelloCities"
+    assert orch.run() == ["Hello Tokyo", "Bye Seattle"]
+    assert orch.instance_id_for().startswith("HelloCities-")
+    with pytest.raises(UsageError, match="names one function, but this cell defines 2"):
+        ip.run_cell_magic("activity", "--name Both", "def a():\n    pass\n\ndef b():\n    pass\n")
+    with pytest.raises(UsageError, match="name 'sub:x' cannot be used"):
+        ip.run_cell_magic("activity", "--name sub:x", "def c():\n    pass\n")
