@@ -87,7 +87,13 @@ class Dispatcher:
     # ------------------------------------------------------------ starting
 
     def start(self, call: ScheduledCall) -> None:
-        """Carry out a call the engine scheduled (its first attempt)."""
+        """Carry out a call the engine scheduled: its first attempt, or, for a call whose
+        attempts failed in a run cut short during its backoff, the next one when due."""
+        if call.resume is not None:
+            failed, due, first_started = call.resume
+            self._progress.retried(call.activity.name)
+            self._retry_later(max(0.0, due - time.time()), call, failed + 1, first_started)
+            return
         if call.activity.options.share and self._journal is not None:
             self._ask_shared(call)
             return

@@ -118,6 +118,7 @@ class Execution:
         self._inbox: list[history.Event] = []
         self._arrived: list[history.Event] = []  # already durable, appended by others
         self._draining = False  # a _drain is scheduled on the loop
+        self._flush_due = False  # a write of noted bookkeeping is scheduled (_note)
         self._ended: asyncio.Future[None] | None = None  # set when the run is over
         self._context: contextvars.Context | None = None  # the run's, for _drain
         self._last_poll = 0.0
@@ -155,7 +156,7 @@ class Execution:
             instance_id=self.instance_id,
             history_id=record.history_id,
             post=self._post,
-            note=journal.buffer,
+            note=self._note,
             keep_late=journal.keep_late,
             journal=journal,  # shared results (share=True activities)
             post_batch=self._post_batch,
@@ -320,6 +321,20 @@ class Execution:
             self.journal.set_custom_status(step.custom_status)
             progress.custom_status = step.custom_status
         progress.changed()
+
+    def _note(self, event: history.Event) -> None:
+        """Bookkeeping for history only (a retry): it rides with the next chunk, but what
+        must be on disk before the run waits (a retry's count) is written at the end of
+        this loop turn when no outcome is coming to carry it."""
+        self.journal.buffer(event)
+        if self.journal.must_write_before_waiting() and not self._flush_due and self._loop:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_noted, context=self._context)
+
+    def _flush_noted(self) -> None:
+        self._flush_due = False
+        if not self._over and not self._inbox and not self._arrived:
+            self._flush_before_waiting()  # else the drain to come writes it
 
     def _flush_before_waiting(self) -> None:
         """Before the run waits, make durable what must not wait for the next outcome."""

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 LIVE_FOREIGN = (history.EventRaised, history.ControlRequested)
 # Written before the run waits, not with the next outcome: a timer's fire time (a
 # restart must keep it) and the custom status (others read it).
-_WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet)
+# What must be on disk before the run waits: a timer's fire time, the custom status, and
+# a retry's count and due time (a kill during the backoff goes on from there).
+_WRITE_BEFORE_WAITING = (history.TimerCreated, history.CustomStatusSet, history.TaskRetried)
 COMPACT_AFTER_CHUNKS = 32
 COMPACT_FROM_REPLAY = 2  # the run that replays a history for the second time compacts it
 

@@ -31,7 +31,7 @@ from durable_nb.engine.keys import CallKeys
 from durable_nb.engine.preview import arguments_preview
 from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook, failure_known_by_name
-from durable_nb.engine.retry import RecordedFailures
+from durable_nb.engine.retry import RecordedFailures, RecordedRetries
 from durable_nb.engine.retry_options import RetryOptions
 from durable_nb.engine.runaway import RUNAWAY_CALLS, RunawayGuard
 from durable_nb.engine.step import Outcome, Step, end_message, finished_event
@@ -102,6 +102,7 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
         self._run_started = 0.0
         self._results = ResultBook()
         self._failures = RecordedFailures()  # of children, for their retry count
+        self._retries = RecordedRetries()  # of activity calls cut short in a backoff
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
         self._finished: history.ExecutionFinished | None = None
         self._keys: CallKeys[A] = CallKeys()
@@ -121,7 +122,7 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
             history.TaskScheduled: self._on_ignored,
             history.TaskCompleted: self._on_completed,
             history.TaskFailed: self._on_failed,
-            history.TaskRetried: self._on_ignored,
+            history.TaskRetried: self._on_retried,
             history.CustomStatusSet: self._on_ignored,
             history.ExecutionFinished: self._on_finished,
             history.TimerCreated: self._on_timer_created,
@@ -258,6 +259,8 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
         call = ActivityCall(key, act, args, kwargs, position, retry)
         task = ActivityTask(call)
         if self._answer(task, key, name, triple, occurrence):
+            if self._retries.by_key:
+                call.resume = self._retries.by_key.get(key)
             self._step.scheduled.append(call)
         return task
 
@@ -367,8 +370,9 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
             task._complete(event.result, event.timestamp, False, self._position_in_history)
 
     def _on_failed(self, event: history.TaskFailed) -> None:
-        if self._loading:
-            return  # failures are retried on the next run, never replayed
+        if self._loading:  # failures are retried on the next run, never replayed: afresh
+            self._retries.by_key.pop(event.key, None)
+            return
         task = self._pending.pop(event.key, None)
         if task is not None:
             error = event.error or failure_known_by_name(event, self.instance_id)
@@ -385,6 +389,11 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
             self._reference_calls = event.calls
         if self._loading:
             self._failures.run_ended(event)
+            self._retries.run_ended(event)
+
+    def _on_retried(self, event: history.TaskRetried) -> None:
+        if self._loading:
+            self._retries.add(event)
 
     def _on_timer_created(self, event: history.TimerCreated) -> None:
         if self._loading:

@@ -23,6 +23,29 @@ from durable_nb.engine.tasks import SubOrchestrationCall, SubOrchestrationTask, 
 from durable_nb.errors import SubOrchestrationEndedError
 
 Failure = tuple[float, BaseException, int]  # when, the error, position in history
+# An activity call's retries so far: attempts that failed, when the next one is due,
+# and when its first attempt began (what a retry timeout counts from).
+ResumeAt = tuple[int, float, float]
+
+
+class RecordedRetries:
+    """Activity calls whose attempts failed and were to be retried, in the runs since the
+    last one that ended (read from history by ``load``): a kernel killed during a
+    backoff goes on with the next attempt when it is due, not with the first."""
+
+    __slots__ = ("by_key",)
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, ResumeAt] = {}
+
+    def add(self, event: history.TaskRetried) -> None:
+        before = self.by_key.get(event.key)
+        first = before[2] if before else event.started or event.timestamp
+        self.by_key[event.key] = (event.attempt, event.timestamp + event.delay, first)
+
+    def run_ended(self, event: history.ExecutionFinished) -> None:
+        if event.status != history.Status.INTERRUPTED.value:
+            self.by_key.clear()  # a rerun of a failed instance retries afresh
 
 
 class RecordedFailures:

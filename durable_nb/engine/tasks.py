@@ -120,6 +120,9 @@ class ActivityCall(Generic[A]):
     # ctx.call_activity_with_retry's policy, used instead of the activity's own; not
     # part of the key (the same call under another policy is the same call).
     retry: RetryOptions | None = field(default=None, compare=False)
+    # Attempts that already failed in a run cut short (retry.py's ResumeAt): the next is
+    # number done + 1, due at the recorded time. None: a first attempt.
+    resume: tuple[int, float, float] | None = field(default=None, compare=False)
 
 
 class ActivityTask(Task):
