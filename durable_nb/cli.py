@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import keyword
 import os
 import sys
 import time
@@ -13,7 +15,7 @@ from typing import Any, NoReturn, TextIO
 from durable_nb.errors import DurableNbError, StoreError, VerbUsageError
 from durable_nb.store import DiskCacheStore
 from durable_nb.store_folder import STORE_ENV, default_location
-from durable_nb.verbs import add_verbs, run_verb
+from durable_nb.verbs import add_verbs, parse_value, run_verb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -57,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", type=Path, help=f"checkpoint folder (default ${STORE_ENV})")
     run.add_argument("--timeout", type=float, default=None, help="seconds a cell may take")
     run.add_argument("--quiet", action="store_true", help="print only failures and the end")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set NAME in a cell injected after the cell tagged 'parameters' (papermill's "
+        "convention); VALUE is JSON if it parses (3, true, [1, 2]), else text",
+    )
+    run.add_argument(
+        "--parameters",
+        default=None,
+        metavar="JSON",
+        help='several at once, as a JSON object: --parameters \'{"n": 3, "city": "Oslo"}\'',
+    )
 
     add_verbs(verbs, _store_option)
     doctor = verbs.add_parser(
@@ -116,6 +134,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if args.store is not None:
         env[STORE_ENV] = str(args.store.resolve())
     output: Path = notebook if args.inplace else args.output or default_output(notebook)
+    parameters = _parameters(args.parameters, args.parameter)
     started = time.monotonic()
     outcome = run_notebook(
         notebook,
@@ -125,6 +144,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         out=out,
         quiet=args.quiet,
         strip=args.inplace,
+        parameters=parameters,
     )
     elapsed = time.monotonic() - started
     if outcome.failed_cell is not None:
@@ -139,6 +159,24 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         file=out,
     )
     return EXIT_OK
+
+
+def _parameters(whole: str | None, pairs: list[list[str]]) -> dict[str, Any]:
+    """--parameters JSON, then each -p NAME VALUE (which win); names must be identifiers."""
+    found: dict[str, Any] = {}
+    if whole is not None:
+        try:
+            loaded = json.loads(whole)
+        except ValueError as exc:
+            raise _UsageProblem(f"--parameters is not JSON ({exc}): {whole!r}") from None
+        if not isinstance(loaded, dict):
+            raise _UsageProblem(f"--parameters must be a JSON object, got {whole!r}")
+        found.update(loaded)
+    found.update({name: parse_value(value) for name, value in pairs})
+    bad = [name for name in found if not (name.isidentifier() and not keyword.iskeyword(name))]
+    if bad:
+        raise _UsageProblem(f"parameter names must be Python names: {', '.join(map(repr, bad))}")
+    return found
 
 
 class _UsageProblem(Exception):

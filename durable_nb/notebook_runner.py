@@ -33,6 +33,29 @@ def strip_volatile(notebook: Any) -> None:
     notebook.metadata.get("language_info", {}).pop("version", None)
 
 
+PARAMETERS_TAG = "parameters"  # papermill's names, so notebooks made for it work here
+INJECTED_TAG = "injected-parameters"
+
+
+def inject_parameters(notebook: Any, parameters: dict[str, Any]) -> int:
+    """Put a cell assigning ``parameters`` after the cell tagged ``parameters`` (at the
+    top if there is none), as papermill does, replacing one injected before; returns
+    the index of the injected cell. Values are written as Python literals."""
+    cells = notebook.cells
+    cells[:] = [c for c in cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    tagged = [
+        i for i, c in enumerate(cells) if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])
+    ]
+    at = tagged[-1] + 1 if tagged else 0
+    source = "# Parameters given to durable-nb run\n" + "".join(
+        f"{name} = {value!r}\n" for name, value in parameters.items()
+    )
+    cell = nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call, unused-ignore]
+    cell.metadata["tags"] = [INJECTED_TAG]
+    cells.insert(at, cell)
+    return at
+
+
 @dataclass
 class RunOutcome:
     cells: int
@@ -137,14 +160,18 @@ def run_notebook(
     out: TextIO,
     quiet: bool = False,
     strip: bool = False,
+    parameters: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Execute ``path`` in a fresh kernel started in the notebook's folder and write the
     executed notebook to ``output``; ``strip`` drops volatile metadata first (for a
-    notebook written over its tracked source)."""
+    notebook written over its tracked source); ``parameters`` are injected after the
+    cell tagged ``parameters`` (see :func:`inject_parameters`)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call, unused-ignore]
+    if parameters:
+        inject_parameters(notebook, parameters)
     code_cells = sum(1 for c in notebook.cells if c.cell_type == "code")
     folder = path.resolve().parent
     sockets = tempfile.TemporaryDirectory(prefix="durable-nb-")

@@ -281,3 +281,40 @@ def test_store_folder_is_created_by_the_run_not_by_list(tmp_path: Path) -> None:
     DiskCacheStore(tmp_path / "made").close()
     code, text = cli("list", "--store", str(tmp_path / "made"))
     assert code == 0 and "no instances" in text
+
+
+def _parameterized(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    tagged = new_code_cell("n = 1\ncity = 'nowhere'")
+    tagged.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        new_code_cell("import durable_nb as dn"),
+        tagged,
+        new_code_cell("print(f'{city}: {n * 10}')"),
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = kernelspec
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.kernel
+def test_run_injects_parameters_after_the_tagged_cell(tmp_path: Path) -> None:
+    """papermill's convention: a cell after the one tagged `parameters` sets them."""
+    path = tmp_path / "nb.ipynb"
+    _parameterized(path)
+    out = tmp_path / "out.ipynb"
+    command = [sys.executable, "-m", "durable_nb.cli", "run", str(path), "-o", str(out)]
+    env = {**os.environ, "DURABLE_NB_STORE": str(tmp_path / "store")}
+    given = [*command, "--parameters", '{"n": 2, "city": "Oslo"}', "-p", "n", "4"]
+    result = subprocess.run(given, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = nbformat.read(str(out), as_version=4)
+    injected = written.cells[2]
+    assert injected.metadata["tags"] == ["injected-parameters"]
+    assert "n = 4\n" in injected.source and "city = 'Oslo'\n" in injected.source  # -p wins
+    assert written.cells[3].outputs[0]["text"] == "Oslo: 40\n"
+    assert nbformat.read(str(path), as_version=4).cells[2].source.startswith("print")  # untouched
+    bad = subprocess.run([*command, "-p", "not a name", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "parameter names must be Python names" in bad.stderr
+    bad = subprocess.run([*command, "--parameters", "[1]"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "must be a JSON object" in bad.stderr
