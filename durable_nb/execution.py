@@ -119,6 +119,7 @@ class Execution:
         self._arrived: list[history.Event] = []  # already durable, appended by others
         self._draining = False  # a _drain is scheduled on the loop
         self._flush_due = False  # a write of noted bookkeeping is scheduled (_note)
+        self._subs_counted: set[str] = set()  # sub-orchestration calls counted by this run
         self._ended: asyncio.Future[None] | None = None  # set when the run is over
         self._context: contextvars.Context | None = None  # the run's, for _drain
         self._last_poll = 0.0
@@ -311,7 +312,12 @@ class Execution:
         for timer in step.timers:
             self._timers.start(timer)  # a timer's time passes while suspended too
         for sub in step.subs:
-            progress.scheduled(f"sub:{sub.orchestrator.name}")
+            name = f"sub:{sub.orchestrator.name}"
+            if sub.attempt > 1:  # its failure before was retried, not a failed call
+                progress.child_retried(name, sub.key in self._subs_counted)
+            else:
+                progress.scheduled(name)
+            self._subs_counted.add(sub.key)
             if suspension.suspended:
                 suspension.hold(partial(self._children.start, sub))
             else:

@@ -168,6 +168,18 @@ class Progress:
         row.backing_off += 1
         self._dirty = True
 
+    def child_retried(self, name: str, counted: bool) -> None:
+        """The next attempt of a sub-orchestration under a retry policy: the failure
+        before it was a retry, not a failed call (``counted``: it was counted failed in
+        this run); a call whose failures were in an earlier run is counted now."""
+        row = self.row(name)
+        if counted:
+            row.failed -= 1
+        else:
+            row.total += 1
+        row.retried += 1
+        self._dirty = True
+
     def retry_started(self, name: str) -> None:
         self.row(name).backing_off -= 1
         self._dirty = True

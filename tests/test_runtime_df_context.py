@@ -229,6 +229,13 @@ def test_call_sub_orchestrator_with_retry_reruns_the_child_as_allowed(
     assert _runs(ran) == 3  # the child ran three times
     assert _runs(parts / "1") == 1  # each rerun replayed what had succeeded
     iid = mom.instance_id_for(3)
+    record = rt.store.get_instance(iid)
+    assert record is not None
+    # The child is one call, retried twice and completed, not three calls of which two
+    # failed; the failures left are those of `step` inside the child's two failed runs.
+    counts = record.counts
+    assert (counts["failed"], counts["retried"]) == (2, 2), counts
+    assert counts["calls"] == counts["ran"] + counts["cached"] + counts["failed"], counts
     timers = [e for e in rt.store.read_history(iid) if isinstance(e, history.TimerCreated)]
     assert [e.key.rsplit("#", 1)[1] for e in timers] == ["1", "2"]
     waits = [round(e.fire_at - e.timestamp, 3) for e in timers]

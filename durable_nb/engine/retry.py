@@ -15,6 +15,7 @@ instance retries its failures afresh, as it does for activities.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from durable_nb import history
@@ -122,7 +123,8 @@ class RetryingTask(Task):
             at, error, order = recorded[self._attempt - 1]
             if not self._retry_after(error, at, order):
                 return
-        self._schedule(self.call)._listen(self)
+        attempt = self.call if self._attempt == 1 else replace(self.call, attempt=self._attempt)
+        self._schedule(attempt)._listen(self)
 
     def _retry_after(self, error: BaseException, at: float, order: int) -> bool:
         """After a failure at ``at``: True when the next attempt may start now; False when

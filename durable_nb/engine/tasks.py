@@ -187,6 +187,7 @@ class SubOrchestrationCall(Generic[O]):
     arguments: dict[str, Any]
     instance_id: str
     position: int
+    attempt: int = field(default=1, compare=False)  # > 1: a retry (retry.py's RetryingTask)
 
 
 class SubOrchestrationTask(Task):
