@@ -61,10 +61,11 @@ class Attempt:
         self.kept = False  # result stored after the run ended
         self.started: float | None = None  # when handed to its executor (or the loop)
 
-    def began(self) -> float | None:
+    def began(self, handle: object = None) -> float | None:
         """When it began to run: the default pool's thread says so; others, when they
-        were given the attempt (an adopted thread of an earlier run: unknown)."""
-        return getattr(self.handle, "started_at", None) or self.started
+        were given the attempt (an adopted thread of an earlier run: unknown). ``handle``:
+        its thread's, once the attempt let go of it (a result kept after the run)."""
+        return getattr(handle or self.handle, "started_at", None) or self.started
 
     def ended(self) -> float:
         """When it ended: the default pool's thread says so, else now (the loop took

@@ -412,9 +412,13 @@ class Dispatcher:
             return
         attempt.kept = True
         call = attempt.call
-        started = getattr(future, "started_at", None) or attempt.started
         event = history.TaskCompleted(
-            time.time(), call.key, call.activity.name, future.result(), attempt.number, started
+            time.time(),
+            call.key,
+            call.activity.name,
+            future.result(),
+            attempt.number,
+            attempt.began(future),
         )
         self._keep_late(event)
 
