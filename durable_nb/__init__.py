@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # what the names below are, for mypy and IDEs; loaded on firs
         orchestrator,
     )
     from durable_nb.engine import OrchestrationContext, RetryOptions, Task
+    from durable_nb.engine.entities import EntityLock
+    from durable_nb.engine.entity_ids import EntityId
+    from durable_nb.entities import Entity, EntityContext, entity
+    from durable_nb.entity_client import EntityStateResponse, read_entity_state, signal_entity
     from durable_nb.errors import (
         ActivityArgumentsError,
         ActivityError,
@@ -30,6 +34,7 @@ if TYPE_CHECKING:  # what the names below are, for mypy and IDEs; loaded on firs
         ContinueAsNew,
         DefinitionError,
         DurableNbError,
+        EntityNotFoundError,
         EventLoopError,
         EventTimeoutError,
         FingerprintError,
@@ -75,6 +80,12 @@ __all__ = [
     "DefinitionError",
     "DiskCacheStore",
     "DurableNbError",
+    "Entity",
+    "EntityContext",
+    "EntityId",
+    "EntityLock",
+    "EntityNotFoundError",
+    "EntityStateResponse",
     "EventLoopError",
     "EventTimeoutError",
     "FingerprintError",
@@ -107,9 +118,12 @@ __all__ = [
     "__version__",
     "activity",
     "configure",
+    "entity",
     "get_runtime",
     "load_ipython_extension",
     "orchestrator",
+    "read_entity_state",
+    "signal_entity",
     "unload_ipython_extension",
 ]
 
@@ -121,6 +135,10 @@ __all__ = [
 _LAZY: dict[str, str] = {
     **dict.fromkeys(["Activity", "Orchestrator", "activity", "orchestrator"], "definitions"),
     **dict.fromkeys(["OrchestrationContext", "RetryOptions", "Task"], "engine"),
+    **dict.fromkeys(["Entity", "EntityContext", "entity"], "entities"),
+    **dict.fromkeys(["EntityStateResponse", "read_entity_state", "signal_entity"], "entity_client"),
+    "EntityId": "engine.entity_ids",
+    "EntityLock": "engine.entities",
     **dict.fromkeys(
         [
             "ActivityArgumentsError",
@@ -134,6 +152,7 @@ _LAZY: dict[str, str] = {
             "ContinueAsNew",
             "DefinitionError",
             "DurableNbError",
+            "EntityNotFoundError",
             "EventLoopError",
             "EventTimeoutError",
             "FingerprintError",

@@ -1,6 +1,5 @@
-"""Activities and orchestrators: the objects that ``%%activity``, ``%%orchestrator``,
-``@activity`` and ``@orchestrator`` produce, and the registry of activities by name.
-"""
+"""Activities and orchestrators: what ``%%activity``, ``%%orchestrator``, ``@activity``
+and ``@orchestrator`` make, and the registry of activities by name."""
 
 from __future__ import annotations
 
@@ -71,6 +70,8 @@ class Activity:
     Called directly it is the plain function, for easy debugging; passed to
     ``ctx.call_activity`` it is scheduled, checkpointed and retried.
     """
+
+    takes_message_id = False  # entity calls (entity_calls.py): passed their message's id
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.attempts import Attempt
+from durable_nb.entity_store import message_id
 from durable_nb.errors import ActivityLostError, ActivityTimeoutError
 from durable_nb.executors import SubmitWindow
 from durable_nb.failures import annotate, as_activity_error, explain_bad_arguments
@@ -66,6 +67,7 @@ class Dispatcher:
         # Leftover threads are adopted only by a run on the same history: after
         # continue_as_new a call with the same key is a new call.
         self._owner = f"{instance_id}@{history_id}"
+        self._history_id = history_id
         self._post = post  # a final outcome: the engine must see it
         self._note = note  # bookkeeping for history only (retries)
         self._keep_late = keep_late  # an outcome after the run ended
@@ -201,10 +203,13 @@ class Dispatcher:
         call = attempt.call
         act = call.activity
         attempt.started = time.time()
+        args = call.args
+        if act.takes_message_id:  # an entity call: its message's id is made of the call's
+            args = (message_id(self._instance_id, self._history_id, call.key), *args)
         if window.start_call is not None:  # the default pool: no Future per call
-            attempt.handle = window.start_call(act.fn, call.args, call.kwargs, attempt.thread_done)
+            attempt.handle = window.start_call(act.fn, args, call.kwargs, attempt.thread_done)
         else:
-            future = window.executor.submit(act.fn, *call.args, **call.kwargs)
+            future = window.executor.submit(act.fn, *args, **call.kwargs)
             attempt.handle = future
             future.add_done_callback(attempt.thread_done)
         window.submitted += 1

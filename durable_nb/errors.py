@@ -12,6 +12,7 @@ The tree (builtin bases in parentheses)::
     ├── DefinitionError (TypeError)             code that does not fit durable_nb or itself
     │   ├── ActivityNotFoundError (LookupError, TypeError)    no activity under that name
     │   │   └── OrchestratorNotFoundError (LookupError, TypeError)   no orchestrator under it
+    │   ├── EntityNotFoundError (LookupError, TypeError)      no entity (or operation) so named
     │   ├── ActivityArgumentsError (TypeError)  a call the activity's signature cannot take
     │   └── OrchestratorInputError (TypeError)  input the orchestrator's signature cannot take
     ├── OrchestrationError                      a run cannot go on as its orchestrator asks
@@ -156,6 +157,18 @@ class OrchestratorNotFoundError(ActivityNotFoundError):
     Derives from ActivityNotFoundError because releases before it raised that class
     for unknown orchestrator names too, and ``except ActivityNotFoundError`` written
     then must keep catching them."""
+
+
+class EntityNotFoundError(DefinitionError, LookupError):
+    """No entity is defined under the name in this kernel (run its ``%%entity`` cell,
+    or define it with ``@entity``), or a class entity has no such operation. ``entity``
+    is the entity's ``@name@key``."""
+
+    def __init__(
+        self, *args: object, entity: str | None = None, instance_id: str | None = None
+    ) -> None:
+        super().__init__(*args, instance_id=instance_id)
+        self.entity = entity
 
 
 class ActivityArgumentsError(DefinitionError):

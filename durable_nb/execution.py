@@ -31,9 +31,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from durable_nb import history
-from durable_nb.definitions import resolve_activity, resolve_orchestrator
+from durable_nb.definitions import resolve_orchestrator
 from durable_nb.dispatch import Dispatcher
 from durable_nb.engine import OrchestrationEngine, Outcome, TimerCall
+from durable_nb.entity_calls import EntityActivities, send_signals
 from durable_nb.finality import completed_with
 from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.history import Status
@@ -99,12 +100,13 @@ class Execution:
         self.instance_id = instance_id
         self.progress = progress
         self.parent = parent
+        self._entities = EntityActivities(self.store)
         self.engine: Engine = OrchestrationEngine(
             orchestrator.fn,
             arguments,
             name=orchestrator.name,
             instance_id=instance_id,
-            resolve_activity=resolve_activity,
+            resolve_activity=self._entities.resolve,
             resolve_orchestrator=resolve_orchestrator,
             bind_input=lambda args, kwargs: orchestrator.bind_input(
                 args, kwargs, via="ctx.continue_as_new"
@@ -144,6 +146,7 @@ class Execution:
         assert self._ended is not None
         journal = self.journal
         record = journal.open_record(self.orchestrator.name, self.parent, self.arguments)
+        self._history_id = record.history_id
         with collector_paused():
             events = journal.load()
             self.engine.load(events)
@@ -298,8 +301,12 @@ class Execution:
         """Append the history the step implies, then start the work it asks for."""
         if step.runaway is not None:
             warn_runaway(self.orchestrator.name, self.instance_id, *step.runaway)
-        self.journal.buffer_all(step.events)
         progress = self.progress
+        if step.signals:  # queued before the history that says they were sent is written
+            send_signals(self._entities.worker, self.instance_id, self._history_id, step.signals)
+            for signal in step.signals:
+                progress.sent(f"@{signal.entity.name}")
+        self.journal.buffer_all(step.events)
         for name in step.replayed:
             progress.cached(name)
         suspension = self._suspension
@@ -397,6 +404,11 @@ class Execution:
                 self.orchestrator, self.caller_input, self.engine.code_used, self.progress.rows
             )
         self.journal.close_record(status, message, time.time(), self.engine.output, made_of)
+        if self.engine.holds_locks and status != Status.INTERRUPTED:
+            # Ended inside a critical section: its locks go back (a run cut short keeps
+            # them; its next run goes on inside the section).
+            for entity in self.store.entities.release_locks(self.instance_id):
+                self._entities.worker.kick(entity)
 
 
 @contextlib.contextmanager

@@ -222,6 +222,21 @@ class ControlRequested(Event):
     reason: str
 
 
+@dataclass(slots=True, unsafe_hash=True)
+class EntitySignaled(Event):
+    """A one-way message to a durable entity was queued: an operation
+    (``ctx.signal_entity``) or the release of a critical section's lock (``kind``
+    ``"unlock"``). ``key`` is its call key, so a replay does not send it again;
+    ``entity`` is the entity's ``@name@key``; ``arguments`` a short preview."""
+
+    TAG: ClassVar[str] = "entity_signaled"
+    key: str
+    entity: str
+    operation: str | None
+    kind: str
+    arguments: str
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     ExecutionStarted,
     TaskScheduled,
@@ -236,6 +251,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SubOrchestrationCompleted,
     SubOrchestrationFailed,
     ControlRequested,
+    EntitySignaled,
 )
 
 _BY_TAG: dict[str, type[Event]] = {cls.TAG: cls for cls in EVENT_TYPES}

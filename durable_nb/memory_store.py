@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from durable_nb import history
+from durable_nb.entity_store import MemoryEntities
 from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.store import InstanceRecord, SharedResult, shared_digest
 
@@ -24,6 +25,7 @@ class MemoryStore:
         # (activity, digest) -> finished, instance, result; and each instance's keys.
         self._shared: dict[tuple[str, str], tuple[float, str, Any]] = {}
         self._shared_by: dict[str, set[tuple[str, str]]] = {}
+        self.entities = MemoryEntities()
 
     def append(
         self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
@@ -150,6 +152,7 @@ class MemoryStore:
             self._leases.pop(instance_id, None)
             for key in self._shared_by.pop(instance_id, ()):
                 self._shared.pop(key, None)
+        self.entities.forget_sent(instance_id)
         return had_record or had_chunks
 
     def close(self) -> None:

@@ -131,6 +131,13 @@ class Progress:
         self.row(name).total += 1
         self._dirty = True
 
+    def sent(self, name: str) -> None:
+        """A one-way message to an entity was sent: done as it is sent."""
+        row = self.row(name)
+        row.total += 1
+        row.ran += 1
+        self._dirty = True
+
     def attempt_started(self, name: str) -> None:
         self.row(name).running += 1
         self._dirty = True

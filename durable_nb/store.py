@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from durable_nb import history
+from durable_nb.entity_store import EntityStore
+from durable_nb.entity_tables import SqliteEntities
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
 from durable_nb.history import Status
@@ -133,6 +135,10 @@ class CheckpointStore(Protocol):
     # The key schemes of the calls recorded here (durable_nb.fingerprint): this
     # release's, and any older release's that wrote to the store before.
     key_schemes: tuple[int, ...]
+
+    @property
+    def entities(self) -> EntityStore:
+        """Durable entities' states and queues."""
 
     def append(
         self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
@@ -265,6 +271,7 @@ class DiskCacheStore:
         )
         self.key_schemes = self.versions.key_schemes
         self._records = RecordValues(self._cache, self._dumps, self._loads, serializer == "json")
+        self.entities = SqliteEntities(self._tables, self._dumps, self._loads, not self._json)
         swept = sweep_intents(self._cache)
         if swept:
             logger.info("removed %s file(s) of large writes cut short: %s", len(swept), swept)
@@ -440,6 +447,7 @@ class DiskCacheStore:
     def purge(self, instance_id: str) -> bool:
         stream = self._stream_of(instance_id)
         removed = self._tables.purge(stream, instance_id)
+        self.entities.forget_sent(instance_id)
         self._cache.evict(stream + ":v", retry=True)
         self._cache.evict(record_tag(stream), retry=True)
         return removed

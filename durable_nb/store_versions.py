@@ -8,7 +8,10 @@ Two numbers say how to read a store folder:
   attempt began to run, a preview of a call's arguments (for ``h.calls()`` and the
   timeline). Format 2 rows read as they are (those fields empty), so opening a format 2
   store only marks it format 3, which releases before it then refuse, as they would
-  fail on the new rows.
+  fail on the new rows. Format 4 adds durable entities: histories may hold
+  ``EntitySignaled`` events, which releases before it cannot read, and the store gets
+  the entities' tables (:mod:`durable_nb.entity_tables`); opening a format 2 or 3 store
+  marks it format 4 in the same way.
 * its **key schemes**: how the call keys of its results were digested
   (:mod:`durable_nb.fingerprint`). A store lists every scheme that wrote to it; a
   store with a format but no list was written by release 0.1.0, scheme 1. Older
@@ -36,7 +39,7 @@ from durable_nb.tables import StoreTables
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # diskcache numbers pushed keys from 500 trillion upwards (documented in Cache.push).
 _FIRST_PUSHED = 500_000_000_000_000
 

@@ -124,6 +124,10 @@ class StoreTables:
         with self._errors_explained():
             return self._connection().execute(sql, parameters).fetchall()
 
+    # For the store's other tables (entity_tables.py): the same connections and errors.
+    transaction = _transaction
+    query = _query
+
     @contextlib.contextmanager
     def _errors_explained(self) -> Iterator[None]:
         try:

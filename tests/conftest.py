@@ -45,6 +45,7 @@ COMPAT_MODULES = (
     "test_key_schemes.py",
     "test_finality.py",
     "test_store*.py",
+    "test_entity_store.py",
     "test_errors.py",
     "test_lazy_import.py",
     "test_threads.py",

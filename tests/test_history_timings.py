@@ -179,15 +179,16 @@ def test_rows_written_before_format_3_read_with_the_new_fields_empty() -> None:
     assert isinstance(again, history.TaskFailed) and again.started == 2.5 and again.error is None
 
 
-def test_opening_a_format_2_store_marks_it_format_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [2, 3])
+def test_opening_an_older_format_store_marks_it_current(tmp_path: Path, older: int) -> None:
     from durable_nb.store_versions import FORMAT_VERSION, peek_versions
 
     store = DiskCacheStore(tmp_path / "s")
     store.append("i", [history.TaskCompleted(1.0, "a/b/c#0", "a", 1, 1)])
-    store._cache.set("format", 2)  # as the release before wrote it
+    store._cache.set("format", older)  # as a release before wrote it
     store.close()
-    assert peek_versions(tmp_path / "s")[0] == 2
+    assert peek_versions(tmp_path / "s")[0] == older
     reopened = DiskCacheStore(tmp_path / "s")
     assert [e.result for e in reopened.read_history("i")] == [1]  # type: ignore[attr-defined]
     reopened.close()
-    assert FORMAT_VERSION == 3 and peek_versions(tmp_path / "s")[0] == 3
+    assert FORMAT_VERSION == 4 and peek_versions(tmp_path / "s")[0] == 4

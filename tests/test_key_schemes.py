@@ -161,7 +161,7 @@ def test_the_golden_store_of_release_010_reports_its_versions(tmp_path: Path) ->
     copy.chmod(0o700)
     assert peek_versions(copy) == (2, (1,))
     text = diagnose(copy).text()
-    assert "format 2: opening it with this release marks it format 3" in text
+    assert "format 2: opening it with this release marks it format 4" in text
     assert "key scheme(s) 1: results keyed by scheme 1" in text
     assert "FAIL" not in text
 

@@ -147,7 +147,42 @@ class OrchestrationContext:
         kernel runs, is not lost. With ``timeout`` (seconds or a timedelta) the wait
         raises ``EventTimeoutError`` (a ``TimeoutError``) when it expires.
         """
+        if not isinstance(name, str) or not name:
+            raise OrchestratorError(
+                f"orchestrator {self._engine.name!r}: the event name must be a non-empty "
+                f"string, got {name!r}",
+                orchestrator=self._engine.name,
+                instance_id=self.instance_id,
+            )
         return self._engine.wait_for_event(name, timeout)
+
+    def call_entity(
+        self, entity_id: Any, operation_name: str, operation_input: Any = None, /
+    ) -> Task:
+        """Run ``operation_name`` on the durable entity ``entity_id`` (an
+        :class:`~durable_nb.EntityId`) with ``operation_input``, and wait for its result.
+
+        Operations on one entity run one at a time, in the order they arrived, each
+        exactly once; an operation that raises leaves the state as it was and raises
+        here. The result is recorded: a rerun replays it without calling again."""
+        return self._engine.call_entity(entity_id, operation_name, operation_input)
+
+    def signal_entity(
+        self, entity_id: Any, operation_name: str, operation_input: Any = None, /
+    ) -> None:
+        """Send ``operation_name`` to the durable entity ``entity_id`` without waiting.
+
+        The message is queued with the step's checkpoint and applied exactly once, even
+        if the kernel dies right after; a rerun does not send it again."""
+        self._engine.signal_entity(entity_id, operation_name, operation_input)
+
+    def lock_entities(self, *entity_ids: Any) -> Task:
+        """A critical section: wait until this instance holds the lock of every entity
+        given; until it lets go, only its own operations run on them. Use it as
+        ``with (yield ctx.lock_entities(a, b)):`` (``with await ...`` in an ``async
+        def``); leaving the block (or the run ending) releases the locks. Inside,
+        ``ctx.call_entity`` may call only the locked entities, and no section nests."""
+        return self._engine.lock_entities(entity_ids)
 
     def continue_as_new(self, /, *args: Any, **kwargs: Any) -> None:
         """End this run now and restart the instance with a new input and an empty

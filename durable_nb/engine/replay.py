@@ -27,6 +27,7 @@ from durable_nb import history
 from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.children import ChildCalls
 from durable_nb.engine.context import OrchestrationContext, parameters
+from durable_nb.engine.entities import EntityCalls
 from durable_nb.engine.keys import CallKeys
 from durable_nb.engine.preview import arguments_preview
 from durable_nb.engine.protocols import A, BindInput, O
@@ -57,7 +58,7 @@ from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
 from durable_nb.history import Status
 
 
-class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
+class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
     """Drives one run of an orchestrator from history and new events.
 
     ``resolve_activity`` and ``resolve_orchestrator`` turn what the orchestrator passes
@@ -104,6 +105,7 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
         self._failures = RecordedFailures()  # of children, for their retry count
         self._retries = RecordedRetries()  # of activity calls cut short in a backoff
         self._pending: dict[str, ActivityTask | SubOrchestrationTask] = {}
+        self._held = None  # the entities a critical section holds
         self._finished: history.ExecutionFinished | None = None
         self._keys: CallKeys[A] = CallKeys()
         self._created_at: float | None = None
@@ -131,6 +133,7 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
             history.SubOrchestrationCompleted: self._on_completed,
             history.SubOrchestrationFailed: self._on_sub_failed,
             history.ControlRequested: self._on_control,
+            history.EntitySignaled: self._on_entity_signaled,
         }
 
     # ------------------------------------------------------------ public API
@@ -307,13 +310,6 @@ class OrchestrationEngine(ChildCalls[A, O], Generic[A, O]):
         return task
 
     def wait_for_event(self, name: str, timeout: Any) -> Task:
-        if not isinstance(name, str) or not name:
-            raise OrchestratorError(
-                f"orchestrator {self.name!r}: the event name must be a non-empty string, "
-                f"got {name!r}",
-                orchestrator=self.name,
-                instance_id=self.instance_id,
-            )
         timer: TimerCall | None = None
         if timeout is not None:
             timer = self._timers.new(timeout, max(self.now, self._run_started), self.name)

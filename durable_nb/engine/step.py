@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic
 
 from durable_nb import history
+from durable_nb.engine.entity_ids import EntitySignal
 from durable_nb.engine.protocols import A, O
 from durable_nb.engine.tasks import ActivityCall, SubOrchestrationCall, TimerCall
 
@@ -28,6 +29,7 @@ class Step(Generic[A, O]):
         "replayed",
         "runaway",
         "scheduled",
+        "signals",
         "subs",
         "timers",
         "waiting_events",
@@ -38,6 +40,8 @@ class Step(Generic[A, O]):
         self.replayed: list[str] = []  # names answered from history
         self.timers: list[TimerCall] = []  # to arm: new ones and recorded ones
         self.subs: list[SubOrchestrationCall[O]] = []
+        # One-way messages to entities, to queue before the step's history is written.
+        self.signals: list[EntitySignal] = []
         self.waiting_events: list[str] = []
         self.custom_status: Any = _UNSET
         # (activity name, steps): the run called it in that many steps with no durable

@@ -1,0 +1,248 @@
+"""Durable entities through the runtime, on a real store with real threads: what ran
+is counted in files the entity operations write, so a replay that applied an
+operation again would show."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durable_nb as dn
+from durable_nb import history
+from durable_nb.runtime import Runtime
+from durable_nb.store import DiskCacheStore
+
+C1 = dn.EntityId("counter", "c1")
+
+
+def _applied(folder: Path) -> int:
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def _mark(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, _ = tempfile.mkstemp(dir=folder)
+    os.close(fd)
+
+
+def define_counter(marks: Path) -> dn.Entity:
+    @dn.entity(name="counter")
+    def counter(ctx: dn.EntityContext) -> Any:
+        _mark(marks)
+        value = ctx.get_state(lambda: 0)
+        if ctx.operation_name == "add":
+            ctx.set_state(value + ctx.get_input())
+        elif ctx.operation_name == "get":
+            ctx.set_result(value)
+        elif ctx.operation_name == "set":
+            ctx.set_state(ctx.get_input())
+        elif ctx.operation_name == "fail":
+            ctx.set_state(-1)  # not kept: the operation fails
+            raise KeyError(ctx.get_input())
+        else:
+            raise ValueError(f"no operation {ctx.operation_name}")
+
+    return counter
+
+
+def test_signals_and_calls_apply_once_and_a_rerun_replays(rt: Runtime, tmp_path: Path) -> None:
+    marks = tmp_path / "applied"
+    define_counter(marks)
+
+    @dn.orchestrator
+    def adds(ctx, n):  # type: ignore[no-untyped-def]
+        for _ in range(n):
+            ctx.signal_entity(C1, "add", 2)
+        return (yield ctx.call_entity(C1, "get"))
+
+    assert adds.run(5) == 10
+    assert _applied(marks) == 6  # five adds and the get
+    assert adds.run(5) == 10  # final: replayed, nothing sent or called again
+    assert _applied(marks) == 6
+    state = dn.read_entity_state(C1)
+    assert (state.entity_exists, state.entity_state, state.waiting) == (True, 10, 0)
+    # Signals are in the history, for the calls table and the timeline.
+    [record] = [r for r in rt.store.list_instances() if r.orchestrator == "adds"]
+    events = rt.store.read_history(record.instance_id)
+    sent = [e for e in events if isinstance(e, history.EntitySignaled)]
+    assert [(e.entity, e.operation) for e in sent] == [("@counter@c1", "add")] * 5
+
+
+def test_a_failed_operation_keeps_the_state_and_raises_its_exception(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    define_counter(tmp_path / "applied")
+    dn.signal_entity(C1, "set", 7)
+
+    @dn.orchestrator
+    def fails(ctx):  # type: ignore[no-untyped-def]
+        try:
+            yield ctx.call_entity(C1, "fail", "why")
+        except KeyError as exc:
+            return f"KeyError {exc}", (yield ctx.call_entity(C1, "get"))
+
+    assert fails.run() == ("KeyError 'why'", 7)
+
+
+def test_critical_sections_keep_read_modify_write_whole(rt: Runtime, tmp_path: Path) -> None:
+    define_counter(tmp_path / "applied")
+
+    @dn.activity
+    def pause(seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+    @dn.orchestrator
+    def increment(ctx, n):  # type: ignore[no-untyped-def]
+        with (yield ctx.lock_entities(C1)):
+            value = yield ctx.call_entity(C1, "get")
+            yield ctx.call_activity(pause, 0.02)  # others queue meanwhile
+            yield ctx.call_entity(C1, "set", value + 1)
+        return n
+
+    async def all_at_once() -> list[Any]:
+        handles = [increment.start(n) for n in range(6)]
+        return list(await asyncio.gather(*handles))
+
+    assert asyncio.run(all_at_once()) == list(range(6))
+    assert dn.read_entity_state(C1).entity_state == 6  # no update lost
+    assert dn.read_entity_state(C1).locked_by is None
+
+
+def test_a_client_signal_waits_while_a_section_holds_the_entity(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    define_counter(tmp_path / "applied")
+    seen: list[Any] = []
+
+    @dn.activity
+    def signal_from_outside() -> int:
+        dn.signal_entity(C1, "add", 100)  # queued behind the section
+        return dn.read_entity_state(C1).waiting
+
+    @dn.orchestrator
+    def holds(ctx):  # type: ignore[no-untyped-def]
+        with (yield ctx.lock_entities(C1)):
+            seen.append((yield ctx.call_activity(signal_from_outside)))
+            yield ctx.call_entity(C1, "set", 1)
+        return "done"
+
+    assert holds.run() == "done"
+    assert seen == [1]
+    assert dn.read_entity_state(C1).entity_state == 101  # applied after the release
+
+
+def test_a_section_left_open_is_released_when_the_run_ends(rt: Runtime, tmp_path: Path) -> None:
+    define_counter(tmp_path / "applied")
+
+    @dn.orchestrator
+    def forgets(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.lock_entities(C1)
+        return "held"
+
+    assert forgets.run() == "held"
+    dn.signal_entity(C1, "add", 1)
+    assert dn.read_entity_state(C1) == dn.EntityStateResponse(True, 1, 0, None, 3)
+
+
+def test_an_entity_not_defined_here_keeps_its_message_for_a_kernel_that_defines_it(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    ghost = dn.EntityId("ghost", "g")
+
+    @dn.orchestrator
+    def calls_ghost(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_entity(ghost, "get"))
+
+    with pytest.raises(dn.EntityNotFoundError, match="no entity 'ghost' is defined"):
+        calls_ghost.run()
+    assert dn.read_entity_state(ghost).waiting == 1
+    marks = tmp_path / "ghost"
+
+    @dn.entity(name="ghost")
+    def ghost_entity(ctx: dn.EntityContext) -> Any:
+        _mark(marks)
+        return "boo"
+
+    assert calls_ghost.run() == "boo"  # its queued message, applied once
+    assert _applied(marks) == 1 and dn.read_entity_state(ghost).waiting == 0
+
+
+def test_class_entities_and_continue_as_new_send_anew_each_generation(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    @dn.entity
+    class Account:
+        def __init__(self) -> None:
+            self.balance = 0
+
+        def deposit(self, amount: int) -> int:
+            self.balance += amount
+            return self.balance
+
+        def balance_of(self) -> int:
+            return self.balance
+
+    account = dn.EntityId("Account", "a1")
+
+    @dn.orchestrator
+    def monthly(ctx, month):  # type: ignore[no-untyped-def]
+        ctx.signal_entity(account, "deposit", 10)
+        if month < 3:
+            ctx.continue_as_new(month + 1)
+        return (yield ctx.call_entity(account, "balance_of"))
+
+    assert monthly.run(1) == 30  # three generations, one deposit each
+    with pytest.raises(dn.EntityNotFoundError, match="no operation 'withdraw'"):
+
+        @dn.orchestrator
+        def withdraws(ctx):  # type: ignore[no-untyped-def]
+            return (yield ctx.call_entity(account, "withdraw", 5))
+
+        withdraws.run()
+    assert dn.read_entity_state(account).entity_state == {"balance": 30}
+
+
+def test_a_json_store_gives_failures_by_name(tmp_path: Path) -> None:
+    from durable_nb import runtime as runtime_module
+
+    runtime = runtime_module._reset_for_tests(
+        lambda: Runtime(store=DiskCacheStore(tmp_path / "j", serializer="json"), progress="none")
+    )
+    try:
+        define_counter(tmp_path / "applied")
+
+        @dn.orchestrator
+        def fails_json(ctx):  # type: ignore[no-untyped-def]
+            return (yield ctx.call_entity(C1, "fail", "k"))
+
+        # A JSON store keeps an operation's failure by type and message only.
+        with pytest.raises(dn.ActivityFailedError, match="KeyError: 'k'") as caught:
+            fails_json.run()
+        assert caught.value.error_type == "KeyError"
+        assert dn.read_entity_state(C1).entity_exists is False  # the failure kept nothing
+    finally:
+        runtime.close()
+        runtime_module._reset_for_tests()
+
+
+def test_purging_an_instance_forgets_the_messages_it_sent(rt: Runtime, tmp_path: Path) -> None:
+    define_counter(tmp_path / "applied")
+
+    @dn.orchestrator
+    def sends(ctx):  # type: ignore[no-untyped-def]
+        ctx.signal_entity(C1, "add", 1)
+        return (yield ctx.call_entity(C1, "get"))
+
+    handle_result = sends.run()
+    assert handle_result == 1
+    [record] = [r for r in rt.store.list_instances() if r.orchestrator == "sends"]
+    rt.store.purge(record.instance_id)
+    assert dn.read_entity_state(C1).entity_state == 1  # the state stays
+    assert sends.run() == 2  # a new history: its messages are new
