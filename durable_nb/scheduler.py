@@ -139,10 +139,12 @@ def _still_running(book: ScheduleBook, schedule: Schedule, launcher: Launcher) -
 def _handle(
     book: ScheduleBook, schedule: Schedule, tick: float, launcher: Launcher, now: float
 ) -> TickOutcome | None:
-    state = {key: value for key, value in schedule.state.items() if key != "launching"}
     if _still_running(book, schedule, launcher):
-        state.update(skipped=int(state.get("skipped", 0)) + 1, skipped_tick=tick)
-        if not book.take(schedule, tick, state):
+
+        def skip(state: dict[str, Any]) -> None:
+            state.update(skipped=int(state.get("skipped", 0)) + 1, skipped_tick=tick)
+
+        if not book.take(schedule, tick, skip):
             return None
         logger.warning(
             "schedule %s: skipped the tick of %s: its last run %s is still going",
@@ -151,29 +153,32 @@ def _handle(
             schedule.state.get("instance") or "(being started)",
         )
         return TickOutcome(schedule.schedule_id, tick, "skipped")
-    state.update(tick=tick, instance=None, error=None, launching=claimer())
-    if not book.take(schedule, tick, state):
+
+    def claim(state: dict[str, Any]) -> None:
+        state.update(tick=tick, instance=None, error=None, started=now, launching=claimer())
+
+    if not book.take(schedule, tick, claim):
         return None  # another scheduler took this tick
-    del state["launching"]
     notebook = schedule.notebook_path(book.store)
     try:
-        if not notebook.is_file():
-            raise FileNotFoundError(f"no notebook at {notebook} (was it moved or renamed?)")
-        instance_id = launcher.start(
-            notebook, book.store, schedule.parameters, f"schedule:{schedule.schedule_id}"
-        )
+        if notebook.is_file():
+            instance_id = launcher.start(
+                notebook, book.store, schedule.parameters, f"schedule:{schedule.schedule_id}"
+            )
+        else:
+            instance_id, error = None, f"no notebook at {notebook} (was it moved or renamed?)"
     except (DurableNbError, OSError) as exc:
-        state.update(error=str(exc), started=now)
-        book.settle(schedule.schedule_id, tick, state)
+        instance_id, error = None, str(exc)
+    if instance_id is None:
+        book.settle(schedule.schedule_id, tick, {"error": error})
         logger.error(
             "schedule %s: the run of the tick of %s did not start: %s",
             schedule.schedule_id,
             iso(tick),
-            exc,
+            error,
         )
-        return TickOutcome(schedule.schedule_id, tick, "failed", error=str(exc))
-    state.update(instance=instance_id, started=now)
-    book.settle(schedule.schedule_id, tick, state)
+        return TickOutcome(schedule.schedule_id, tick, "failed", error=error)
+    book.settle(schedule.schedule_id, tick, {"instance": instance_id})
     logger.info("schedule %s: tick of %s started %s", schedule.schedule_id, iso(tick), instance_id)
     return TickOutcome(schedule.schedule_id, tick, "started", instance_id=instance_id)
 

@@ -15,11 +15,14 @@ it (the usual ``project/.durable_nb`` beside ``project/report.ipynb``), so the p
 folder can be moved; otherwise as an absolute path.
 
 Several schedulers may serve one store at once (a Jupyter server and a terminal's
-``durable-nb schedule run``). A tick is taken by one ``UPDATE ... WHERE done IS
-<what it read>``: SQLite runs that statement atomically across processes, so of two
-schedulers that both saw the tick due exactly one changes the row and launches; the
-other sees no row changed and moves on. Adding the table needed no format bump: it
-is created when the first schedule is added, and releases without it ignore it.
+``durable-nb schedule run``). A tick is taken by a compare-and-set: in one ``BEGIN
+IMMEDIATE`` transaction (SQLite lets one writer at a time in, across processes), the
+row's ``done`` is checked to be what the scheduler read and set to the tick; so of
+two schedulers that both saw the tick due exactly one takes it and launches, and the
+other finds ``done`` moved and goes on. The state is changed in the same transaction,
+from what the row holds then, so a skip counted by one scheduler and the run's id
+recorded by another never overwrite each other. Adding the table needed no format
+bump: it is created when the first schedule is added; releases without it ignore it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,9 @@ from durable_nb.schedule_times import Timing
 logger = logging.getLogger(__name__)
 
 _TABLE = "durable_schedules"
+# A claim whose run was never recorded (its scheduler died on another host, or could
+# not write) blocks the schedule for this long at most; launching takes under a second.
+STALE_CLAIM_SECONDS = 600.0
 _SCHEMA = f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
     schedule_id TEXT PRIMARY KEY, data TEXT NOT NULL, done REAL,
     state TEXT NOT NULL DEFAULT '{{}}')"""
@@ -71,9 +78,10 @@ class Schedule:
         claimer = self.state.get("launching")
         if not claimer:
             return False
-        if not on_this_host(claimer.get("host")):
-            return True  # cannot tell; the next tick after its record appears will do
-        return process_exists(int(claimer["pid"]))
+        if time.time() - float(claimer.get("since", 0.0)) > STALE_CLAIM_SECONDS:
+            return False  # its record never came (a store error): do not block forever
+        # Another host's process cannot be checked from here: trust it for a while.
+        return process_exists(int(claimer["pid"])) if on_this_host(claimer["host"]) else True
 
     def _data(self) -> str:
         return json.dumps(
@@ -124,6 +132,19 @@ class ScheduleBook:
             raise self._explained(exc) from exc
         finally:
             connection.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE makes its read and its write one step
+        for every other connection, in any process."""
+        with self._connection() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def _explained(self, exc: sqlite3.Error) -> StoreError:
         return StoreError(
@@ -209,28 +230,50 @@ class ScheduleBook:
             )
             return cursor.rowcount > 0
 
-    def take(self, schedule: Schedule, tick: float, state: dict[str, Any]) -> bool:
-        """Mark ``tick`` handled with ``state``, only if nobody did since ``schedule``
-        was read (its ``done`` is still the same): True for the one caller that did."""
-        with self._connection() as connection:
-            cursor = connection.execute(
-                f"UPDATE {_TABLE} SET done = ?, state = ? WHERE schedule_id = ? AND done IS ?",
-                (tick, json.dumps(state), schedule.schedule_id, schedule.done),
-            )
-            return cursor.rowcount == 1
-
-    def settle(self, schedule_id: str, tick: float, state: dict[str, Any]) -> None:
-        """Record how the run of ``tick`` started, unless a later tick was taken since."""
-        with self._connection() as connection:
+    def take(
+        self, schedule: Schedule, tick: float, change: Callable[[dict[str, Any]], None]
+    ) -> bool:
+        """Mark ``tick`` handled, only if nobody did since ``schedule`` was read (its
+        ``done`` is unchanged), and let ``change`` update the state in the same
+        transaction: True for the one caller that took it."""
+        with self._transaction() as connection:
+            row = connection.execute(
+                f"SELECT done, state FROM {_TABLE} WHERE schedule_id = ?",
+                (schedule.schedule_id,),
+            ).fetchone()
+            if row is None or row[0] != schedule.done:
+                return False
+            state = json.loads(row[1] or "{}")
+            change(state)
             connection.execute(
-                f"UPDATE {_TABLE} SET state = ? WHERE schedule_id = ? AND done = ?",
-                (json.dumps(state), schedule_id, tick),
+                f"UPDATE {_TABLE} SET done = ?, state = ? WHERE schedule_id = ?",
+                (tick, json.dumps(state), schedule.schedule_id),
+            )
+            return True
+
+    def settle(self, schedule_id: str, tick: float, outcome: dict[str, Any]) -> None:
+        """Record how the run taken for ``tick`` started (``outcome``: its instance or
+        error) and end the claim; skips counted meanwhile are kept."""
+        with self._transaction() as connection:
+            row = connection.execute(
+                f"SELECT state FROM {_TABLE} WHERE schedule_id = ?", (schedule_id,)
+            ).fetchone()
+            if row is None:
+                return  # removed meanwhile
+            state = json.loads(row[0] or "{}")
+            if state.get("tick") != tick:
+                return  # the claim went stale and a later tick was started: keep that
+            state.pop("launching", None)
+            state.update(outcome)
+            connection.execute(
+                f"UPDATE {_TABLE} SET state = ? WHERE schedule_id = ?",
+                (json.dumps(state), schedule_id),
             )
 
 
 def claimer() -> dict[str, Any]:
     """This process as the scheduler launching a tick (``state['launching']``)."""
-    return this_process()
+    return {**this_process(), "since": time.time()}
 
 
 def _decoded(row: tuple[Any, ...]) -> Schedule:

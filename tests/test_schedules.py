@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -260,23 +260,42 @@ def test_a_moved_notebook_fails_its_tick_saying_where_it_looked(store: Path) -> 
     assert failed.action == "failed" and "no notebook at" in str(failed.error)
 
 
+def claimed_by(process: dict[str, Any], tick: float) -> Callable[[dict[str, Any]], None]:
+    def claim(state: dict[str, Any]) -> None:
+        state.update(tick=tick, instance=None, launching={**process, "since": time.time()})
+
+    return claim
+
+
 def test_a_tick_taken_by_a_live_scheduler_still_launching_counts_as_running(store: Path) -> None:
     book = ScheduleBook(store)
     schedule = book.add(store.parent / "report.ipynb", Timing(created=T0, every=60))
     # Another scheduler took the tick of T0+60 and has not recorded its run yet.
-    assert book.take(schedule, T0 + 60, {"launching": this_process()})
+    assert book.take(schedule, T0 + 60, claimed_by(this_process(), T0 + 60))
+    assert not book.take(schedule, T0 + 60, claimed_by(this_process(), T0 + 60))  # taken
     launcher = CountingLauncher()
     [skipped] = run_due(store, launcher, now=T0 + 120)
     assert skipped.action == "skipped" and launcher.started == []
-    # A claimer that died before recording its run does not block the schedule forever.
+    # Its record arrives after the skip: both are kept, and the claim ends.
+    launcher.running.add("run-elsewhere")
+    book.settle(schedule.schedule_id, T0 + 60, {"instance": "run-elsewhere"})
     stored = book.get(schedule.schedule_id)
-    assert stored is not None
+    assert stored is not None and stored.done == T0 + 120
+    assert stored.state["instance"] == "run-elsewhere" and stored.state["skipped"] == 1
+    assert "launching" not in stored.state
+    assert run_due(store, launcher, now=T0 + 180)[0].action == "skipped"  # it still runs
+    launcher.running.clear()
+    assert run_due(store, launcher, now=T0 + 240)[0].action == "started"
+
+
+def test_a_claim_whose_scheduler_died_blocks_no_tick(store: Path) -> None:
+    book = ScheduleBook(store)
+    schedule = book.add(store.parent / "report.ipynb", Timing(created=T0, every=60))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert book.take(
-        stored, T0 + 120, {"launching": {"pid": dead.pid, "host": this_process()["host"]}}
-    )
-    [started] = run_due(store, launcher, now=T0 + 180)
+    process = {"pid": dead.pid, "host": this_process()["host"]}
+    assert book.take(schedule, T0 + 60, claimed_by(process, T0 + 60))
+    [started] = run_due(store, CountingLauncher(), now=T0 + 120)
     assert started.action == "started"
 
 
