@@ -27,7 +27,7 @@ from durable_nb.schedule_times import (
     iso,
     parse_every,
 )
-from durable_nb.scheduler import ProcessLauncher, next_tick, run_due
+from durable_nb.scheduler import ProcessLauncher, next_tick, run_due, run_forever
 from durable_nb.schedules import ScheduleBook
 from durable_nb.store import DiskCacheStore
 
@@ -386,3 +386,62 @@ def test_the_process_launcher_tells_a_live_run_from_an_ended_one(tmp_path: Path)
         sleeper.kill()
         sleeper.wait()
     assert launcher.finished(tmp_path, mine)
+
+
+# ------------------------------------------------------------------ the loops
+
+
+def test_the_loop_wakes_for_each_tick_and_stops_when_told(store: Path) -> None:
+    created = time.time() - 0.5
+    ScheduleBook(store).add(
+        store.parent / "report.ipynb", Timing(created=created, every=1), name="often"
+    )
+    launcher = CountingLauncher()
+    launcher.running = _Forgetful()  # every run ends at once
+    outcomes: list[tuple[float, float]] = []  # (tick, when the loop started it)
+    stop = threading.Event()
+
+    def told(_store: Path, outcome: Any) -> None:
+        outcomes.append((outcome.tick, time.time()))
+        if len(outcomes) == 3:
+            stop.set()
+
+    loop = threading.Thread(target=run_forever, args=(lambda: [store], launcher, stop, 30.0, told))
+    loop.start()
+    loop.join(timeout=10)
+    assert not loop.is_alive(), "the loop did not stop when told"
+    ticks = [tick for tick, _ in outcomes]
+    assert ticks == [created + 1, created + 2, created + 3]  # one start per tick
+    # It slept until each tick (not the 30 s poll), and started it soon after.
+    assert all(0 <= started - tick < 0.9 for tick, started in outcomes)
+    assert len(launcher.started) == 3
+
+
+class _Forgetful(set[str]):
+    """A set of running runs that never holds any."""
+
+    def add(self, element: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, 30.0),
+        ("", 30.0),
+        ("5", 5.0),
+        ("0.5", 0.5),
+        ("off", None),
+        ("0", None),
+        ("OFF", None),
+        ("soon", 30.0),
+        ("-3", 30.0),
+        ("nan", 30.0),
+    ],
+)
+def test_the_server_interval_comes_from_the_environment(
+    value: str | None, seconds: float | None
+) -> None:
+    from durable_nb.server_extension import schedule_interval
+
+    assert schedule_interval(value) == seconds
