@@ -352,7 +352,7 @@ def _schedule_run(args: argparse.Namespace, out: TextIO) -> int:
     launcher = default_launcher()
 
     def tell(store: Path, outcome: TickOutcome) -> None:
-        what = outcome.instance_id or outcome.error or "the last run is still going"
+        what = outcome.instance_id or outcome.error or "(its last run is still going)"
         print(f"{iso(outcome.tick)}  {outcome.schedule_id}: {outcome.action} {what}", file=out)
         out.flush()
 

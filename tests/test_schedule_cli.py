@@ -174,6 +174,27 @@ def test_run_once_with_nothing_due_says_so(project: Path) -> None:
     assert list((project / "effects").iterdir()) == []
 
 
+def test_a_run_that_cannot_start_is_told_and_listed(project: Path) -> None:
+    store = str(project / ".durable_nb")
+    cli(
+        "schedule",
+        "add",
+        str(project / "report.ipynb"),
+        "--every",
+        "1s",
+        "--name",
+        "gone",
+        "--store",
+        store,
+    )
+    (project / "report.ipynb").rename(project / "renamed.ipynb")
+    time.sleep(1.1)
+    code, out = cli("schedule", "run", "--once", "--store", store)
+    assert code == 1 and "gone: failed no notebook at" in out and "moved or renamed" in out
+    row = last_status(store, "gone")
+    assert "failed to start: no notebook at" in row and str(project / "report.ipynb") in row
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_the_foreground_loop_stops_cleanly_on_a_signal(project: Path, signum: int) -> None:
     store = str(project / ".durable_nb")
@@ -239,7 +260,7 @@ def test_run_once_runs_a_due_notebook_and_skips_a_tick_while_it_runs(project: Pa
     assert "running (process:" in last_status(store, "often")
     time.sleep(1.1)  # the next tick, while the first run still sleeps in its kernel
     code, out = cli("schedule", "run", "--once", "--store", store)
-    assert code == 0 and "often: skipped the last run is still going" in out
+    assert code == 0 and "often: skipped (its last run is still going)" in out
     assert "1 tick(s) skipped" in last_status(store, "often")
     wait_for(lambda: files(project / "effects") == 1, 90, "the first run's file")
     wait_for(lambda: "ended (process:" in last_status(store, "often"), 30, "the run to end")
