@@ -92,9 +92,25 @@ class ProcessLauncher:
                 del self._children[pid]
 
 
-# The one place that chooses how scheduled runs start. To record each run as an instance
-# of the store, return a launcher built on durable_nb.notebook_runs (start_run and its
-# finished check) here.
+@dataclass(frozen=True)
+class CallLauncher:
+    """A launcher made of two functions: ``start_run(notebook, *, store, parameters,
+    origin) -> id`` (the shape of ``notebook_runs.start_run``) and ``is_finished(store,
+    id) -> bool``."""
+
+    start_run: Callable[..., str]
+    is_finished: Callable[[Path, str], bool]
+
+    def start(self, notebook: Path, store: Path, parameters: dict[str, Any], origin: str) -> str:
+        return self.start_run(notebook, store=store, parameters=parameters, origin=origin)
+
+    def finished(self, store: Path, instance_id: str) -> bool:
+        return self.is_finished(store, instance_id)
+
+
+# The one place that chooses how scheduled runs start (the terminal's loop, the server
+# extension and `schedule list` all call it). To record each run as an instance of the
+# store, return CallLauncher(notebook_runs.start_run, <notebook_runs' finished check>).
 def default_launcher() -> Launcher:
     return ProcessLauncher()
 

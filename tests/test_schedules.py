@@ -27,7 +27,7 @@ from durable_nb.schedule_times import (
     iso,
     parse_every,
 )
-from durable_nb.scheduler import ProcessLauncher, next_tick, run_due, run_forever
+from durable_nb.scheduler import CallLauncher, ProcessLauncher, next_tick, run_due, run_forever
 from durable_nb.schedules import ScheduleBook
 from durable_nb.store import DiskCacheStore
 
@@ -445,3 +445,22 @@ def test_the_server_interval_comes_from_the_environment(
     from durable_nb.server_extension import schedule_interval
 
     assert schedule_interval(value) == seconds
+
+
+def test_a_launcher_of_two_functions_passes_what_a_pass_gives_it(store: Path) -> None:
+    """The shape notebook_runs.start_run will be plugged in with."""
+    calls: list[tuple[Path, Path, dict[str, Any], str]] = []
+
+    def start_run(notebook: Path, *, store: Path, parameters: dict[str, Any], origin: str) -> str:
+        calls.append((notebook, store, parameters, origin))
+        return f"instance-{len(calls)}"
+
+    ended: set[str] = set()
+    launcher = CallLauncher(start_run, lambda _store, instance_id: instance_id in ended)
+    book = ScheduleBook(store)
+    book.add(store.parent / "report.ipynb", Timing(created=T0, every=60), {"n": 2}, name="s")
+    assert run_due(store, launcher, now=T0 + 60)[0].instance_id == "instance-1"
+    assert calls == [((store.parent / "report.ipynb").resolve(), store, {"n": 2}, "schedule:s")]
+    assert run_due(store, launcher, now=T0 + 120)[0].action == "skipped"
+    ended.add("instance-1")
+    assert run_due(store, launcher, now=T0 + 180)[0].instance_id == "instance-2"
