@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from durable_nb.errors import DurableNbError
-from durable_nb.processes import on_this_host, process_exists
+from durable_nb.processes import on_this_host, process_exists, this_process
 from durable_nb.schedule_times import iso
 from durable_nb.schedules import Schedule, ScheduleBook, claimer
 
@@ -70,7 +70,7 @@ class ProcessLauncher:
             self._children[child.pid] = child
             self._reap()
         logger.info("schedule %s: started %s as pid %s", origin, notebook, child.pid)
-        return f"process:{claimer()['host']}:{child.pid}"
+        return f"process:{this_process()['host']}:{child.pid}"
 
     def finished(self, store: Path, instance_id: str) -> bool:
         kind, _, rest = instance_id.partition(":")
