@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from durable_nb.errors import DurableNbError, StoreError, VerbUsageError
+from durable_nb.errors import ConfigurationError, DurableNbError, StoreError, VerbUsageError
 from durable_nb.store import DiskCacheStore
 from durable_nb.store_folder import STORE_ENV, default_location
 from durable_nb.verbs import add_verbs, parse_value, run_verb
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_option(doctor)
     doctor.add_argument("--fix", action="store_true", help="release leases of dead runners")
+    _add_schedule_verb(verbs)
     return parser
 
 
@@ -191,9 +192,198 @@ def _cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if report.healthy else EXIT_FAILED
 
 
+# ------------------------------------------------------------------ schedule
+
+
+def _add_schedule_verb(verbs: Any) -> None:
+    schedule = verbs.add_parser(
+        "schedule",
+        help="run notebooks on a timer: add, list, remove, run",
+        description="Schedules are kept in the store and run by the Jupyter server "
+        "extension while a server runs, or by `durable-nb schedule run` in a terminal. "
+        "Times are UTC.",
+    )
+    actions = schedule.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    add = actions.add_parser(
+        "add",
+        help="run NOTEBOOK every DURATION or at the times of a cron expression",
+        description="Keep a schedule in the store: NOTEBOOK runs headless (as `durable-nb "
+        "run`) every DURATION counted from now, or at the times of a cron expression "
+        "evaluated in UTC. Prints the schedule's id and its next run.",
+    )
+    add.add_argument("notebook", type=Path, help="the .ipynb file to run")
+    timing = add.add_mutually_exclusive_group(required=True)
+    timing.add_argument("--every", metavar="DURATION", help="30s, 15m, 1h, 1d, 1h30m ...")
+    timing.add_argument("--cron", metavar="EXPRESSION", help='e.g. "0 * * * *" (UTC)')
+    add.add_argument("--name", default=None, help="the schedule's id (default: NOTEBOOK-xxxxxx)")
+    add.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter of every run, as for `durable-nb run -p`",
+    )
+    add.add_argument("--parameters", default=None, metavar="JSON", help="several, as JSON")
+    _store_option(add)
+    listing = actions.add_parser("list", help="the schedules of a store, with their runs")
+    _store_option(listing)
+    remove = actions.add_parser("remove", help="delete a schedule (a run it started goes on)")
+    remove.add_argument("schedule_id", metavar="ID")
+    _store_option(remove)
+    loop = actions.add_parser(
+        "run",
+        help="run the schedules of a store in this terminal until Ctrl-C",
+        description="Sleep until the next tick of a schedule, start its run, repeat; "
+        "Ctrl-C or SIGTERM stops (runs already started go on). --once runs what is due "
+        "now and exits, for a crontab or a test.",
+    )
+    _store_option(loop)
+    loop.add_argument("--once", action="store_true", help="run what is due now, then exit")
+
+
+def _existing_store(folder: Path | None) -> Path:
+    """The folder of an existing store (opened once: checked, upgraded if old)."""
+    store = _open_store(folder)
+    store.close()
+    return Path(store.location)
+
+
+def _cmd_schedule(args: argparse.Namespace, out: TextIO) -> int:
+    action: Callable[[argparse.Namespace, TextIO], int] = {
+        "add": _schedule_add,
+        "list": _schedule_list,
+        "remove": _schedule_remove,
+        "run": _schedule_run,
+    }[args.action]
+    return action(args, out)
+
+
+def _schedule_add(args: argparse.Namespace, out: TextIO) -> int:
+    from durable_nb.schedule_times import Timing, check_cron, iso, parse_every
+    from durable_nb.schedules import ScheduleBook
+
+    notebook: Path = args.notebook
+    if not notebook.is_file():
+        raise _UsageProblem(f"no notebook at {notebook}")
+    parameters = _parameters(args.parameters, args.parameter)
+    try:
+        every = None if args.every is None else parse_every(args.every)
+        cron = None if args.cron is None else check_cron(args.cron)
+    except ConfigurationError as exc:
+        raise _UsageProblem(str(exc)) from None
+    folder: Path = args.store or default_location()
+    DiskCacheStore(folder).close()  # creates the store if there is none yet
+    timing = Timing(created=time.time(), every=every, cron=cron)
+    try:
+        schedule = ScheduleBook(folder).add(notebook, timing, parameters, args.name)
+    except ConfigurationError as exc:
+        raise _UsageProblem(str(exc)) from None
+    print(
+        f"{schedule.schedule_id}: next run {iso(timing.next_tick(timing.created))}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _schedule_list(args: argparse.Namespace, out: TextIO) -> int:
+    from durable_nb.report import format_table
+    from durable_nb.schedule_times import format_every, iso
+    from durable_nb.scheduler import default_launcher, run_status
+    from durable_nb.schedules import ScheduleBook
+
+    folder = _existing_store(args.store)
+    schedules = ScheduleBook(folder).list()
+    if not schedules:
+        print(f"no schedules in the store at {folder}", file=out)
+        return EXIT_OK
+    launcher = default_launcher()
+    rows: list[list[str]] = []
+    now = time.time()
+    for schedule in schedules:
+        timing = schedule.timing
+        when = format_every(timing.every) if timing.every is not None else f"cron {timing.cron}"
+        state = schedule.state
+        instance = state.get("instance")
+        if state.get("error"):
+            status = f"failed to start: {state['error']}"
+        elif instance:
+            status = f"{run_status(folder, instance, launcher)} ({instance})"
+        else:
+            status = "-"
+        if state.get("skipped"):
+            status += f"; {state['skipped']} tick(s) skipped, last {iso(state['skipped_tick'])}"
+        rows.append(
+            [
+                schedule.schedule_id,
+                schedule.notebook,
+                when,
+                iso(timing.next_tick(max(now, schedule.done or 0.0))),
+                iso(state.get("tick")),
+                status,
+            ]
+        )
+    headers = ["ID", "NOTEBOOK", "EVERY/CRON", "NEXT RUN", "LAST RUN", "STATUS"]
+    print(format_table(headers, rows), file=out)
+    return EXIT_OK
+
+
+def _schedule_remove(args: argparse.Namespace, out: TextIO) -> int:
+    from durable_nb.schedules import ScheduleBook
+
+    folder = _existing_store(args.store)
+    if not ScheduleBook(folder).remove(args.schedule_id):
+        print(f"no schedule {args.schedule_id!r} in the store at {folder}", file=out)
+        return EXIT_FAILED
+    print(f"removed schedule {args.schedule_id}", file=out)
+    return EXIT_OK
+
+
+def _schedule_run(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    from durable_nb.schedule_times import iso
+    from durable_nb.scheduler import TickOutcome, default_launcher, run_due, run_forever
+
+    folder = _existing_store(args.store)
+    launcher = default_launcher()
+
+    def tell(store: Path, outcome: TickOutcome) -> None:
+        what = outcome.instance_id or outcome.error or "(its last run is still going)"
+        print(f"{iso(outcome.tick)}  {outcome.schedule_id}: {outcome.action} {what}", file=out)
+        out.flush()
+
+    if args.once:
+        outcomes = run_due(folder, launcher)
+        for outcome in outcomes:
+            tell(folder, outcome)
+        if not outcomes:
+            print("nothing due", file=out)
+        return EXIT_FAILED if any(o.action == "failed" for o in outcomes) else EXIT_OK
+    stop = threading.Event()
+
+    def stop_on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"durable-nb: running the schedules of {folder}; Ctrl-C stops", file=out)
+    out.flush()
+    try:
+        run_forever(lambda: [folder], launcher, stop, on_outcome=tell)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("durable-nb: scheduler stopped (runs already started go on)", file=out)
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "run": _cmd_run,
     "doctor": _cmd_doctor,
+    "schedule": _cmd_schedule,
 }
 
 

@@ -14,7 +14,11 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,12 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from durable_nb import http_api
+from durable_nb.errors import DurableNbError
 from durable_nb.http_api import Reply
+from durable_nb.scheduler import Launcher, default_launcher, run_due
 from durable_nb.server_urls import API_PATH
+
+logger = logging.getLogger(__name__)
 
 AUTH_RESOURCE = "durable-nb"
 # A URL segment: the store and the instance id come URL-encoded, so a "/" in either is
@@ -117,3 +125,81 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app = serverapp.web_app
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"], root))
     serverapp.log.info("durable_nb: HTTP management API at %s", API_PATH)
+    _run_schedules_while_serving(serverapp, root)
+
+
+# ------------------------------------------------------------------ schedules
+
+SCHEDULE_INTERVAL_ENV = "DURABLE_NB_SCHEDULE_INTERVAL"
+DEFAULT_SCHEDULE_INTERVAL = 30.0
+_OFF = {"0", "off", "no", "false", "none"}
+
+
+def schedule_interval(value: str | None) -> float | None:
+    """Seconds between the server's passes over the schedules of the stores under its
+    root, from ``$DURABLE_NB_SCHEDULE_INTERVAL``: unset, 30; ``0`` or ``off``, none."""
+    if value is None or not value.strip():
+        return DEFAULT_SCHEDULE_INTERVAL
+    if value.strip().lower() in _OFF:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        logger.warning(
+            "%s=%r is not a number of seconds (or off); using %s",
+            SCHEDULE_INTERVAL_ENV,
+            value,
+            DEFAULT_SCHEDULE_INTERVAL,
+        )
+        return DEFAULT_SCHEDULE_INTERVAL
+    return seconds
+
+
+def _schedules_pass(root: Path, launcher: Launcher) -> None:
+    """Run the due ticks of every store under ``root`` (in a worker thread)."""
+    for store in http_api.find_stores(root):
+        try:
+            run_due(root / store, launcher)
+        except DurableNbError as exc:  # one store that cannot be read stops no other
+            logger.warning("durable_nb: schedules of the store %s: %s", root / store, exc)
+
+
+def _run_schedules_while_serving(serverapp: Any, root: Path) -> None:
+    """A task on the server's loop runs the schedules of the stores under ``root`` every
+    few seconds (store work in a thread), from when the loop starts until the server
+    shuts down."""
+    interval = schedule_interval(os.environ.get(SCHEDULE_INTERVAL_ENV))
+    if interval is None:
+        serverapp.log.info("durable_nb: schedules are not run (%s is off)", SCHEDULE_INTERVAL_ENV)
+        return
+    launcher = default_launcher()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def passes() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(_schedules_pass, root, launcher)
+            except Exception:  # a pass that fails is told, and the next one tries again
+                serverapp.log.exception("durable_nb: a pass over the schedules failed")
+            await asyncio.sleep(interval)
+
+    def start() -> None:
+        tasks.append(asyncio.get_running_loop().create_task(passes()))
+        serverapp.log.info("durable_nb: running schedules every %s s", interval)
+
+    # A function-style extension gets no stop hook from Jupyter Server; its shutdown
+    # awaits cleanup_extensions() before stopping the loop, so the task ends there.
+    cleanup_extensions = serverapp.cleanup_extensions
+
+    async def stop_then_cleanup() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        serverapp.log.info("durable_nb: stopped running schedules")
+        await cleanup_extensions()
+
+    serverapp.cleanup_extensions = stop_then_cleanup
+    serverapp.io_loop.add_callback(start)

@@ -12,7 +12,8 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
   per instance. A chunk is a list of encoded events written in one SQLite
   transaction, so it is either wholly there or not at all. Shared results of
   ``share=True`` activities are rows of their own table, written in the transaction
-  of their chunk and deleted with their instance.
+  of their chunk and deleted with their instance. Schedules are rows of
+  ``durable_schedules``, created by :mod:`durable_nb.schedules` with the first one.
 * diskcache keys: ``"format"`` (the store format version), ``"key_schemes"`` (how
   the call keys it holds were digested, :mod:`durable_nb.store_versions`), ``"serializer"``,
   ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own; a large

@@ -1,0 +1,365 @@
+"""``durable-nb schedule``: add, list, remove in-process; the foreground loop as a real
+process stopped by signals; and, in real kernels, scheduled runs of a notebook that
+leaves one file per run (counted), from ``schedule run --once`` and from a Jupyter
+server with the extension enabled."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from durable_nb.cli import main
+from durable_nb.schedules import ScheduleBook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        code = main(list(argv), out=out)
+    except SystemExit as exc:  # argparse: usage errors
+        code = int(exc.code or 0)
+    return code, out.getvalue()
+
+
+def effect_notebook(path: Path) -> Path:
+    """A notebook whose run writes one new file into the folder ``out`` (a parameter),
+    after ``pause`` seconds."""
+    parameters = new_code_cell("out = 'effects'\npause = 0.0")
+    parameters.metadata["tags"] = ["parameters"]
+    work = new_code_cell(
+        "import pathlib, time, uuid\n"
+        "time.sleep(pause)\n"
+        "pathlib.Path(out, uuid.uuid4().hex).write_text('ran')"
+    )
+    notebook = new_notebook(cells=[parameters, work])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, str(path))
+    return path
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    effect_notebook(tmp_path / "report.ipynb")
+    (tmp_path / "effects").mkdir()
+    return tmp_path
+
+
+# ------------------------------------------------------------------ add, list, remove
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.ipynb", "--every", "1h"], "no notebook at missing.ipynb"),
+        (["report.ipynb", "--cron", "61 * * * *"], "is not a cron expression"),
+        (["report.ipynb", "--every", "0s"], "--every must be longer than zero"),
+        (["report.ipynb", "--every", "soon"], "--every takes a duration such as 30s"),
+        (["report.ipynb", "--every", "1h", "--cron", "0 * * * *"], "not allowed with"),
+        (["report.ipynb"], "one of the arguments --every --cron is required"),
+        (["report.ipynb", "--every", "1h", "-p", "not a name", "1"], "must be Python names"),
+    ],
+)
+def test_add_refuses_what_it_cannot_schedule(
+    project: Path,
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(project)
+    code, _ = cli("schedule", "add", *argv, "--store", "store")
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (project / "store").exists() or ScheduleBook(project / "store").list() == []
+
+
+def test_add_list_remove(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(project / ".durable_nb")
+    notebook = str(project / "report.ipynb")
+    code, out = cli("schedule", "add", notebook, "--every", "1h30m", "--store", store)
+    assert code == 0
+    match = re.fullmatch(
+        r"(report-[0-9a-f]{6}): next run (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)\n", out
+    )
+    assert match, out
+    generated = match.group(1)
+    code, out = cli(
+        "schedule",
+        "add",
+        notebook,
+        "--cron",
+        "0 6 * * 1",
+        "--name",
+        "weekly",
+        "-p",
+        "pause",
+        "2",
+        "--parameters",
+        '{"out": "elsewhere", "pause": 1}',
+        "--store",
+        store,
+    )
+    assert code == 0 and out.startswith("weekly: next run ") and " 06:00:00 UTC" in out
+    weekly = ScheduleBook(Path(store)).get("weekly")
+    assert weekly is not None and weekly.parameters == {"out": "elsewhere", "pause": 2}
+    assert weekly.notebook == "report.ipynb"  # beside the store: kept relative
+    code, _ = cli(
+        "schedule", "add", notebook, "--every", "1h", "--name", "weekly", "--store", store
+    )
+    assert code == 2 and "already has a schedule named 'weekly'" in capsys.readouterr().err
+
+    code, table = cli("schedule", "list", "--store", store)
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "NOTEBOOK",
+        "EVERY/CRON",
+        "NEXT",
+        "RUN",
+        "LAST",
+        "RUN",
+        "STATUS",
+    ]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == {generated, "weekly"}
+    assert "1h30m" in rows[generated] and "cron 0 6 * * 1" in rows["weekly"]
+    assert rows["weekly"].split()[1] == "report.ipynb"
+
+    assert cli("schedule", "remove", "weekly", "--store", store) == (0, "removed schedule weekly\n")
+    code, out = cli("schedule", "remove", "weekly", "--store", store)
+    assert code == 1 and "no schedule 'weekly'" in out
+    assert cli("schedule", "remove", generated, "--store", store)[0] == 0
+    assert cli("schedule", "list", "--store", store)[1].startswith("no schedules in the store")
+
+
+def test_list_and_run_refuse_a_folder_without_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for action in ("list", "run"):
+        code, _ = cli("schedule", action, "--store", str(tmp_path / "none"))
+        assert code == 1 and "no checkpoint store at" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_run_once_with_nothing_due_says_so(project: Path) -> None:
+    store = str(project / ".durable_nb")
+    cli("schedule", "add", str(project / "report.ipynb"), "--every", "1h", "--store", store)
+    assert cli("schedule", "run", "--once", "--store", store) == (0, "nothing due\n")
+    assert list((project / "effects").iterdir()) == []
+
+
+def test_a_run_that_cannot_start_is_told_and_listed(project: Path) -> None:
+    store = str(project / ".durable_nb")
+    cli(
+        "schedule",
+        "add",
+        str(project / "report.ipynb"),
+        "--every",
+        "1s",
+        "--name",
+        "gone",
+        "--store",
+        store,
+    )
+    (project / "report.ipynb").rename(project / "renamed.ipynb")
+    time.sleep(1.1)
+    code, out = cli("schedule", "run", "--once", "--store", store)
+    assert code == 1 and "gone: failed no notebook at" in out and "moved or renamed" in out
+    row = last_status(store, "gone")
+    assert "failed to start: no notebook at" in row and str(project / "report.ipynb") in row
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_foreground_loop_stops_cleanly_on_a_signal(project: Path, signum: int) -> None:
+    store = str(project / ".durable_nb")
+    cli("schedule", "add", str(project / "report.ipynb"), "--every", "1h", "--store", store)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "durable_nb.cli", "schedule", "run", "--store", store],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert loop.stdout is not None
+    assert "running the schedules of" in loop.stdout.readline()
+    time.sleep(0.3)  # into its wait for the next tick (an hour away)
+    loop.send_signal(signum)
+    out, err = loop.communicate(timeout=10)
+    assert loop.returncode == 0, err
+    assert "scheduler stopped" in out and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ real runs
+
+
+def files(folder: Path) -> int:
+    return len(list(folder.iterdir()))
+
+
+def last_status(store: str, name: str) -> str:
+    table = cli("schedule", "list", "--store", store)[1]
+    [row] = [line for line in table.splitlines() if line.startswith(name + " ")]
+    return row
+
+
+@pytest.mark.kernel
+def test_run_once_runs_a_due_notebook_and_skips_a_tick_while_it_runs(project: Path) -> None:
+    store = str(project / ".durable_nb")
+    effects = str(project / "effects")
+    added = cli(
+        "schedule",
+        "add",
+        str(project / "report.ipynb"),
+        "--every",
+        "1s",
+        "--name",
+        "often",
+        "-p",
+        "out",
+        effects,
+        "-p",
+        "pause",
+        "3",
+        "--store",
+        store,
+    )
+    assert added[0] == 0
+    time.sleep(1.1)
+    code, out = cli("schedule", "run", "--once", "--store", store)
+    assert code == 0 and re.search(r"often: started process:\S+:\d+", out), out
+    assert "running (process:" in last_status(store, "often")
+    time.sleep(1.1)  # the next tick, while the first run still sleeps in its kernel
+    code, out = cli("schedule", "run", "--once", "--store", store)
+    assert code == 0 and "often: skipped (its last run is still going)" in out
+    assert "1 tick(s) skipped" in last_status(store, "often")
+    wait_for(lambda: files(project / "effects") == 1, 90, "the first run's file")
+    wait_for(lambda: "ended (process:" in last_status(store, "often"), 30, "the run to end")
+    code, out = cli("schedule", "run", "--once", "--store", store)
+    assert code == 0 and "often: started" in out
+    wait_for(lambda: files(project / "effects") == 2, 90, "the second run's file")
+    wait_for(lambda: "ended (process:" in last_status(store, "often"), 30, "the run to end")
+    assert files(project / "effects") == 2  # one file per run, no more
+    assert (project / "report.out.ipynb").is_file()  # the executed copy of the last run
+
+
+@pytest.mark.kernel
+def test_a_jupyter_server_runs_a_due_schedule(tmp_path: Path) -> None:
+    from test_http_api import Server, _free_port
+
+    root = tmp_path / "root"
+    project = root / "team" / "daily"
+    project.mkdir(parents=True)
+    effect_notebook(project / "report.ipynb")
+    effects = tmp_path / "effects"
+    effects.mkdir()
+    store = project / ".durable_nb"
+    code, _ = cli(
+        "schedule",
+        "add",
+        str(project / "report.ipynb"),
+        "--every",
+        "2s",
+        "--name",
+        "daily",
+        "-p",
+        "out",
+        str(effects),
+        "--store",
+        str(store),
+    )
+    assert code == 0
+    token, port = "schedules-test-token", _free_port()
+    dirs = {name: tmp_path / name for name in ("config", "data", "runtime")}
+    for folder in dirs.values():
+        folder.mkdir()
+    (dirs["config"] / "jupyter_server_config.d").mkdir()
+    shipped = ROOT / "jupyter-config" / "jupyter_server_config.d" / "durable_nb.json"
+    (dirs["config"] / "jupyter_server_config.d" / "durable_nb.json").write_bytes(
+        shipped.read_bytes()
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+        "JUPYTER_DATA_DIR": str(dirs["data"]),
+        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+        "DURABLE_NB_SCHEDULE_INTERVAL": "0.5",
+    }
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                "--allow-root",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.token={token}",
+                f"--ServerApp.root_dir={root}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        server = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], process.pid)
+
+        def answering() -> bool:
+            try:
+                return server.call("GET", "/api/status")[0] == 200
+            except OSError:
+                return process.poll() is not None
+
+        wait_for(answering, 60, "jupyter server to start")
+        assert process.poll() is None, log.read_text()
+        started = time.monotonic()
+        wait_for(lambda: files(effects) >= 1, 90, f"a scheduled run:\n{log.read_text()}")
+        print(f"first scheduled run's file after {time.monotonic() - started:.1f} s")
+        schedule = ScheduleBook(store).get("daily")
+        assert schedule is not None and schedule.state["instance"].startswith("process:")
+        assert "durable_nb: running schedules every 0.5 s" in log.read_text()
+    finally:
+        process.terminate()  # SIGTERM: Jupyter's own clean shutdown
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "durable_nb: stopped running schedules" in log.read_text()
+    # Nothing runs the schedule once the server is gone: its record stops moving.
+    done = ScheduleBook(store).get("daily")
+    time.sleep(2.5)
+    assert ScheduleBook(store).get("daily") == done
