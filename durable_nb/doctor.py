@@ -96,8 +96,8 @@ def _versions_text(found_format: int | None, schemes: tuple[int, ...]) -> str:
         text = (
             f"format {found_format}: opening it with this release marks it format "
             f"{FORMAT_VERSION} (its histories read as they are; new events record attempt "
-            "start times and argument previews), done by this check; releases before this "
-            "one then refuse it"
+            "start times, argument previews and signals to durable entities, whose tables "
+            "it gets), done by this check; releases before this one then refuse it"
         )
     else:
         text = f"format {found_format} (this release's)"
