@@ -38,6 +38,7 @@ class EntityContext:
         self.operation_name = operation
         self._input = operation_input
         self._state = state  # _UNSET: the entity has none
+        self._had_state = state is not _UNSET
         self._result: Any = _UNSET
 
     def get_input(self) -> Any:
@@ -58,6 +59,13 @@ class EntityContext:
     def delete_state(self) -> None:
         """Forget the state: the entity no longer exists until an operation sets one."""
         self._state = _UNSET
+
+    destruct_on_exit = delete_state  # Durable Functions' name
+
+    @property
+    def is_newly_constructed(self) -> bool:
+        """True when the entity had no state before this operation."""
+        return self._had_state is False
 
     def set_result(self, value: Any) -> None:
         """What ``ctx.call_entity`` returns to the orchestrator that called."""

@@ -246,3 +246,33 @@ def test_purging_an_instance_forgets_the_messages_it_sent(rt: Runtime, tmp_path:
     rt.store.purge(record.instance_id)
     assert dn.read_entity_state(C1).entity_state == 1  # the state stays
     assert sends.run() == 2  # a new history: its messages are new
+
+
+def test_durable_functions_names_of_the_entity_context(rt: Runtime, tmp_path: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    @dn.entity
+    def tally(ctx: dn.EntityContext) -> None:  # written as Durable Functions' samples are
+        seen.append((ctx.operation_name, ctx.is_newly_constructed))
+        current = ctx.get_state(lambda: 0)
+        if ctx.operation_name == "add":
+            ctx.set_state(current + ctx.get_input())
+        elif ctx.operation_name == "reset":
+            ctx.destruct_on_exit()
+        ctx.set_result(current)
+
+    entity_id = dn.EntityId("tally", f"{ctx_name()}")
+
+    @dn.orchestrator
+    def uses(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.signal_entity(entity_id, "add", 2)  # DF's fire-and-forget task: done
+        before = yield ctx.call_entity(entity_id, "reset")
+        return before, ctx.new_guid() != ctx.new_uuid()
+
+    assert uses.run() == (2, True)
+    assert seen == [("add", True), ("reset", False)]
+    assert dn.read_entity_state(entity_id).entity_exists is False
+
+
+def ctx_name() -> str:
+    return "k"

@@ -169,12 +169,13 @@ class OrchestrationContext:
 
     def signal_entity(
         self, entity_id: Any, operation_name: str, operation_input: Any = None, /
-    ) -> None:
+    ) -> Task:
         """Send ``operation_name`` to the durable entity ``entity_id`` without waiting.
 
         The message is queued with the step's checkpoint and applied exactly once, even
-        if the kernel dies right after; a rerun does not send it again."""
-        self._engine.signal_entity(entity_id, operation_name, operation_input)
+        if the kernel dies right after; a rerun does not send it again. Returns a task
+        that is done already (yielding it, as Durable Functions' code may, goes on)."""
+        return self._engine.signal_entity(entity_id, operation_name, operation_input)
 
     def lock_entities(self, *entity_ids: Any) -> Task:
         """A critical section: wait until this instance holds the lock of every entity
@@ -202,6 +203,10 @@ class OrchestrationContext:
         """A UUID that is the same on every replay of this instance."""
         self._uuids += 1
         return str(uuid.uuid5(_UUID_NAMESPACE, f"{self._engine.instance_id}/{self._uuids}"))
+
+    def new_guid(self) -> str:
+        """:meth:`new_uuid` under Durable Functions' other name."""
+        return self.new_uuid()
 
     def set_custom_status(self, value: Any) -> None:
         """Publish a small value (a dict, a string) shown in status and ``%durable list``."""

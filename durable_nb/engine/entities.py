@@ -159,11 +159,16 @@ class EntityCalls(Generic[A, O]):
         arguments = (target.key, operation, operation_input)
         return self.call_activity(EntityTarget(target.name), arguments, {})
 
-    def signal_entity(self, entity: Any, operation: Any, operation_input: Any) -> None:
+    def signal_entity(self, entity: Any, operation: Any, operation_input: Any) -> Task:
         where = "ctx.signal_entity"
         target = as_entity_id(entity, where)
         self._check_operation(operation, where)
         self._send(EntitySignal("", target, operation, operation_input, OPERATION))
+        # Done already (with None), as Durable Functions' fire-and-forget task: code that
+        # yields it goes straight on.
+        sent = Task()
+        sent._replayed(None, 0.0, 0)
+        return sent
 
     def lock_entities(self, entities: Iterable[Any]) -> Task:
         if self._held is not None:
