@@ -50,6 +50,9 @@ ACTIONS = (*management.ACTIONS, "rewind")
 # or a large data tree answers quickly. Folders no store lives in are skipped.
 MAX_DEPTH = 6
 MAX_FOLDERS = 20_000
+# The OpenAPI document of these routes, shipped in the package (tests/test_http_spec.py
+# keeps it and server_extension.handlers() in step).
+OPENAPI = Path(__file__).with_name("openapi.json")
 _SKIPPED = frozenset(
     {".git", ".hg", ".svn", "node_modules", "__pycache__", ".ipynb_checkpoints", ".venv"}
     | {"venv", "site-packages", ".tox", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
@@ -184,6 +187,14 @@ def list_stores(root: Path, api_base: str) -> Reply:
             for rel in find_stores(root)
         ],
     )
+
+
+def openapi_document(api_base: str) -> Reply:
+    """The OpenAPI document, its ``servers`` naming this server's API, so a client (or
+    schemathesis) can load it from the server and call the routes as they are served."""
+    document = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    document["servers"] = [{"url": api_base}]
+    return Reply(200, document)
 
 
 def _flag(query: dict[str, str], name: str, default: bool) -> bool:
