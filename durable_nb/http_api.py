@@ -111,9 +111,15 @@ def store_folder(root: Path, store: str) -> Path | Reply:
         or ".." in pure.parts
     ):
         return _error(400, f"a store is a folder's path relative to the server root: {store!r}")
-    folder = (root / pure).resolve()
-    if not folder.is_relative_to(root) or not is_store(folder):
-        return _error(404, f"no store {store!r} under the server root")
+    try:
+        folder = (root / pure).resolve()
+        found = folder.is_relative_to(root) and is_store(folder)
+    except (OSError, RuntimeError):
+        # A name longer than the file system takes (OSError) or a loop of symlinks
+        # (Python 3.11 raises RuntimeError): no folder a store could be in.
+        found = False
+    if not found:
+        return _error(404, f"no store {store!r} under the server root; GET stores lists them")
     return folder
 
 
