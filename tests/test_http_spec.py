@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openapi_spec_validator import validate
 
 from durable_nb import http_api, server_extension
 from durable_nb.server_urls import API_PATH
@@ -63,7 +62,7 @@ def _served_routes() -> set[tuple[str, str]]:
 
 def test_the_document_is_valid_openapi_and_schemathesis_loads_it() -> None:
     document = spec()
-    validate(document)
+    pytest.importorskip("openapi_spec_validator").validate(document)
     schemathesis = pytest.importorskip("schemathesis")
     loaded = schemathesis.openapi.from_path(SPEC_PATH)
     operations = [result.ok() for result in loaded.get_all_operations()]
