@@ -260,6 +260,8 @@ def raise_event(root: Path, store: str, instance_id: str, name: str, content: by
         value = json.loads(content) if content.strip() else None
     except ValueError as exc:
         return _error(400, f"the event's value must be JSON: {exc}")
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return _error(400, "the event's value is nested too deeply to decode; send a flatter value")
 
     def work(opened: DiskCacheStore) -> Reply:
         management.raise_event(opened, instance_id, name, value)

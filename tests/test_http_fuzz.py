@@ -386,6 +386,25 @@ def test_crafted_paths_out_of_the_root_are_refused_and_nothing_outside_is_opened
     assert _records(fuzzed.decoy / ".durable_nb") == decoy_before
 
 
+def test_bodies_and_segments_that_break_decoding_are_refused(fuzzed: Fuzzed) -> None:
+    """Each of these was a 500 or could be: refused with 400 and a JSON message."""
+    server = fuzzed.server
+    at = f"{API}/stores/work%2F.durable_nb/instances"
+    for method, path, body in (
+        ("POST", f"{at}/batch%2F2/raiseEvent/x", b"[" * 100_000 + b"]" * 100_000),
+        ("POST", f"{at}/batch%2F2/raiseEvent/x", b'"\xff\xfe"'),
+        ("POST", f"{at}/batch%2F2/raiseEvent/x", b"\xff\xfe"),
+        ("GET", f"{at}/%ED%A0%80", None),  # a surrogate, UTF-8 encoded
+        ("GET", f"{at}/%FF", None),
+        ("GET", f"{at}?name=%FF", None),
+        ("POST", f"{at}/batch%2F2/suspend?reason=%FF", b""),
+    ):
+        code, reply = server.call(method, path, body)
+        assert code == 400, (path, reply)
+        assert isinstance(reply, dict) and isinstance(reply["message"], str), reply
+    assert _records(fuzzed.root / "work" / ".durable_nb")["batch/2"] == "interrupted"
+
+
 # --- the fuzz ----------------------------------------------------------------------------
 
 # Every operation the document describes and this branch serves (see NOT_SERVED_YET in
