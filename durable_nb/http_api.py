@@ -203,15 +203,27 @@ def openapi_document(api_base: str) -> Reply:
     return Reply(200, document)
 
 
-def _flag(query: dict[str, str], name: str, default: bool) -> bool:
+def _flag(query: dict[str, str], name: str, default: bool) -> bool | Reply:
+    """A yes-or-no query parameter; anything else is refused, so that a typo
+    (``showInput=ture``) is not read as no."""
     value = query.get(name)
-    return default if value is None else value.lower() in ("1", "true", "yes")
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    return _error(400, f"{name} must be true or false (also 1/0, yes/no): {value!r}")
 
 
 def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
     """``durable-nb list``'s filters: ``name``, ``status``, ``older-than``, ``newer-than``
     (ages as 90s, 15m, 2h, 7d); also DF's ``runtimeStatus`` (names, comma-separated) and
     ``showInput`` (default false, as DF's list)."""
+
+    show_input = _flag(query, "showInput", False)
+    if isinstance(show_input, Reply):
+        return show_input
 
     def work(opened: DiskCacheStore) -> Reply:
         status = query.get("status")
@@ -233,7 +245,6 @@ def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
         if runtime:
             wanted = {name.strip().lower() for name in runtime.split(",")}
             records = [r for r in records if RUNTIME_STATUS[str(r.status)].lower() in wanted]
-        show_input = _flag(query, "showInput", False)
         records.sort(key=lambda r: r.created_at)
         return Reply(200, [instance_status(r, show_input) for r in records])
 
@@ -244,11 +255,15 @@ def get_instance(root: Path, store: str, instance_id: str, query: dict[str, str]
     """200 for an instance that ended (completed, failed, terminated), 202 for one that
     did not, as DF answers; 404 for none."""
 
+    show_input = _flag(query, "showInput", True)
+    if isinstance(show_input, Reply):
+        return show_input
+
     def work(opened: DiskCacheStore) -> Reply:
         record = opened.get_instance(instance_id)
         if record is None:
             return _error(404, f"no instance {instance_id!r} in {store!r}")
-        body = instance_status(record, _flag(query, "showInput", True))
+        body = instance_status(record, show_input)
         return Reply(200 if str(record.status) in _ENDED else 202, body)
 
     return _with_store(root, store, work)

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -122,8 +123,12 @@ def _allowlist(dirs: dict[str, Path]) -> tuple[Path, ...]:
     reason: the interpreter and its packages (lazy imports), durable_nb's own source (the
     server imports it from the work tree, and reads openapi.json from it), the kernel's
     views of the process and of devices (/proc, /dev: process checks, randomness), and
-    the server's own Jupyter folders (config, data, runtime files)."""
+    Jupyter's folders (this server's config, data and runtime, and the system's and the
+    user's that Jupyter reads settings and data from). Nothing that holds the root or
+    the decoy (test_the_checker_flags_a_path_outside_the_root checks it)."""
     import sysconfig
+
+    from jupyter_core.paths import jupyter_config_path, jupyter_path
 
     folders = {
         Path(sys.prefix),
@@ -134,6 +139,7 @@ def _allowlist(dirs: dict[str, Path]) -> tuple[Path, ...]:
         Path("/proc"),
         Path("/dev"),
         *dirs.values(),
+        *(Path(p) for p in (*jupyter_path(), *jupyter_config_path())),
     }
     return tuple(sorted(f.resolve() for f in folders))
 
@@ -387,7 +393,8 @@ def test_crafted_paths_out_of_the_root_are_refused_and_nothing_outside_is_opened
 
 
 def test_bodies_and_segments_that_break_decoding_are_refused(fuzzed: Fuzzed) -> None:
-    """Each of these was a 500 or could be: refused with 400 and a JSON message."""
+    """Each of these was a 500, or accepted as something else: refused with 400 and a
+    JSON message."""
     server = fuzzed.server
     at = f"{API}/stores/work%2F.durable_nb/instances"
     for method, path, body in (
@@ -398,6 +405,8 @@ def test_bodies_and_segments_that_break_decoding_are_refused(fuzzed: Fuzzed) -> 
         ("GET", f"{at}/%FF", None),
         ("GET", f"{at}?name=%FF", None),
         ("POST", f"{at}/batch%2F2/suspend?reason=%FF", b""),
+        ("GET", f"{at}?showInput=ture", None),  # yes or no, not a typo read as no
+        ("GET", f"{at}/done?showInput=", None),
     ):
         code, reply = server.call(method, path, body)
         assert code == 400, (path, reply)
@@ -418,6 +427,7 @@ if NOT_SERVED_YET:
 ANSWERS: dict[str, Counter[int]] = {}
 CHECKS = [
     not_a_server_error,
+    negative_data_rejection,  # a request the document calls invalid is refused
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,

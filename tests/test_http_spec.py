@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from durable_nb import http_api, server_extension
+from durable_nb import http_api, server_extension, server_urls
 from durable_nb.server_urls import API_PATH
 
 SPEC_PATH = Path(http_api.__file__).with_name("openapi.json")
@@ -114,3 +114,17 @@ def test_the_served_document_names_the_servers_base_url() -> None:
     assert reply.code == 200
     assert reply.body["servers"] == [{"url": "/lab/base/durable-nb/api"}]
     assert reply.body["paths"] == spec()["paths"]
+
+
+def test_a_started_run_answers_the_urls_a_handle_gives() -> None:
+    """POST runs answers an instance's URLs under Durable Functions' names: the same set
+    ``h.http_urls()`` gives (server_urls.instance_urls), all of them required."""
+    urls = spec()["components"]["schemas"]["InstanceUrls"]
+    assert set(urls["required"]) == set(urls["properties"])
+    assert set(urls["required"]) == set(server_urls.instance_urls("/api", "s", "i"))
+    started = spec()["paths"]["/runs"]["post"]
+    assert set(started["responses"]) == {"202", "400", "403", "404"}
+    assert "Location" in started["responses"]["202"]["headers"]
+    body = spec()["components"]["schemas"]["RunRequest"]
+    assert body["required"] == ["notebook"]
+    assert set(body["properties"]) == {"notebook", "parameters", "store", "timeout"}
