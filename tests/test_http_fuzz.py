@@ -213,6 +213,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         "JUPYTER_DATA_DIR": str(dirs["data"]),
         "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
         "DURABLE_NB_AUDIT_LOG": str(audit_log),
+        # No periodic pass over the root's stores (the schedules, where the extension
+        # runs them): what the log shows is then only what the requests did.
+        "DURABLE_NB_SCHEDULE_INTERVAL": "off",
     }
     command = [
         sys.executable,
