@@ -50,6 +50,9 @@ ACTIONS = (*management.ACTIONS, "rewind")
 # or a large data tree answers quickly. Folders no store lives in are skipped.
 MAX_DEPTH = 6
 MAX_FOLDERS = 20_000
+# The OpenAPI document of these routes, shipped in the package (tests/test_http_spec.py
+# keeps it and server_extension.handlers() in step).
+OPENAPI = Path(__file__).with_name("openapi.json")
 _SKIPPED = frozenset(
     {".git", ".hg", ".svn", "node_modules", "__pycache__", ".ipynb_checkpoints", ".venv"}
     | {"venv", "site-packages", ".tox", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
@@ -108,9 +111,15 @@ def store_folder(root: Path, store: str) -> Path | Reply:
         or ".." in pure.parts
     ):
         return _error(400, f"a store is a folder's path relative to the server root: {store!r}")
-    folder = (root / pure).resolve()
-    if not folder.is_relative_to(root) or not is_store(folder):
-        return _error(404, f"no store {store!r} under the server root")
+    try:
+        folder = (root / pure).resolve()
+        found = folder.is_relative_to(root) and is_store(folder)
+    except (OSError, RuntimeError):
+        # A name longer than the file system takes (OSError) or a loop of symlinks
+        # (Python 3.11 raises RuntimeError): no folder a store could be in.
+        found = False
+    if not found:
+        return _error(404, f"no store {store!r} under the server root; GET stores lists them")
     return folder
 
 
@@ -186,15 +195,35 @@ def list_stores(root: Path, api_base: str) -> Reply:
     )
 
 
-def _flag(query: dict[str, str], name: str, default: bool) -> bool:
+def openapi_document(api_base: str) -> Reply:
+    """The OpenAPI document, its ``servers`` naming this server's API, so a client (or
+    schemathesis) can load it from the server and call the routes as they are served."""
+    document = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    document["servers"] = [{"url": api_base}]
+    return Reply(200, document)
+
+
+def _flag(query: dict[str, str], name: str, default: bool) -> bool | Reply:
+    """A yes-or-no query parameter; anything else is refused, so that a typo
+    (``showInput=ture``) is not read as no."""
     value = query.get(name)
-    return default if value is None else value.lower() in ("1", "true", "yes")
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    return _error(400, f"{name} must be true or false (also 1/0, yes/no): {value!r}")
 
 
 def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
     """``durable-nb list``'s filters: ``name``, ``status``, ``older-than``, ``newer-than``
     (ages as 90s, 15m, 2h, 7d); also DF's ``runtimeStatus`` (names, comma-separated) and
     ``showInput`` (default false, as DF's list)."""
+
+    show_input = _flag(query, "showInput", False)
+    if isinstance(show_input, Reply):
+        return show_input
 
     def work(opened: DiskCacheStore) -> Reply:
         status = query.get("status")
@@ -216,7 +245,6 @@ def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
         if runtime:
             wanted = {name.strip().lower() for name in runtime.split(",")}
             records = [r for r in records if RUNTIME_STATUS[str(r.status)].lower() in wanted]
-        show_input = _flag(query, "showInput", False)
         records.sort(key=lambda r: r.created_at)
         return Reply(200, [instance_status(r, show_input) for r in records])
 
@@ -227,11 +255,15 @@ def get_instance(root: Path, store: str, instance_id: str, query: dict[str, str]
     """200 for an instance that ended (completed, failed, terminated), 202 for one that
     did not, as DF answers; 404 for none."""
 
+    show_input = _flag(query, "showInput", True)
+    if isinstance(show_input, Reply):
+        return show_input
+
     def work(opened: DiskCacheStore) -> Reply:
         record = opened.get_instance(instance_id)
         if record is None:
             return _error(404, f"no instance {instance_id!r} in {store!r}")
-        body = instance_status(record, _flag(query, "showInput", True))
+        body = instance_status(record, show_input)
         return Reply(200 if str(record.status) in _ENDED else 202, body)
 
     return _with_store(root, store, work)
@@ -243,6 +275,8 @@ def raise_event(root: Path, store: str, instance_id: str, name: str, content: by
         value = json.loads(content) if content.strip() else None
     except ValueError as exc:
         return _error(400, f"the event's value must be JSON: {exc}")
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return _error(400, "the event's value is nested too deeply to decode; send a flatter value")
 
     def work(opened: DiskCacheStore) -> Reply:
         management.raise_event(opened, instance_id, name, value)

@@ -104,6 +104,13 @@ class ActionHandler(_Handler):
         await self.send(http_api.act, self.root, store, instance_id, action, reason)
 
 
+class OpenApiHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.send(http_api.openapi_document, self.api_base)
+
+
 def handlers(base_url: str, root: Path) -> list[tuple[str, type[_Handler], dict[str, Any]]]:
     """The routes, under ``base_url``; ``root`` is the folder stores are found in."""
     instance = f"stores/{_SEGMENT}/instances/{_SEGMENT}"
@@ -114,6 +121,7 @@ def handlers(base_url: str, root: Path) -> list[tuple[str, type[_Handler], dict[
         (instance, InstanceHandler),
         (f"{instance}/raiseEvent/{_SEGMENT}", RaiseEventHandler),
         (f"{instance}/({actions})", ActionHandler),
+        ("openapi.json", OpenApiHandler),
     ]
     options = {"root": root}
     return [(url_path_join(base_url, API_PATH, path), cls, options) for path, cls in routes]
