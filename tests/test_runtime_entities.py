@@ -296,7 +296,7 @@ def entity_function(context):  # type: ignore[no-untyped-def]
 
 
 def orchestrator_function(context):  # type: ignore[no-untyped-def]
-    entityId = dn.EntityId("Counter", "myCounter")  # noqa: N806 - as the sample has it
+    entityId = dn.EntityId("Counter", "myCounter")
     context.signal_entity(entityId, "add", 3)
     state = yield context.call_entity(entityId, "get")
     return state
