@@ -52,6 +52,7 @@ class EntityWorker:
         self._locks_lock = threading.Lock()
         self._kicked: queue.SimpleQueue[EntityId] = queue.SimpleQueue()
         self._kicker: threading.Thread | None = None
+        self._pending_kicks: set[EntityId] = set()
 
     # ------------------------------------------------------------ sending
 
@@ -92,6 +93,10 @@ class EntityWorker:
     def kick(self, entity: EntityId) -> None:
         """Apply the entity's queue soon, on this worker's thread (a daemon: an
         operation cut short by the process's exit is applied by the next to come)."""
+        with self._locks_lock:
+            if entity in self._pending_kicks:
+                return  # its queue is applied soon already (a fan-out of signals)
+            self._pending_kicks.add(entity)
         self._kicked.put(entity)
         if self._kicker is None or not self._kicker.is_alive():
             self._kicker = threading.Thread(
@@ -102,6 +107,8 @@ class EntityWorker:
     def _apply_kicked(self) -> None:
         while True:
             entity = self._kicked.get()
+            with self._locks_lock:
+                self._pending_kicks.discard(entity)  # a signal from now on kicks again
             try:
                 self.apply_waiting(entity)
             except Exception:  # the store failed: the messages stay queued for later
