@@ -93,22 +93,27 @@ class SqliteEntities:
             return cursor.rowcount == 1
 
     def waiting(self, entity: EntityId, limit: int) -> tuple[EntitySnapshot, list[EntityMessage]]:
-        # One read transaction: the state and the queue as of the same moment.
-        with self._tables.transaction() as connection:
-            state = connection.execute(
-                "SELECT state, version, locked_by, updated FROM durable_entities WHERE entity = ?",
-                (str(entity),),
-            ).fetchone()
-            count = connection.execute(
+        # Plain reads, no transaction: a commit checks the version and the message
+        # again, so a state read a moment before its queue is never applied wrongly.
+        query = self._tables.query
+        state = query(
+            "SELECT state, version, locked_by, updated FROM durable_entities WHERE entity = ?",
+            str(entity),
+        )
+        rows = query(
+            f"SELECT {_COLUMNS} FROM durable_entity_messages "
+            "WHERE entity = ? AND done IS NULL ORDER BY seq LIMIT ?",
+            str(entity),
+            limit,
+        )
+        count = len(rows)
+        if count >= limit:  # the whole queue is longer than what was read: count it
+            count = query(
                 "SELECT COUNT(*) FROM durable_entity_messages WHERE entity = ? AND done IS NULL",
-                (str(entity),),
-            ).fetchone()[0]
-            rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM durable_entity_messages "
-                "WHERE entity = ? AND done IS NULL ORDER BY seq LIMIT ?",
-                (str(entity), limit),
-            ).fetchall()
-        return self._snapshot(entity, state, count), [self._message(row) for row in rows]
+                str(entity),
+            )[0][0]
+        snapshot = self._snapshot(entity, state[0] if state else None, count)
+        return snapshot, [self._message(row) for row in rows]
 
     def commit(self, message: EntityMessage, version: int, applied: Applied) -> bool:
         entity, now = message.entity, time.time()

@@ -13,6 +13,7 @@ messages are applied; the others wait in the queue, in their order.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -118,22 +119,48 @@ class EntityWorker:
 
     def apply_waiting(self, entity: EntityId) -> int:
         """Apply the entity's waiting messages that can be applied here, in order;
-        returns how many this call applied."""
+        returns how many this call applied.
+
+        A batch read from the store is applied one message after another on the state
+        the last commit kept (a copy of it: an operation that changes it in place and
+        then fails must not change the kept one); the store is read again only when the
+        batch is used up or a commit is refused (another process applied one first)."""
         applied = 0
         with self._lock_of(entity):
+            snapshot, messages = self._read(entity)
             while True:
-                snapshot, messages = self.entities.waiting(entity, _BATCH)
                 message = _next_runnable(snapshot, messages)
-                if message is None and snapshot.locked_by and snapshot.waiting > len(messages):
-                    snapshot, messages = self.entities.waiting(entity, snapshot.waiting)
-                    message = _next_runnable(snapshot, messages)
                 if message is None:
-                    return applied
+                    if snapshot.waiting <= len(messages):
+                        return applied  # all of the queue was read: nothing runnable
+                    snapshot, messages = self._read(entity)
+                    if _next_runnable(snapshot, messages) is None:
+                        return applied
+                    continue
                 outcome = self._apply(snapshot, message)
                 if outcome is None:
                     return applied  # not defined here: left for a kernel that defines it
-                if self._commit(message, snapshot, outcome):
-                    applied += 1
+                if not self._commit(message, snapshot, outcome):
+                    snapshot, messages = self._read(entity)
+                    continue
+                applied += 1
+                messages.remove(message)
+                snapshot = EntitySnapshot(
+                    entity,
+                    outcome.exists,
+                    copy.deepcopy(outcome.state) if outcome.exists else None,
+                    snapshot.version + 1,
+                    outcome.locked_by,
+                    snapshot.updated,
+                    snapshot.waiting - 1,
+                )
+
+    def _read(self, entity: EntityId) -> tuple[EntitySnapshot, list[EntityMessage]]:
+        snapshot, messages = self.entities.waiting(entity, _BATCH)
+        if snapshot.locked_by and snapshot.waiting > len(messages):
+            # A critical section holds it: its holder's messages may wait further back.
+            snapshot, messages = self.entities.waiting(entity, snapshot.waiting)
+        return snapshot, messages
 
     def _apply(self, snapshot: EntitySnapshot, message: EntityMessage) -> Applied | None:
         if message.kind == LOCK:

@@ -308,3 +308,21 @@ def test_the_counter_entity_sample_of_durable_functions_runs_as_written(rt: Runt
     assert main.run() == 3
     response = dn.read_entity_state(dn.EntityId("Counter", "myCounter"))
     assert response.entity_exists and response.entity_state == 3
+
+
+def test_one_pass_applies_a_queue_longer_than_a_batch_in_order(rt: Runtime, tmp_path: Path) -> None:
+    from durable_nb.entity_worker import client_message, worker_for
+
+    @dn.entity
+    class Log:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def add(self, n: int) -> None:
+            self.seen.append(n)
+
+    log = dn.EntityId("Log", "l")
+    for n in range(300):  # queued by a process that does not apply them (a CLI, say)
+        rt.store.entities.enqueue(client_message(log, "add", n))
+    assert worker_for(rt.store).apply_waiting(log) == 300
+    assert dn.read_entity_state(log).entity_state == {"seen": list(range(300))}
