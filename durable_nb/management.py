@@ -136,6 +136,8 @@ def request(store: CheckpointStore, instance_id: str, action: str, reason: str =
     record.updated_at = time.time()
     if action == "terminate":
         record.error = f"terminated: {reason or 'requested'}"
+        # Its critical section, if it was in one, ends with it (a run would release it).
+        store.entities.release_locks(instance_id)
     store.put_instance(record)
     return f"{instance_id} is now {record.status}"
 
@@ -172,6 +174,7 @@ def purge(store: CheckpointStore, instance_ids: list[str]) -> tuple[list[str], l
         if is_running(store, instance_id):
             refused.append(f"{instance_id} (running)")
         elif store.purge(instance_id):
+            store.entities.release_locks(instance_id)  # no run of it will release them
             purged.append(instance_id)
         else:
             refused.append(f"{instance_id} (not found)")

@@ -326,3 +326,29 @@ def test_one_pass_applies_a_queue_longer_than_a_batch_in_order(rt: Runtime, tmp_
         rt.store.entities.enqueue(client_message(log, "add", n))
     assert worker_for(rt.store).apply_waiting(log) == 300
     assert dn.read_entity_state(log).entity_state == {"seen": list(range(300))}
+
+
+def test_terminating_or_purging_an_instance_that_is_not_running_releases_its_locks(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from durable_nb import management
+    from durable_nb.entity_store import Applied, EntityMessage, MessageOutcome
+
+    define_counter(tmp_path / "applied")
+    for holder in ("interrupted-1", "interrupted-2"):
+        # As a run cut short inside its critical section leaves it: the lock held.
+        rt.store.entities.enqueue(EntityMessage(f"lock-{holder}", C1, "lock", None, None, holder))
+        snapshot, [lock] = rt.store.entities.waiting(C1, 1)
+        rt.store.entities.commit(
+            lock, snapshot.version, Applied(False, None, holder, MessageOutcome())
+        )
+        rt.store.put_instance(dn.InstanceRecord(holder, "orch", status="interrupted"))
+        dn.signal_entity(C1, "add", 1)
+        assert dn.read_entity_state(C1).locked_by == holder  # the signal waits
+        if holder.endswith("1"):
+            management.request(rt.store, holder, "terminate")
+        else:
+            management.purge(rt.store, [holder])
+        state = dn.read_entity_state(C1)
+        assert state.locked_by is None and state.waiting == 0
+    assert dn.read_entity_state(C1).entity_state == 2
