@@ -339,9 +339,8 @@ def test_terminating_or_purging_an_instance_that_is_not_running_releases_its_loc
         # As a run cut short inside its critical section leaves it: the lock held.
         rt.store.entities.enqueue(EntityMessage(f"lock-{holder}", C1, "lock", None, None, holder))
         snapshot, [lock] = rt.store.entities.waiting(C1, 1)
-        rt.store.entities.commit(
-            lock, snapshot.version, Applied(False, None, holder, MessageOutcome())
-        )
+        held = Applied(snapshot.exists, snapshot.state, holder, MessageOutcome())
+        rt.store.entities.commit(lock, snapshot.version, held)
         rt.store.put_instance(dn.InstanceRecord(holder, "orch", status="interrupted"))
         dn.signal_entity(C1, "add", 1)
         assert dn.read_entity_state(C1).locked_by == holder  # the signal waits
