@@ -172,11 +172,13 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             execute=execute,
             parameters=parameters,
             output=output,
-            out=out,
         )
     elapsed = time.monotonic() - started
-    if outcome is None or outcome.stopped:
-        print(f"durable-nb: the run was terminated after {elapsed:.1f} s", file=out)
+    if outcome is None:
+        print(f"durable-nb: {args.as_instance} was terminated before it started", file=out)
+        return EXIT_FAILED
+    if outcome.stopped:
+        print(f"durable-nb: {args.as_instance} was terminated after {elapsed:.1f} s", file=out)
         return EXIT_FAILED
     if outcome.failed_cell is not None:
         print(

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from durable_nb import history
 from durable_nb.errors import (
@@ -133,7 +133,7 @@ def start_run(
             setting="notebook",
             value=str(notebook),
         )
-    given = check_parameters(dict(parameters or {}))
+    given = dict(check_parameters({} if parameters is None else parameters))
     seconds = _check_timeout(timeout)
     run_id = instance_id or new_instance_id(notebook)
     output, log = run_files(notebook, run_id)
@@ -266,7 +266,6 @@ def run_recorded(
     execute: Callable[[threading.Event], RunOutcome],
     parameters: dict[str, Any],
     output: Path,
-    out: TextIO,
 ) -> RunOutcome | None:
     """The runner: mark the instance running, ``execute`` the notebook (given the event
     that stops it) and record how it ended. None when a terminate came before it ran.
@@ -295,8 +294,7 @@ def run_recorded(
                 owner=record.orchestrator,
             )
         elif str(record.status) == Status.TERMINATED.value:
-            print(f"durable-nb: {instance_id} was terminated before it started", file=out)
-            return None
+            return None  # terminated while nobody held its lease
         _take_over_launch_lease(opened, instance_id)
         keeper = LeaseKeeper(opened, instance_id)
         keeper.acquire()
