@@ -1,6 +1,7 @@
 """The HTTP management API's work, without the web server: finding the stores under a
-root folder, the JSON of an instance in the shape of Durable Functions' HTTP API, and
-the management verbs as (HTTP status, JSON body) replies.
+root folder, the JSON of an instance in the shape of Durable Functions' HTTP API, the
+management verbs as (HTTP status, JSON body) replies, and starting a notebook run
+(``notebook_runs``) from a request's body.
 
 ``server_extension.py`` routes requests here; everything that touches a store runs in
 a worker thread there, so these functions may block. The verbs themselves are
