@@ -43,6 +43,7 @@ from durable_nb.errors import (
 from durable_nb.history import Status
 from durable_nb.leases import LeaseKeeper, holder_alive
 from durable_nb.processes import on_this_host
+from durable_nb.settings import check_instance_id
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 from durable_nb.store_folder import default_location
 
@@ -134,8 +135,17 @@ def start_run(
             value=str(notebook),
         )
     given = dict(check_parameters({} if parameters is None else parameters))
+    try:
+        passed = json.dumps(given, allow_nan=False)  # the runner's --parameters
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"parameters must be JSON data (text, numbers, true/false, null, lists and "
+            f"objects of them): {exc}",
+            setting="parameters",
+            value=given,
+        ) from None
     seconds = _check_timeout(timeout)
-    run_id = instance_id or new_instance_id(notebook)
+    run_id = new_instance_id(notebook) if instance_id is None else check_instance_id(instance_id)
     output, log = run_files(notebook, run_id)
     folder = store.resolve()
     opened = DiskCacheStore(folder)
@@ -151,21 +161,27 @@ def start_run(
         )
         record.custom_status = {"output": str(output), "log": str(log)}
         opened.put_instance(record)
-        output.parent.mkdir(exist_ok=True)
         command = [sys.executable, "-m", "durable_nb.cli", "run", str(notebook)]
         command += ["--store", str(folder), "--as-instance", run_id, "-o", str(output)]
-        command += ["--parameters", json.dumps(given)]
+        command += ["--parameters", passed]
         if seconds is not None:
             command += ["--timeout", repr(seconds)]
-        with log.open("ab") as sink:
-            process = subprocess.Popen(
-                command,
-                cwd=notebook.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # not stopped with the server, nor by its Ctrl-C
-            )
+        try:
+            output.parent.mkdir(exist_ok=True)
+            with log.open("ab") as sink:
+                process = subprocess.Popen(
+                    command,
+                    cwd=notebook.parent,
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # not stopped with the server, nor by its Ctrl-C
+                )
+        except OSError as exc:  # no runner will ever write the record: say why here
+            record.status, record.error = Status.FAILED.value, f"not started: {exc}"
+            record.finished_at = record.updated_at = time.time()
+            opened.put_instance(record)
+            raise
         _lease_for(opened, run_id, process.pid)
     finally:
         opened.close()
@@ -212,23 +228,27 @@ def _lease_for(store: CheckpointStore, run_id: str, pid: int) -> None:
     store.swap_lease(run_id, None, lease)  # refused only if the runner already took it
 
 
-def _take_over_launch_lease(store: CheckpointStore, run_id: str) -> None:
-    """The lease the launcher took in this process's name is this process's: give it
-    up so that a LeaseKeeper takes it (it refuses a live holder, which this is)."""
+def _take_over_launch_lease(store: CheckpointStore, run_id: str) -> bool:
+    """Whether start_run launched this process (it took the lease in its name); that
+    lease is given up so that a LeaseKeeper takes it (it refuses a live holder)."""
     lease = store.get_lease(run_id)
-    if lease is not None and lease.get("pid") == os.getpid() and on_this_host(lease.get("host")):
-        store.swap_lease(run_id, lease["owner"], None)
+    if lease is None or lease.get("pid") != os.getpid() or not on_this_host(lease.get("host")):
+        return False
+    store.swap_lease(run_id, lease["owner"], None)
+    return True
 
 
 class _Watch:
     """The runner's thread beside the notebook: renews the lease and reads the run's
     history for a terminate request, which sets ``stop``."""
 
-    def __init__(self, store: CheckpointStore, run_id: str, keeper: LeaseKeeper) -> None:
+    def __init__(
+        self, store: CheckpointStore, run_id: str, keeper: LeaseKeeper, first_chunk: int
+    ) -> None:
         self.store, self.run_id, self.keeper = store, run_id, keeper
         self.stop = threading.Event()
         self.reason: str | None = None
-        self._next = 0
+        self._next = first_chunk
         self._done = threading.Event()
         self.look()  # a terminate sent before the runner started
         self._thread = threading.Thread(target=self._loop, name="durable-nb-watch", daemon=True)
@@ -272,18 +292,12 @@ def run_recorded(
     Without a record (``durable-nb run --as-instance`` typed by hand) one is made."""
     opened = DiskCacheStore(store)
     try:
+        launched = _take_over_launch_lease(opened, instance_id)
         record = opened.get_instance(instance_id)
+        given = {"notebook": str(notebook.resolve()), "parameters": parameters}
         if record is None:
-            now = time.time()
             record = InstanceRecord(
-                instance_id,
-                NOTEBOOK_RUN,
-                created_at=now,
-                input={
-                    "notebook": str(notebook.resolve()),
-                    "parameters": parameters,
-                    "origin": "cli",
-                },
+                instance_id, NOTEBOOK_RUN, created_at=time.time(), input={**given, "origin": "cli"}
             )
         elif record.orchestrator != NOTEBOOK_RUN:
             raise InstanceConflictError(
@@ -293,13 +307,18 @@ def run_recorded(
                 orchestrator=NOTEBOOK_RUN,
                 owner=record.orchestrator,
             )
-        elif str(record.status) == Status.TERMINATED.value:
-            return None  # terminated while nobody held its lease
-        _take_over_launch_lease(opened, instance_id)
+        elif launched and str(record.status) == Status.TERMINATED.value:
+            return None  # terminated while the launch lease looked silent
+        elif not launched:  # a run by hand of an existing run: given what it is given now
+            record.input = {**given, "origin": (record.input or {}).get("origin", "cli")}
+        # The runner start_run launched obeys a terminate sent before it started; a run
+        # by hand does not obey one an earlier run already obeyed.
+        chunks = [] if launched else opened.read_chunks(instance_id, 0)
+        first = chunks[-1][0] + 1 if chunks else 0
         keeper = LeaseKeeper(opened, instance_id)
         keeper.acquire()
         try:
-            return _run_holding(opened, record, keeper, execute, output)
+            return _run_holding(opened, record, keeper, execute, output, first)
         finally:
             keeper.release()
     finally:
@@ -312,6 +331,7 @@ def _run_holding(
     keeper: LeaseKeeper,
     execute: Callable[[threading.Event], RunOutcome],
     output: Path,
+    first_chunk: int,
 ) -> RunOutcome | None:
     now = time.time()
     status = dict(record.custom_status or {})
@@ -320,7 +340,7 @@ def _run_holding(
     record.runs += 1
     record.finished_at, record.error, record.custom_status = None, None, status
     store.put_instance(record)
-    watch = _Watch(store, record.instance_id, keeper)
+    watch = _Watch(store, record.instance_id, keeper, first_chunk)
     outcome: RunOutcome | None = None
     try:
         if not watch.stop.is_set():

@@ -85,6 +85,10 @@ def test_start_run_checks_everything_before_it_writes_or_starts(tmp_path: Path) 
         start_run(notebook, store=store, parameters={"not a name": 1, "class": 2, "ok": 3})
     with pytest.raises(ConfigurationError, match="positive number of seconds"):
         start_run(notebook, store=store, timeout=0)
+    with pytest.raises(ConfigurationError, match="must be JSON data"):
+        start_run(notebook, store=store, parameters={"when": object()})
+    with pytest.raises(ConfigurationError, match="instance_id must be a non-empty string"):
+        start_run(notebook, store=store, instance_id="")
     with pytest.raises(ConfigurationError, match="no notebook at"):
         start_run(tmp_path / "missing.ipynb", store=store)
     assert not store.exists() and not (tmp_path / "nb.runs").exists()
@@ -147,10 +151,10 @@ def test_a_runner_that_was_killed_counts_as_finished(tmp_path: Path) -> None:
 
 
 @pytest.mark.kernel
-def test_durable_nb_run_as_instance_records_the_run_and_its_orchestration(
-    tmp_path: Path,
-) -> None:
-    """By hand, without a record made first: the runner makes it (origin cli)."""
+def test_durable_nb_run_as_instance_runs_a_run_again_by_hand(tmp_path: Path) -> None:
+    """A run terminated before it started, run again by hand with other parameters: the
+    terminate an earlier run obeyed is not obeyed again, the record says what ran, and
+    the notebook's orchestration lands in the same store."""
     notebook = write_notebook(
         tmp_path / "nb.ipynb",
         "%load_ext durable_nb",
@@ -160,22 +164,33 @@ def test_durable_nb_run_as_instance_records_the_run_and_its_orchestration(
         parameters="n = 1",
     )
     store = tmp_path / "store"
+    start_run(notebook, store=store, parameters={"n": 2}, origin="test", instance_id="again")
+    opened = DiskCacheStore(store)
+    try:
+        management.request(opened, "again", "terminate", "not now")
+    finally:
+        opened.close()
+    assert wait_finished(store, "again").status == "terminated"
+    assert not (tmp_path / "effect.txt").exists()
+
     command = [sys.executable, "-m", "durable_nb.cli", "run", str(notebook), "--quiet"]
-    command += ["--store", str(store), "--as-instance", "by-hand", "-p", "n", "21"]
+    command += ["--store", str(store), "--as-instance", "again", "-p", "n", "21"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "effect.txt").read_text() == "42"
     opened = DiskCacheStore(store)
     try:
-        record = opened.get_instance("by-hand")
-        assert record is not None and record.status == "completed" and record.runs == 1
-        assert record.input == {"notebook": str(notebook), "parameters": {"n": 21}, "origin": "cli"}
+        record = opened.get_instance("again")
+        # Two runs: the launched runner's (stopped before its first cell) and this one.
+        assert record is not None and record.status == "completed" and record.runs == 2
+        given = {"notebook": str(notebook), "parameters": {"n": 21}, "origin": "test"}
+        assert record.input == given
         assert record.output == {"output": str(tmp_path / "nb.out.ipynb"), "cells": 6}
-        assert opened.get_lease("by-hand") is None
+        assert opened.get_lease("again") is None
         names = sorted(r.orchestrator for r in opened.list_instances())
         assert names == ["doubling", NOTEBOOK_RUN]  # the notebook's own, in the same store
     finally:
         opened.close()
     out = io.StringIO()
     assert cli.main(["list", "--store", str(store)], out=out) == 0
-    assert "by-hand" in out.getvalue() and NOTEBOOK_RUN in out.getvalue()
+    assert "again" in out.getvalue() and NOTEBOOK_RUN in out.getvalue()
