@@ -137,8 +137,10 @@ def test_terminate_stops_the_kernel_and_records_terminated(server: Server) -> No
         "time.sleep(120)",
         "open('after.txt', 'w').write('ran on')",
     )
+    asked = time.monotonic()
     code, reply, _ = post_run(server, {"notebook": "slow/slow.ipynb"})
     assert code == 202, reply
+    assert time.monotonic() - asked < 2  # answered at once, not after the notebook
     deadline = time.monotonic() + 60
     while not (folder / "kernel.pid").is_file() or not (folder / "kernel.pid").read_text():
         assert time.monotonic() < deadline, "the kernel did not start"

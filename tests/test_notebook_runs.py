@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from durable_nb import cli, management, notebook_runs
 from durable_nb.errors import ConfigurationError, InstanceBusyError, InstanceConflictError
 from durable_nb.history import Status
 from durable_nb.notebook_runs import NOTEBOOK_RUN, is_finished, start_run
-from durable_nb.processes import this_process
+from durable_nb.processes import process_exists, this_process
 from durable_nb.store import DiskCacheStore, InstanceRecord
 from durable_nb.store_folder import STORE_ENV
 
@@ -122,9 +123,25 @@ def test_a_run_terminated_before_its_runner_starts_never_starts_a_kernel(tmp_pat
 
 
 def test_a_runner_that_was_killed_counts_as_finished(tmp_path: Path) -> None:
-    """A record left ``running`` is finished once the pid its lease names is gone."""
+    """A record left ``pending`` or ``running`` is finished once the pid its lease names
+    is gone: a runner SIGKILLed as it starts, then a lease of a process that exited."""
+    notebook = write_notebook(tmp_path / "nb.ipynb", "open('ran', 'w')")
+    run_id = start_run(notebook, store=tmp_path / "store")
     store = DiskCacheStore(tmp_path / "store")
     try:
+        lease = store.get_lease(run_id)
+        assert lease is not None and lease["owner"].startswith("launch:")
+        os.kill(lease["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process_exists(lease["pid"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        record = store.get_instance(run_id)
+        assert record is not None and record.status in ("pending", "running")
+        assert is_finished(store, run_id)
+        assert management.purge(store, [run_id]) == ([run_id], [])
+        assert not (tmp_path / "ran").exists()
+
         store.put_instance(InstanceRecord("killed", NOTEBOOK_RUN, status=Status.RUNNING.value))
         now = time.time()
         alive = {"owner": "me", **this_process(), "since": now, "heartbeat": now}
