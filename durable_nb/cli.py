@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import keyword
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from durable_nb.errors import ConfigurationError, DurableNbError, StoreError, VerbUsageError
 from durable_nb.store import DiskCacheStore
 from durable_nb.store_folder import STORE_ENV, default_location
 from durable_nb.verbs import add_verbs, parse_value, run_verb
+
+if TYPE_CHECKING:
+    from durable_nb.notebook_runner import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -74,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help='several at once, as a JSON object: --parameters \'{"n": 3, "city": "Oslo"}\'',
+    )
+    run.add_argument(
+        "--as-instance",
+        default=None,
+        metavar="ID",
+        help="record the run as instance ID of the store (listed, shown, terminated and "
+        "purged like an orchestration's): what POST /durable-nb/api/runs starts",
     )
 
     add_verbs(verbs, _store_option)
@@ -137,17 +147,40 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     output: Path = notebook if args.inplace else args.output or default_output(notebook)
     parameters = _parameters(args.parameters, args.parameter)
     started = time.monotonic()
-    outcome = run_notebook(
-        notebook,
-        output=output,
-        timeout=args.timeout,
-        env=env,
-        out=out,
-        quiet=args.quiet,
-        strip=args.inplace,
-        parameters=parameters,
-    )
+
+    def execute(stop: threading.Event | None = None) -> RunOutcome:
+        return run_notebook(
+            notebook,
+            output=output,
+            timeout=args.timeout,
+            env=env,
+            out=out,
+            quiet=args.quiet,
+            strip=args.inplace,
+            parameters=parameters,
+            stop=stop,
+        )
+
+    if args.as_instance is None:
+        outcome: RunOutcome | None = execute()
+    else:
+        from durable_nb.notebook_runs import run_recorded
+
+        outcome = run_recorded(
+            notebook,
+            store=args.store or default_location(),
+            instance_id=args.as_instance,
+            execute=execute,
+            parameters=parameters,
+            output=output,
+        )
     elapsed = time.monotonic() - started
+    if outcome is None:
+        print(f"durable-nb: {args.as_instance} was terminated before it started", file=out)
+        return EXIT_FAILED
+    if outcome.stopped:
+        print(f"durable-nb: {args.as_instance} was terminated after {elapsed:.1f} s", file=out)
+        return EXIT_FAILED
     if outcome.failed_cell is not None:
         print(
             f"durable-nb: cell {outcome.failed_cell} failed after {elapsed:.1f} s: "
@@ -164,6 +197,8 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 def _parameters(whole: str | None, pairs: list[list[str]]) -> dict[str, Any]:
     """--parameters JSON, then each -p NAME VALUE (which win); names must be identifiers."""
+    from durable_nb.notebook_runner import check_parameters
+
     found: dict[str, Any] = {}
     if whole is not None:
         try:
@@ -174,10 +209,10 @@ def _parameters(whole: str | None, pairs: list[list[str]]) -> dict[str, Any]:
             raise _UsageProblem(f"--parameters must be a JSON object, got {whole!r}")
         found.update(loaded)
     found.update({name: parse_value(value) for name, value in pairs})
-    bad = [name for name in found if not (name.isidentifier() and not keyword.iskeyword(name))]
-    if bad:
-        raise _UsageProblem(f"parameter names must be Python names: {', '.join(map(repr, bad))}")
-    return found
+    try:
+        return check_parameters(found)
+    except ConfigurationError as exc:
+        raise _UsageProblem(str(exc)) from None
 
 
 class _UsageProblem(Exception):

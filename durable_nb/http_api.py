@@ -1,6 +1,7 @@
 """The HTTP management API's work, without the web server: finding the stores under a
-root folder, the JSON of an instance in the shape of Durable Functions' HTTP API, and
-the management verbs as (HTTP status, JSON body) replies.
+root folder, the JSON of an instance in the shape of Durable Functions' HTTP API, the
+management verbs as (HTTP status, JSON body) replies, and starting a notebook run
+(``notebook_runs``) from a request's body.
 
 ``server_extension.py`` routes requests here; everything that touches a store runs in
 a worker thread there, so these functions may block. The verbs themselves are
@@ -12,20 +13,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
-from durable_nb import management
+from durable_nb import management, notebook_runs
 from durable_nb.errors import (
     ConfigurationError,
+    InstanceError,
     InstanceFinishedError,
     InstanceNotFoundError,
     StoreError,
 )
 from durable_nb.history import Status
+from durable_nb.server_urls import instance_urls
 from durable_nb.store import DiskCacheStore, InstanceRecord
 
 # durable_nb's statuses as Durable Functions' runtimeStatus. ``interrupted`` (the run
@@ -65,6 +68,7 @@ class Reply:
 
     code: int
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _error(code: int, message: str) -> Reply:
@@ -97,28 +101,41 @@ def find_stores(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _under_root(root: Path, given: str, what: str) -> Path | Reply:
+    """The resolved path ``given`` names relative to ``root``, or the reply refusing a
+    path that is absolute, climbs with ``..``, or leads out of the root through a
+    symlink (resolved first, so no check is fooled by one)."""
+    pure = PurePosixPath(given)
+    if (
+        not given
+        or "\x00" in given
+        or "\\" in given
+        or pure.is_absolute()
+        or PureWindowsPath(given).anchor
+        or ".." in pure.parts
+    ):
+        return _error(400, f"a {what} is a path relative to the server root, no '..': {given!r}")
+    try:
+        folder = (root / pure).resolve()
+    except (OSError, RuntimeError):
+        # A name longer than the file system takes (OSError) or a loop of symlinks
+        # (Python 3.11 raises RuntimeError): nothing a path could name.
+        return _error(404, f"no {what} {given!r} under the server root")
+    if not folder.is_relative_to(root):
+        return _error(404, f"no {what} {given!r} under the server root")
+    return folder
+
+
 def store_folder(root: Path, store: str) -> Path | Reply:
     """The folder a ``{store}`` of a URL names: inside ``root`` and a store, or the
     reply refusing it. Symlinks are followed, so one pointing out of the root is
     refused too."""
-    pure = PurePosixPath(store)
-    if (
-        not store
-        or "\x00" in store
-        or "\\" in store
-        or pure.is_absolute()
-        or PureWindowsPath(store).anchor
-        or ".." in pure.parts
-    ):
-        return _error(400, f"a store is a folder's path relative to the server root: {store!r}")
+    folder = _under_root(root, store, "store")
     try:
-        folder = (root / pure).resolve()
-        found = folder.is_relative_to(root) and is_store(folder)
-    except (OSError, RuntimeError):
-        # A name longer than the file system takes (OSError) or a loop of symlinks
-        # (Python 3.11 raises RuntimeError): no folder a store could be in.
+        found = isinstance(folder, Path) and is_store(folder)
+    except OSError:  # a name longer than the file system takes: no store there
         found = False
-    if not found:
+    if isinstance(folder, Path) and not found:
         return _error(404, f"no store {store!r} under the server root; GET stores lists them")
     return folder
 
@@ -279,6 +296,9 @@ def raise_event(root: Path, store: str, instance_id: str, name: str, content: by
         return _error(400, "the event's value is nested too deeply to decode; send a flatter value")
 
     def work(opened: DiskCacheStore) -> Reply:
+        refused = _not_for_runs(opened.get_instance(instance_id), "raiseEvent")
+        if refused is not None:
+            return refused
         management.raise_event(opened, instance_id, name, value)
         return Reply(202, {"message": f"raised {name!r} to {instance_id}"})
 
@@ -297,6 +317,10 @@ def act(root: Path, store: str, instance_id: str, action: str, reason: str) -> R
         if record is None:
             return _error(404, f"no instance {instance_id!r} in {store!r}")
         status = str(record.status)
+        if action != "terminate":
+            refused = _not_for_runs(record, action)
+            if refused is not None:
+                return refused
         if action == "rewind":
             if status not in _REWINDABLE:
                 code = 410 if status in _ENDED else 409
@@ -325,3 +349,100 @@ def purge(root: Path, store: str, instance_id: str) -> Reply:
         return Reply(200, {"instancesDeleted": len(purged)})
 
     return _with_store(root, store, work)
+
+
+# ------------------------------------------------------------------ notebook runs
+
+RUN_FIELDS = ("notebook", "parameters", "store", "timeout")
+
+
+def _not_for_runs(record: InstanceRecord | None, verb: str) -> Reply | None:
+    """409 for what a notebook run does not take: events (they are for the orchestration
+    instances its notebook starts, which the notebook waits on) and suspend, resume and
+    rewind (a kernel cannot be paused; a run is started again instead)."""
+    if record is None or record.orchestrator != notebook_runs.NOTEBOOK_RUN:
+        return None
+    if verb == "raiseEvent":
+        advice = (
+            "raise it to the orchestration instance the notebook started and waits on "
+            "(GET .../instances lists them, with their orchestrator names)"
+        )
+    else:
+        advice = "terminate it, or POST /durable-nb/api/runs again: its durable work resumes"
+    return _error(409, f"{record.instance_id} is a notebook run, which takes no {verb}; {advice}")
+
+
+def start_notebook_run(root: Path, content: bytes, api_base: str) -> Reply:
+    """``POST runs``: the body ``{"notebook", "parameters"?, "store"?, "timeout"?}``,
+    paths relative to ``root``; 202 with the run's URLs (``Location`` the status's) as
+    Durable Functions' ``create_check_status_response``. The notebook must be an
+    ``.ipynb`` file inside the root; the store, by default the one its kernel would use
+    (``notebook_runs.default_store``), a store or a folder still to be made, inside it."""
+    try:
+        body = json.loads(content) if content.strip() else None
+    except ValueError as exc:
+        return _error(400, f"the body must be JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, 'the body must be a JSON object: {"notebook": "path/in/root.ipynb"}')
+    unknown = sorted(set(body) - set(RUN_FIELDS))
+    if unknown:
+        return _error(400, f"unknown fields {unknown}: a run takes {list(RUN_FIELDS)}")
+    given = body.get("notebook")
+    if not isinstance(given, str):
+        return _error(400, f'"notebook" must be a path relative to the server root: {given!r}')
+    notebook = _under_root(root, given, "notebook")
+    if isinstance(notebook, Reply):
+        return notebook
+    hidden = any(part.startswith(".") for part in notebook.relative_to(root).parts)
+    if notebook.suffix != ".ipynb" or hidden or not notebook.is_file():
+        return _error(404, f"no notebook {given!r} under the server root")
+    store = _run_store(root, body.get("store"), notebook)
+    if isinstance(store, Reply):
+        return store
+    parameters = body.get("parameters")
+    try:
+        run_id = notebook_runs.start_run(
+            notebook,
+            store=store,
+            parameters={} if parameters is None else parameters,
+            origin="http",
+            timeout=body.get("timeout"),
+        )
+    except ConfigurationError as exc:
+        return _error(400, str(exc))
+    except InstanceError as exc:
+        return _error(409, str(exc))
+    except StoreError as exc:
+        return _error(500, str(exc))
+    urls = instance_urls(api_base, store.relative_to(root).as_posix(), run_id)
+    return Reply(202, urls, {"Location": urls["statusQueryGetUri"]})
+
+
+def _run_store(root: Path, given: Any, notebook: Path) -> Path | Reply:
+    """The store a run records itself in: ``given`` (relative to the root) or the
+    notebook kernel's default; a store already, or a folder to make one in (not yet
+    there, or empty), never a folder of other files."""
+    if given is None:
+        store = notebook_runs.default_store(notebook)
+        if not store.is_relative_to(root):
+            return _error(
+                400,
+                f"the notebook's default store {store} is outside the server root (set by "
+                '$DURABLE_NB_STORE); give "store", a folder under the root',
+            )
+    elif not isinstance(given, str):
+        return _error(400, f'"store" must be a folder\'s path relative to the root: {given!r}')
+    else:
+        found = _under_root(root, given, "store")
+        if isinstance(found, Reply):
+            return found
+        store = found
+    if is_store(store) or not store.exists():
+        return store
+    if store.is_dir() and not any(store.iterdir()):
+        return store
+    return _error(
+        400,
+        f"{store.relative_to(root).as_posix()!r} is a folder that holds no store; name a "
+        "store, or a folder that does not exist yet",
+    )

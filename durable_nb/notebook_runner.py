@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import keyword
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any, TextIO
 
 import nbformat
 
+from durable_nb.errors import ConfigurationError
 from durable_nb.widgets import FINAL_SUMMARY_KEY
 
 _MAX_LINES = 12  # of one cell's output echoed to the terminal
@@ -35,6 +39,29 @@ def strip_volatile(notebook: Any) -> None:
 
 PARAMETERS_TAG = "parameters"  # papermill's names, so notebooks made for it work here
 INJECTED_TAG = "injected-parameters"
+
+
+def check_parameters(parameters: Any) -> dict[str, Any]:
+    """``parameters`` if it is a dict whose keys are Python names (not keywords), as the
+    injected cell assigns them; otherwise ConfigurationError saying which are not."""
+    if not isinstance(parameters, dict):
+        raise ConfigurationError(
+            f"parameters must be an object of names and values, got {parameters!r}",
+            setting="parameters",
+            value=parameters,
+        )
+    bad = [
+        name
+        for name in parameters
+        if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name))
+    ]
+    if bad:
+        raise ConfigurationError(
+            f"parameter names must be Python names: {', '.join(map(repr, bad))}",
+            setting="parameters",
+            value=bad,
+        )
+    return parameters
 
 
 def inject_parameters(notebook: Any, parameters: dict[str, Any]) -> int:
@@ -62,6 +89,7 @@ class RunOutcome:
     written: Path
     failed_cell: int | None = None
     error: str = ""
+    stopped: bool = False  # ``stop`` was set: the kernel was interrupted, then shut down
 
 
 def _kernel_manager(socket_dir: str) -> Any:
@@ -88,18 +116,71 @@ def _first_line(source: str) -> str:
     return "(empty)"
 
 
+class _Stopped(Exception):
+    """Raised from the cell-start hook: the run was asked to stop, no cell starts."""
+
+
+# After a stop, the running cell is interrupted every INTERRUPT_EVERY seconds (an
+# interrupt that lands between cells is lost) and the kernel killed after STOP_GRACE.
+INTERRUPT_EVERY = 0.5
+STOP_GRACE = 5.0
+
+
+class _Stopper:
+    """Stops a run when ``stop`` is set, from another thread: SIGINT to the kernel, so
+    the running cell gets a KeyboardInterrupt (a durable run in it records
+    ``interrupted`` and resumes on the next run), then SIGKILL if it is still alive
+    after STOP_GRACE. Signals rather than the kernel manager's methods: the manager
+    belongs to nbclient's loop in the main thread."""
+
+    def __init__(self, stop: threading.Event, manager: Any) -> None:
+        self.stop = stop
+        self.manager = manager
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="durable-nb-stop", daemon=True)
+        self.thread.start()
+
+    def _pid(self) -> int | None:
+        provisioner = getattr(self.manager, "provisioner", None)
+        pid = getattr(provisioner, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.2):
+            if self.done.is_set():
+                return
+        deadline = time.monotonic() + STOP_GRACE
+        while not self.done.wait(INTERRUPT_EVERY):
+            pid = self._pid()
+            if pid is None:
+                continue  # not started yet: the cell-start hook refuses to go on
+            try:
+                os.kill(pid, signal.SIGKILL if time.monotonic() > deadline else signal.SIGINT)
+            except ProcessLookupError:
+                return
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 class _Echo:
     """Prints each cell's start, end and text output as the notebook runs."""
 
-    def __init__(self, client: Any, out: TextIO, total: int, quiet: bool) -> None:
+    def __init__(
+        self, client: Any, out: TextIO, total: int, quiet: bool, stop: threading.Event | None
+    ) -> None:
         self.client = client
         self.out = out
         self.total = total
         self.quiet = quiet
+        self.stop = stop
         self.number = 0
         self.started = 0.0
 
     def start(self, cell: Any, cell_index: int) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped
         if cell.cell_type != "code":
             return
         self.number += 1
@@ -161,11 +242,13 @@ def run_notebook(
     quiet: bool = False,
     strip: bool = False,
     parameters: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> RunOutcome:
     """Execute ``path`` in a fresh kernel started in the notebook's folder and write the
     executed notebook to ``output``; ``strip`` drops volatile metadata first (for a
     notebook written over its tracked source); ``parameters`` are injected after the
-    cell tagged ``parameters`` (see :func:`inject_parameters`)."""
+    cell tagged ``parameters`` (see :func:`inject_parameters`). Setting ``stop`` (from
+    another thread) ends the run early: see :class:`_Stopper`."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
@@ -182,12 +265,13 @@ def run_notebook(
         timeout=timeout if timeout is not None else -1,
         resources={"metadata": {"path": str(folder)}},
     )
-    echo = _Echo(client, out, code_cells, quiet)
+    echo = _Echo(client, out, code_cells, quiet, stop)
     client.on_cell_start = echo.start
     client.on_cell_executed = echo.executed
     if not quiet:
         print(f"durable-nb: running {path} in a kernel of {sys.executable}", file=out, flush=True)
     outcome = RunOutcome(cells=code_cells, written=output)
+    stopper = _Stopper(stop, manager) if stop is not None else None
     try:
         client.execute(env=env, cwd=str(folder))
     except CellExecutionError as exc:
@@ -196,12 +280,18 @@ def run_notebook(
     except (DeadKernelError, asyncio.TimeoutError, TimeoutError) as exc:
         outcome.failed_cell = echo.number
         outcome.error = f"{type(exc).__name__}: {exc}"
+    except _Stopped:
+        outcome.failed_cell = echo.number
+        outcome.error = "stopped before the next cell"
     finally:
+        if stopper is not None:
+            stopper.close()
+            outcome.stopped = stop is not None and stop.is_set()
         if strip:
             strip_volatile(notebook)
         nbformat.write(notebook, str(output))  # type: ignore[no-untyped-call, unused-ignore]
         if manager.has_kernel:  # nbclient shuts down only kernels it made itself
-            manager.shutdown_kernel(now=False)
+            manager.shutdown_kernel(now=outcome.stopped)
         sockets.cleanup()
     return outcome
 

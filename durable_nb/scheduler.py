@@ -14,10 +14,7 @@ simply repeat them: the terminal's until the next tick, the server's every N sec
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from durable_nb import notebook_runs
 from durable_nb.errors import DurableNbError
-from durable_nb.processes import on_this_host, process_exists, this_process
 from durable_nb.schedule_times import iso
 from durable_nb.schedules import Schedule, ScheduleBook, claimer
 
@@ -45,51 +42,21 @@ class Launcher(Protocol):
         ...
 
 
-class ProcessLauncher:
-    """Runs ``durable-nb run NOTEBOOK --store STORE --parameters JSON`` in a process of
-    its own session (a Ctrl-C of the scheduler's terminal does not reach it, and it
-    outlives the scheduler). Its id is ``process:<host>:<pid>``; it records no instance
-    of its own: the executed copy, NAME.out.ipynb beside the notebook, shows the run."""
-
-    def __init__(self) -> None:
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()
+class NotebookRunLauncher:
+    """Starts each run with :func:`durable_nb.notebook_runs.start_run`: an instance of the
+    store (listed by ``durable-nb list``, with the HTTP API's status and terminate),
+    whose runner runs the notebook headless in a process of its own session (a Ctrl-C
+    of the scheduler's terminal does not reach it, and it outlives the scheduler)."""
 
     def start(self, notebook: Path, store: Path, parameters: dict[str, Any], origin: str) -> str:
-        command = [sys.executable, "-m", "durable_nb.cli", "run", str(notebook)]
-        command += ["--store", str(store), "--parameters", json.dumps(parameters), "--quiet"]
-        child = subprocess.Popen(
-            command,
-            cwd=notebook.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        run_id = notebook_runs.start_run(
+            notebook, store=store, parameters=parameters, origin=f"schedule {origin}"
         )
-        with self._lock:
-            self._children[child.pid] = child
-            self._reap()
-        logger.info("schedule %s: started %s as pid %s", origin, notebook, child.pid)
-        return f"process:{this_process()['host']}:{child.pid}"
+        logger.info("schedule %s: started %s as run %s", origin, notebook, run_id)
+        return run_id
 
     def finished(self, store: Path, instance_id: str) -> bool:
-        kind, _, rest = instance_id.partition(":")
-        host, _, pid_text = rest.rpartition(":")
-        if kind != "process" or not pid_text.isdigit():
-            return True  # not a run of this launcher: nothing of it to wait for
-        pid = int(pid_text)
-        with self._lock:
-            self._reap()
-            if pid in self._children:
-                return False
-        # Started by another scheduler process: alive or not, as far as this host sees.
-        return not (on_this_host(host) and process_exists(pid))
-
-    def _reap(self) -> None:
-        """Collect the children that ended, so none stays a zombie."""
-        for pid, child in list(self._children.items()):
-            if child.poll() is not None:
-                del self._children[pid]
+        return notebook_runs.is_finished(store, instance_id)
 
 
 @dataclass(frozen=True)
@@ -109,10 +76,9 @@ class CallLauncher:
 
 
 # The one place that chooses how scheduled runs start (the terminal's loop, the server
-# extension and `schedule list` all call it). To record each run as an instance of the
-# store, return CallLauncher(notebook_runs.start_run, <notebook_runs' finished check>).
+# extension and `schedule list` all call it).
 def default_launcher() -> Launcher:
-    return ProcessLauncher()
+    return NotebookRunLauncher()
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,18 @@ class _Handler(APIHandler):
     def query(self) -> dict[str, str]:
         return {name: self.get_query_argument(name) for name in self.request.query_arguments}
 
+    @property
+    def absolute_api_base(self) -> str:
+        """The API's URL as the client reached it (scheme and host of the request), for
+        replies whose URLs a client follows as given, as Durable Functions' are."""
+        return f"{self.request.protocol}://{self.request.host}{self.api_base}"
+
     async def send(self, work: Callable[..., Reply], *args: Any) -> None:
         reply = await asyncio.to_thread(work, *args)
         self.set_status(reply.code)
         self.set_header("Content-Type", "application/json")
+        for name, value in reply.headers.items():
+            self.set_header(name, value)
         await self.finish(json.dumps(reply.body))
 
 
@@ -111,12 +119,23 @@ class OpenApiHandler(_Handler):
         await self.send(http_api.openapi_document, self.api_base)
 
 
+class RunsHandler(_Handler):
+    """``POST runs``: start a notebook headless, recorded as an instance (202 at once)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.request.body
+        await self.send(http_api.start_notebook_run, self.root, body, self.absolute_api_base)
+
+
 def handlers(base_url: str, root: Path) -> list[tuple[str, type[_Handler], dict[str, Any]]]:
     """The routes, under ``base_url``; ``root`` is the folder stores are found in."""
     instance = f"stores/{_SEGMENT}/instances/{_SEGMENT}"
     actions = "|".join(http_api.ACTIONS)
     routes: list[tuple[str, type[_Handler]]] = [
         ("stores", StoresHandler),
+        ("runs", RunsHandler),
         (f"stores/{_SEGMENT}/instances", InstancesHandler),
         (instance, InstanceHandler),
         (f"{instance}/raiseEvent/{_SEGMENT}", RaiseEventHandler),

@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 from test_http_api import ROOT, Server, _free_port, _waiting, broken, double  # noqa: E402
-from test_http_spec import NOT_SERVED_YET, SPEC_PATH  # noqa: E402
+from test_http_spec import SPEC_PATH  # noqa: E402
 
 from durable_nb import runtime as runtime_module  # noqa: E402
 from durable_nb.runtime import Runtime  # noqa: E402
@@ -419,13 +419,10 @@ def test_bodies_and_segments_that_break_decoding_are_refused(fuzzed: Fuzzed) -> 
 
 # --- the fuzz ----------------------------------------------------------------------------
 
-# Every operation the document describes and this branch serves (see NOT_SERVED_YET in
-# tests/test_http_spec.py, the one switch), each with a few generated requests of every
-# phase (the document's examples, which name a real store and instance; boundary
-# values; random ones), valid and invalid.
+# Every operation the document describes (tests/test_http_spec.py checks they are all
+# served), each with a few generated requests of every phase (the document's examples,
+# which name a real store and instance; boundary values; random ones), valid and invalid.
 schema = schemathesis.openapi.from_path(SPEC_PATH)
-if NOT_SERVED_YET:
-    schema = schema.exclude(operation_id=sorted(NOT_SERVED_YET))
 # The status codes the fuzz got, by operation: what it reached is checked below.
 ANSWERS: dict[str, Counter[int]] = {}
 CHECKS = [

@@ -256,20 +256,22 @@ def test_run_once_runs_a_due_notebook_and_skips_a_tick_while_it_runs(project: Pa
     assert added[0] == 0
     time.sleep(1.1)
     code, out = cli("schedule", "run", "--once", "--store", store)
-    assert code == 0 and re.search(r"often: started process:\S+:\d+", out), out
-    assert "running (process:" in last_status(store, "often")
+    assert code == 0 and re.search(r"often: started report-\S+", out), out
+    assert re.search(r"(pending|running) \(report-", last_status(store, "often"))
     time.sleep(1.1)  # the next tick, while the first run still sleeps in its kernel
     code, out = cli("schedule", "run", "--once", "--store", store)
     assert code == 0 and "often: skipped (its last run is still going)" in out
     assert "1 tick(s) skipped" in last_status(store, "often")
     wait_for(lambda: files(project / "effects") == 1, 90, "the first run's file")
-    wait_for(lambda: "ended (process:" in last_status(store, "often"), 30, "the run to end")
+    wait_for(lambda: "completed (report-" in last_status(store, "often"), 30, "the run to end")
     code, out = cli("schedule", "run", "--once", "--store", store)
     assert code == 0 and "often: started" in out
     wait_for(lambda: files(project / "effects") == 2, 90, "the second run's file")
-    wait_for(lambda: "ended (process:" in last_status(store, "often"), 30, "the run to end")
+    wait_for(lambda: "completed (report-" in last_status(store, "often"), 30, "the run to end")
     assert files(project / "effects") == 2  # one file per run, no more
-    assert (project / "report.out.ipynb").is_file()  # the executed copy of the last run
+    # Every run is an instance of the store, listed as any other.
+    listed = cli("list", "--store", store)[1]
+    assert listed.count("notebook") >= 2, listed
 
 
 @pytest.mark.kernel
@@ -349,7 +351,7 @@ def test_a_jupyter_server_runs_a_due_schedule(tmp_path: Path) -> None:
         wait_for(lambda: files(effects) >= 1, 90, f"a scheduled run:\n{log.read_text()}")
         print(f"first scheduled run's file after {time.monotonic() - started:.1f} s")
         schedule = ScheduleBook(store).get("daily")
-        assert schedule is not None and schedule.state["instance"].startswith("process:")
+        assert schedule is not None and schedule.state["instance"].startswith("report-")
         assert "durable_nb: running schedules every 0.5 s" in log.read_text()
     finally:
         process.terminate()  # SIGTERM: Jupyter's own clean shutdown

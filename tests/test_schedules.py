@@ -27,7 +27,7 @@ from durable_nb.schedule_times import (
     iso,
     parse_every,
 )
-from durable_nb.scheduler import CallLauncher, ProcessLauncher, next_tick, run_due, run_forever
+from durable_nb.scheduler import CallLauncher, next_tick, run_due, run_forever
 from durable_nb.schedules import ScheduleBook
 from durable_nb.store import DiskCacheStore
 
@@ -371,21 +371,31 @@ def test_schedulers_racing_in_processes_launch_each_tick_exactly_once(
     assert origins == sorted(f"schedule:p{i}" for i in range(30))
 
 
-# ------------------------------------------------------------------ the process launcher
+# ------------------------------------------------------------------ the default launcher
 
 
-def test_the_process_launcher_tells_a_live_run_from_an_ended_one(tmp_path: Path) -> None:
-    launcher = ProcessLauncher()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def test_the_default_launcher_asks_the_run_instance_whether_it_is_over(tmp_path: Path) -> None:
+    from durable_nb.leases import LeaseKeeper
+    from durable_nb.notebook_runs import NOTEBOOK_RUN
+    from durable_nb.scheduler import NotebookRunLauncher, default_launcher
+    from durable_nb.store import DiskCacheStore, InstanceRecord
+
+    assert isinstance(default_launcher(), NotebookRunLauncher)
+    launcher = NotebookRunLauncher()
+    folder = tmp_path / "store"
+    store = DiskCacheStore(folder)
     try:
-        mine = f"process:{this_process()['host']}:{sleeper.pid}"
-        assert not launcher.finished(tmp_path, mine)  # another scheduler's live run
-        assert launcher.finished(tmp_path, "process:elsewhere:1")  # cannot tell: not waited on
-        assert launcher.finished(tmp_path, "some-instance")  # not one of its runs
+        assert launcher.finished(folder, "never-started")
+        store.put_instance(InstanceRecord("run-1", NOTEBOOK_RUN, status="running"))
+        assert launcher.finished(folder, "run-1")  # running, but no runner holds it
+        keeper = LeaseKeeper(store, "run-1")
+        keeper.acquire()  # a live runner (this process)
+        assert not launcher.finished(folder, "run-1")
+        keeper.release()
+        store.put_instance(InstanceRecord("run-1", NOTEBOOK_RUN, status="completed"))
+        assert launcher.finished(folder, "run-1")
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert launcher.finished(tmp_path, mine)
+        store.close()
 
 
 # ------------------------------------------------------------------ the loops
