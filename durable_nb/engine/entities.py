@@ -218,7 +218,8 @@ class EntityCalls(Generic[A, O]):
 
         key, occurrence, _ = self._next_call(triple(KEY_SCHEME), name)
         if self._results.find(key, triple, occurrence) is not None:
-            return  # sent by an earlier run
+            self._step.replayed.append(name)  # sent by an earlier run: counted as cached
+            return
         signal.key = key
         self._step.signals.append(signal)
         preview = arguments_preview((signal.operation, signal.input), {})
