@@ -231,7 +231,8 @@ class DurableMagics(Magics):
     def durable(self, line: str) -> None:
         """Manage instances: %durable list | show ID [--calls] | timeline ID [-o FILE] |
         purge ... | raise ID NAME [VALUE] | terminate ID | suspend ID | resume ID |
-        rewind ID  (each takes --help)"""
+        rewind ID; and durable entities: %durable entity list | show ENTITY |
+        signal ENTITY OPERATION [VALUE] | purge ENTITY  (each takes --help)"""
         args = _DURABLE_PARSER.parse_line(line or "list")
         runtime = get_runtime()
         try:
