@@ -1,6 +1,12 @@
 """The calls of an instance, one row each, read off its history: what ran, when, how
 long, how many attempts, how it ended, and whether its result came from a checkpoint.
 
+A durable entity's calls are calls of ``@<entity name>`` (their arguments start with
+the entity's key and the operation); its signals (``ctx.signal_entity``, and the
+releases of a critical section's locks) are rows of the same name with status
+``sent``: one-way, they have no attempts and no duration, only the moment they were
+queued.
+
 Shared by ``h.calls()`` (a DataFrame when pandas is installed), ``durable-nb show ID
 --calls`` and the timeline (timeline.py), so that the three never disagree. Pure: it
 reads events, nothing else.
@@ -19,7 +25,8 @@ from typing import Any
 from durable_nb import history
 from durable_nb.errors import ConfigurationError
 
-STATUSES = ("completed", "failed", "running", "retrying", "waiting")
+STATUSES = ("completed", "failed", "running", "retrying", "waiting", "sent")
+_ARGUMENTS = 80  # characters of a signal's arguments: its key, then the event's preview
 
 
 @dataclass(slots=True)
@@ -123,6 +130,11 @@ def call_rows(events: Sequence[history.Event]) -> list[CallRow]:
             )
             call.status, call.attempts, call.finished = "failed", event.attempts, event.timestamp
             call.error, call.cached = error, False
+        elif isinstance(event, history.EntitySignaled):
+            call = row(event.key, _entity_activity(event.entity), event.timestamp)
+            call.arguments = _signal_arguments(event)
+            call.status, call.started, call.finished = "sent", event.timestamp, event.timestamp
+            call.cached = event.timestamp < latest_run
         elif isinstance(event, (history.SubOrchestrationCompleted, history.SubOrchestrationFailed)):
             call = row(event.key, event.key.split("/", 1)[0], None)
             call.arguments = call.arguments or event.instance_id
@@ -132,11 +144,26 @@ def call_rows(events: Sequence[history.Event]) -> list[CallRow]:
             else:
                 call.status, call.cached = "completed", event.timestamp < latest_run
     for call in rows.values():
+        if call.status == "sent":
+            continue  # an instant: started and finished when it was queued
         firsts = [a.started for a in call.attempt_log if a.started is not None]
         call.started = firsts[0] if firsts else None
         if call.status in ("running", "retrying") and not call.attempts:
             call.attempts = 1
     return list(rows.values())
+
+
+def _entity_activity(entity: str) -> str:
+    """``@counter`` of ``@counter@c1``: what the entity's calls are recorded under."""
+    return "@" + entity[1:].partition("@")[0]
+
+
+def _signal_arguments(event: history.EntitySignaled) -> str:
+    """Like an entity call's arguments (key, operation, input): ``'c1', 'add', 3``; a
+    lock's release shows as ``'c1', (unlock)``."""
+    key = repr(event.entity[1:].partition("@")[2])
+    text = f"{key}, {event.arguments}" if event.kind == "operation" else f"{key}, ({event.kind})"
+    return text if len(text) <= _ARGUMENTS else text[: _ARGUMENTS - 1] + "…"
 
 
 def _latest_run_start(events: Sequence[history.Event]) -> float:

@@ -1,4 +1,4 @@
-"""IPython magics: ``%%activity``, ``%%orchestrator`` and ``%durable``."""
+"""IPython magics: ``%%activity``, ``%%orchestrator``, ``%%entity`` and ``%durable``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from durable_nb.definitions import (
     register,
     register_orchestrator,
 )
+from durable_nb.entities import Entity, register_entity
 from durable_nb.errors import DefinitionError, DurableNbError
 from durable_nb.options import ActivityOptions
 from durable_nb.runtime import get_runtime
 from durable_nb.verbs import add_verbs, run_verb
 
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+_DefinitionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +72,9 @@ _ORCHESTRATOR_PARSER = _Parser(prog="%%orchestrator", add_help=False)
 _ORCHESTRATOR_PARSER.add_argument("--strict", action="store_true")
 _ORCHESTRATOR_PARSER.add_argument("--name", default=None)
 
+_ENTITY_PARSER = _Parser(prog="%%entity", add_help=False)
+_ENTITY_PARSER.add_argument("--name", default=None)
+
 
 @magics_class
 class DurableMagics(Magics):
@@ -77,22 +82,32 @@ class DurableMagics(Magics):
 
     def _run_definitions(self, cell: str, magic: str) -> tuple[dict[str, Any], list[_FunctionNode]]:
         """Execute the cell in the user namespace; return it and the top-level functions."""
-        shell = self.shell
-        assert shell is not None
-        source = shell.transform_cell(cell)
-        try:
-            tree = ast.parse(source)
-        except SyntaxError as exc:
-            raise UsageError(f"%%{magic}: the cell has a syntax error: {exc}") from None
+        tree = self._parsed(cell, magic)
         functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
         if not functions:
             raise UsageError(f"%%{magic}: the cell defines no top-level function (def ...)")
+        return self._run_tree(cell, tree), functions
+
+    def _parsed(self, cell: str, magic: str) -> ast.Module:
+        assert self.shell is not None
+        source: str = self.shell.transform_cell(cell)
+        try:
+            return ast.parse(source)
+        except SyntaxError as exc:
+            raise UsageError(f"%%{magic}: the cell has a syntax error: {exc}") from None
+
+    def _run_tree(self, cell: str, tree: ast.Module) -> dict[str, Any]:
+        shell = self.shell
+        assert shell is not None
         # Compile through IPython's cache so tracebacks and inspect.getsource show
         # the cell's lines.
-        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+        filename = shell.compile.cache(
+            shell.transform_cell(cell), shell.execution_count, raw_code=cell
+        )
         code = shell.compile(tree, filename, "exec")
-        exec(code, shell.user_global_ns, shell.user_ns)
-        return shell.user_ns, functions
+        namespace: dict[str, Any] = shell.user_ns
+        exec(code, shell.user_global_ns, namespace)
+        return namespace
 
     @cell_magic
     def activity(self, line: str, cell: str) -> None:
@@ -172,11 +187,52 @@ class DurableMagics(Magics):
                 raise UsageError(f"%%orchestrator: {exc}") from None
             namespace[node.name] = register_orchestrator(orch)
 
+    @cell_magic
+    def entity(self, line: str, cell: str) -> None:
+        """Turn the cell's one top-level function (of an entity context) or class (whose
+        public methods are the operations) into a durable entity.
+
+        Options: --name NAME (register it under NAME, as @entity(name=...); the default
+        is the function's or class's name).
+        """
+        opts = _ENTITY_PARSER.parse_line(line)
+        tree = self._parsed(cell, "entity")
+        defined = [
+            n
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ]
+        if len(defined) != 1:
+            # One cell, one entity: its name (or --name) is the entity's, and a helper
+            # function beside it would be taken for a second entity.
+            names = ", ".join(node.name for node in defined)
+            raise UsageError(
+                "%%entity: the cell must define exactly one top-level function (taking an "
+                "entity context) or class (whose public methods are the operations); it "
+                + (f"defines {len(defined)} ({names}): " if defined else "defines none: ")
+                + "put each entity in a %%entity cell of its own, and helpers in another cell"
+            )
+        if isinstance(defined[0], ast.AsyncFunctionDef):
+            raise UsageError(
+                f"%%entity: {defined[0].name} is an async def; an entity operation runs to its "
+                "end without awaiting: make it a plain def"
+            )
+        namespace = self._run_tree(cell, tree)
+        target = namespace[defined[0].name]
+        if isinstance(target, Entity):  # the cell also used @entity: define it once
+            target = target.fn
+        try:
+            made = register_entity(Entity(target, name=opts.name))
+        except DefinitionError as exc:
+            raise UsageError(f"%%entity: {exc}") from None
+        namespace[defined[0].name] = made
+
     @line_magic
     def durable(self, line: str) -> None:
         """Manage instances: %durable list | show ID [--calls] | timeline ID [-o FILE] |
         purge ... | raise ID NAME [VALUE] | terminate ID | suspend ID | resume ID |
-        rewind ID  (each takes --help)"""
+        rewind ID; and durable entities: %durable entity list | show ENTITY |
+        signal ENTITY OPERATION [VALUE] | purge ENTITY  (each takes --help)"""
         args = _DURABLE_PARSER.parse_line(line or "list")
         runtime = get_runtime()
         try:
@@ -213,6 +269,7 @@ def register_magics(ipython: Any) -> None:
 
 def unregister_magics(ipython: Any) -> None:
     manager = ipython.magics_manager
-    for kind, name in (("cell", "activity"), ("cell", "orchestrator"), ("line", "durable")):
+    magics = (("cell", "activity"), ("cell", "orchestrator"), ("cell", "entity"))
+    for kind, name in (*magics, ("line", "durable")):
         manager.magics[kind].pop(name, None)
     manager.registry.pop("DurableMagics", None)

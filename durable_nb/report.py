@@ -1,12 +1,17 @@
-"""Human-readable tables of instances, shared by ``%durable`` and ``durable-nb``."""
+"""Human-readable tables of instances and durable entities, shared by ``%durable`` and
+``durable-nb``."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import pprint
+import reprlib
 from collections.abc import Sequence
 from typing import Any
 
 from durable_nb.calls import CallRow
+from durable_nb.engine.preview import arguments_preview
+from durable_nb.entity_store import EntityMessage, EntitySnapshot
 from durable_nb.history import Status
 from durable_nb.store import InstanceRecord
 
@@ -94,7 +99,7 @@ def calls_text(rows: Sequence[CallRow]) -> str:
             r.status,
             str(r.attempts),
             _when(r.started),
-            "-" if r.duration is None else f"{r.duration:.3f} s",
+            "-" if r.duration is None or r.status == "sent" else f"{r.duration:.3f} s",
             "yes" if r.cached else "",
             (r.error[:60] + "…") if len(r.error) > 60 else r.error,
         ]
@@ -108,3 +113,87 @@ def _short_key(key: str) -> str:
     """A call key's arguments digest, cut, and occurrence: enough to tell calls apart."""
     digest, _, occurrence = key.rsplit("/", 1)[-1].partition("#")
     return f"{digest[:10]}…#{occurrence}" if occurrence else digest[:12]
+
+
+# ---------------------------------------------------------------------- entities
+
+# A state shown by `entity show` is cut to this much: a state may be a large dict, and
+# reprlib's limits keep even building the text bounded (pprint alone would not be).
+STATE_LIMIT = 2000
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxdict, _BOUNDED.maxlist = 4, 40, 40
+_BOUNDED.maxtuple, _BOUNDED.maxset, _BOUNDED.maxfrozenset = 40, 40, 40
+_BOUNDED.maxstring, _BOUNDED.maxother, _BOUNDED.maxlong = 200, 200, 200
+
+
+def state_preview(snapshot: EntitySnapshot) -> str:
+    """A state in a table cell: short, and cheap for any state (engine/preview.py)."""
+    return arguments_preview((snapshot.state,), {}) if snapshot.exists else "-"
+
+
+def state_text(value: Any) -> str:
+    """A state in full when it is small enough, pretty-printed; else its bounded repr."""
+    bounded = _BOUNDED.repr(value)
+    if "..." not in bounded and len(bounded) <= STATE_LIMIT:
+        # Whole (reprlib cut nothing), so pretty-printing it costs as little.
+        pretty = pprint.pformat(value, width=88, sort_dicts=False)
+        if len(pretty) <= STATE_LIMIT:
+            return pretty
+    if len(bounded) > STATE_LIMIT:
+        bounded = bounded[: STATE_LIMIT - 1] + "…"
+    return bounded
+
+
+def list_entities_text(snapshots: Sequence[EntitySnapshot]) -> str:
+    """``entity list``: one row per entity with a state or a queued message."""
+    if not snapshots:
+        return "no entities in the store"
+    rows = [
+        [
+            str(s.entity),
+            "yes" if s.exists else "no",
+            state_preview(s),
+            str(s.waiting),
+            s.locked_by or "-",
+            str(s.version),
+            _when(s.updated),
+        ]
+        for s in snapshots
+    ]
+    headers = ["entity", "exists", "state", "waiting", "locked by", "version", "updated"]
+    return format_table(headers, rows)
+
+
+def show_entity_text(snapshot: EntitySnapshot, messages: Sequence[EntityMessage]) -> str:
+    """``entity show``: the state in full (bounded), the lock, and the waiting messages
+    (``messages``: the first of them, oldest first; ``snapshot.waiting`` counts all)."""
+    state = state_text(snapshot.state) if snapshot.exists else "(none: no operation set one)"
+    lines = [
+        f"entity:     {snapshot.entity}",
+        f"exists:     {'yes' if snapshot.exists else 'no'}",
+        f"version:    {snapshot.version} (operations applied, locks taken and released)",
+        f"updated:    {_when(snapshot.updated)}",
+        f"locked by:  {snapshot.locked_by or '-'}"
+        + (" (a critical section: its messages only are applied)" if snapshot.locked_by else ""),
+        "state:",
+        *(f"  {line}" for line in state.splitlines()),
+        "",
+    ]
+    if not snapshot.waiting:
+        lines.append("waiting messages: none")
+        return "\n".join(lines)
+    lines.append(f"waiting messages: {snapshot.waiting} (applied in this order)")
+    rows = [
+        [
+            str(m.seq),
+            m.operation if m.kind == "operation" and m.operation else f"({m.kind})",
+            arguments_preview((m.input,), {}) if m.input is not None else "-",
+            m.source or "client",
+            _when(m.queued),
+        ]
+        for m in messages
+    ]
+    lines.append(format_table(["#", "operation", "input", "from", "queued"], rows))
+    if snapshot.waiting > len(messages):
+        lines.append(f"... and {snapshot.waiting - len(messages)} more")
+    return "\n".join(lines)

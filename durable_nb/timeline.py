@@ -3,8 +3,10 @@
 One lane per call when a run is small, one per activity otherwise; each call a bar
 from scheduled (queued, light) through its attempts (ran: green, failed: red, retried:
 orange, each followed by its backoff, hatched) to its end. Calls whose result came from
-a checkpoint (cached) are grey outlines. Timers, external-event waits and
-sub-orchestrations get lanes of their own, a sub-orchestration's calls nested under it.
+a checkpoint (cached) are grey outlines. A signal to a durable entity (one-way: it has
+no duration) is a tick at the moment it was sent, in its entity's lane. Timers,
+external-event waits and sub-orchestrations get lanes of their own, a
+sub-orchestration's calls nested under it.
 An activity with more calls than can be drawn one by one is drawn as how many of its
 calls ran at each moment, with its failures marked.
 
@@ -43,6 +45,7 @@ _COLORS = {
     "wait": "#80cbc4",
     "sub": "#90a4ae",
     "cached": "#ffffff",
+    "sent": "#3949ab",
 }
 KINDS = tuple(_COLORS)
 
@@ -178,6 +181,10 @@ def _counted(activity: str, calls: int) -> str:
 
 def _call_bars(chart: Timeline, lane: int, call: CallRow, now: float) -> None:
     bars = chart.bars
+    if call.status == "sent":  # an instant, drawn as a tick (figure())
+        if call.finished is not None:
+            bars.append(Bar(lane, call.finished, call.finished, "sent"))
+        return
     if call.cached:
         begun = call.started if call.started is not None else call.scheduled
         ended = call.finished if call.finished is not None else begun
@@ -208,8 +215,11 @@ def _aggregate(chart: Timeline, activity: str, calls: list[CallRow], depth: int)
     index = chart.lane(_counted(activity, len(calls)), depth)
     lane = chart.lanes[index]
     changes: list[tuple[float, int]] = []
-    failed = cached = retries = 0
+    failed = cached = retries = sent = 0
     for call in calls:
+        if call.status == "sent":  # no attempts: it adds nothing to what ran at once
+            sent += 1
+            continue
         if call.cached:
             cached += 1
             continue
@@ -230,9 +240,9 @@ def _aggregate(chart: Timeline, activity: str, calls: list[CallRow], depth: int)
         steps.append((moment, running))
     lane.busy = steps
     lane.note = (
-        f"{len(calls) - cached - failed} ran, {failed} failed, {retries} retries, "
+        f"{len(calls) - cached - failed - sent} ran, {failed} failed, {retries} retries, "
         f"{cached} cached; peak {max((n for _, n in steps), default=0)} at once"
-    )
+    ) + (f"; {sent} sent" if sent else "")
 
 
 def _add_child(
@@ -333,6 +343,11 @@ def figure(chart: Timeline) -> Any:
             style = {"facecolors": _COLORS[kind], "edgecolors": "#fb8c00", "hatch": "///"}
         for (at, row), spans in per_row.items():
             step = sizes[at] / lanes[at].rows
+            if kind == "sent":
+                middle = tops[at] + (row + 0.5) * step
+                xs = [start for start, _ in spans]
+                ax.plot(xs, [middle] * len(xs), "|", color=_COLORS[kind], markersize=10)
+                continue
             ax.broken_barh(spans, (tops[at] + row * step + 0.1 * step, 0.8 * step), **style)
     for index, lane in enumerate(lanes):
         top, size = tops[index], sizes[index]

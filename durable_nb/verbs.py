@@ -11,15 +11,25 @@ from typing import TYPE_CHECKING, Any
 from durable_nb import management
 from durable_nb.calls import STATUSES as CALL_STATUSES
 from durable_nb.calls import call_rows, select
-from durable_nb.errors import InstanceNotFoundError, VerbUsageError
+from durable_nb.engine.entity_ids import EntityId
+from durable_nb.entities import find_entity
+from durable_nb.entity_worker import client_message, worker_for
+from durable_nb.errors import EntityNotFoundError, InstanceNotFoundError, VerbUsageError
 from durable_nb.history import Status
-from durable_nb.report import calls_text, list_instances_text, show_instance_text
+from durable_nb.report import (
+    calls_text,
+    list_entities_text,
+    list_instances_text,
+    show_entity_text,
+    show_instance_text,
+)
 from durable_nb.store import CheckpointStore
 
 if TYPE_CHECKING:
     from durable_nb.runtime import Runtime
 
 STATUSES = tuple(status.value for status in Status)
+_SHOWN_MESSAGES = 20  # waiting messages `entity show` lists (it counts them all)
 
 
 def _age(text: str) -> float:
@@ -100,6 +110,49 @@ def add_verbs(
         parser.add_argument("reason", nargs="?", default="")
     verb("rewind", "run a failed instance again: successes replay, failures rerun").add_argument(
         "instance_id"
+    )
+    _add_entity_verbs(verb, store_option)
+
+
+def _add_entity_verbs(
+    verb: Callable[[str, str], argparse.ArgumentParser],
+    store_option: Callable[[argparse.ArgumentParser], None] | None,
+) -> None:
+    entity = verb(
+        "entity",
+        "durable entities: list, show ENTITY, signal ENTITY OPERATION [VALUE], purge ENTITY "
+        "(ENTITY is @name@key or name/key)",
+    )
+    actions = entity.add_subparsers(dest="entity_verb", metavar="ACTION", required=True)
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
+        if store_option is not None:
+            store_option(parser)
+            # --store before or after the action: an absent one here must not undo the
+            # `entity` parser's.
+            for option in parser._actions:
+                if option.dest == "store":
+                    option.default = argparse.SUPPRESS
+        return parser
+
+    action("list", "every entity with a state or a queued message").add_argument(
+        "--name", help="only the entities of this definition"
+    )
+    action("show", "an entity's state, lock and waiting messages").add_argument("entity")
+    signal = action(
+        "signal",
+        "send an operation to an entity, one-way. It is queued durably and applied by a "
+        "kernel that defines the entity: at once in a kernel that does (%%durable), else "
+        "by one that defines it when it next touches the entity. VALUE is parsed as JSON "
+        "first, else sent as text",
+    )
+    signal.add_argument("entity")
+    signal.add_argument("operation")
+    signal.add_argument("value", nargs="?", help="JSON (true, 3, {...}) or plain text")
+    signal.add_argument("--text", action="store_true", help="send the value as a string, as is")
+    action("purge", "delete an entity's state and every message to it (asks nothing)").add_argument(
+        "entity"
     )
 
 
@@ -202,6 +255,57 @@ def _rewind(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime |
     return management.rewind(store, args.instance_id)
 
 
+def _entity(args: argparse.Namespace, store: CheckpointStore, runtime: Runtime | None) -> str:
+    entities = store.entities
+    if args.entity_verb == "list":
+        return list_entities_text(entities.entities(args.name))
+    entity = EntityId.parse(args.entity)
+    if args.entity_verb == "signal":
+        return _signal(args, store, entity)
+    found = entities.read(entity)
+    if found is None:
+        raise EntityNotFoundError(
+            f"no entity {entity} in {store.location} (no state, no message); "
+            "`entity list` shows those there are",
+            entity=str(entity),
+        )
+    if args.entity_verb == "show":
+        snapshot, messages = entities.waiting(entity, _SHOWN_MESSAGES)
+        return show_entity_text(snapshot, messages)
+    entities.purge(entity)
+    removed = ["its state"] if found.exists else []
+    if found.waiting:
+        removed.append(f"{found.waiting} waiting message(s) (not applied)")
+    removed.append("the record of the messages applied to it")
+    held = f" (it was locked by {found.locked_by})" if found.locked_by else ""
+    return f"purged {entity}{held}: {'; '.join(removed)}"
+
+
+def _signal(args: argparse.Namespace, store: CheckpointStore, entity: EntityId) -> str:
+    value = args.value if args.text else parse_value(args.value)
+    message = client_message(entity, args.operation, value)
+    # What durable_nb.signal_entity does (entity_client sits beside this module, so it is
+    # not imported): queue it durably, then apply the queue here if this process defines
+    # the entity.
+    worker_for(store).send(message)
+    sent = f"signaled {args.operation!r} = {value!r} to {entity}"
+    outcome = store.entities.outcome(message.message_id)
+    if outcome is not None:
+        if outcome.failure is not None:
+            failure = outcome.failure
+            return f"{sent}: applied, and it failed ({failure.error_type}: {failure.message})"
+        return f"{sent}: applied"
+    snapshot = store.entities.read(entity)
+    if find_entity(entity.name) is None:
+        return (
+            f"{sent}: queued ({snapshot.waiting if snapshot else 1} waiting); this process does "
+            f"not define entity {entity.name!r}: a kernel that defines it (%%entity or "
+            "@entity) applies it, once, when it next signals, calls or reads the entity"
+        )
+    holder = snapshot.locked_by if snapshot is not None else None
+    return f"{sent}: queued behind the critical section of {holder or 'another process'}"
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, CheckpointStore, Any], str]] = {
     "list": _list,
     "show": _show,
@@ -212,4 +316,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, CheckpointStore, Any], str]] 
     "suspend": _control,
     "resume": _control,
     "rewind": _rewind,
+    "entity": _entity,
 }

@@ -289,3 +289,130 @@ def test_the_durable_magic_shows_the_timeline_inline(rt: Runtime, tmp_path: Path
         shell.display_pub.publish = original  # type: ignore[method-assign]
         shell.run_line_magic("unload_ext", "durable_nb")
     assert len(shown) == 1 and "image/png" in shown[0]
+
+
+# ------------------------------------------------------------------ durable entities
+
+KS, KC, KU = "@counter/operation/eeee#0", "@counter/ffff#0", "@Account/unlock/gggg#0"
+
+
+def entity_story() -> list[history.Event]:
+    """A signal to @counter@c1, a call of it, a lock's release; then a second run that
+    sends one more signal (the first one is the earlier run's)."""
+    return [
+        history.ExecutionStarted(T0, "orch", 1, 2),
+        history.EntitySignaled(T0 + 1, KS, "@counter@c1", "add", "operation", "'add', 3"),
+        history.TaskScheduled(T0 + 2, KC, "@counter", "'c1', 'get', None"),
+        history.TaskCompleted(T0 + 2.5, KC, "@counter", 3, 1, T0 + 2.1),
+        history.EntitySignaled(T0 + 3, KU, "@Account@a", None, "unlock", "None, None"),
+        history.ExecutionStarted(T0 + 10, "orch", 2, 2),
+        history.EntitySignaled(
+            T0 + 11, "@counter/operation/hhhh#0", "@counter@c2", "add", "operation", "'add', 'x'"
+        ),
+    ]
+
+
+def test_a_signal_is_a_sent_row_of_its_entity_with_no_attempts_and_no_duration() -> None:
+    rows = {r.key: r for r in call_rows(entity_story())}
+    assert len(rows) == 4
+    signal, call, unlock = rows[KS], rows[KC], rows[KU]
+    assert (signal.activity, signal.status, signal.attempts) == ("@counter", "sent", 0)
+    assert signal.arguments == "'c1', 'add', 3"
+    assert (signal.scheduled, signal.started, signal.finished) == (T0 + 1,) * 3
+    assert signal.duration == 0.0 and signal.cached  # sent by the run before the latest
+    assert (call.activity, call.status, call.attempts) == ("@counter", "completed", 1)
+    assert (unlock.activity, unlock.arguments, unlock.status) == (
+        "@Account",
+        "'a', (unlock)",
+        "sent",
+    )
+    latest = rows["@counter/operation/hhhh#0"]
+    assert latest.arguments == "'c2', 'add', 'x'" and not latest.cached
+    assert [r.key for r in select(rows.values(), status="sent", activity="@counter")] == [
+        KS,
+        "@counter/operation/hhhh#0",
+    ]
+
+
+def test_a_signal_is_drawn_as_a_tick_and_counted_apart_when_aggregated() -> None:
+    chart = build("orch-1", entity_story())
+    sent = [b for b in chart.bars if b.kind == "sent"]
+    assert len(sent) == 3 and all(b.start == b.end for b in sent)
+    assert sorted(b.start for b in sent) == [1.0, 3.0, 11.0]
+    assert chart.lanes[sent[0].lane].label == "@counter('c1', 'add', 3)"
+    # Too many to draw one by one: the signals add nothing to what ran at once.
+    many: list[history.Event] = [history.ExecutionStarted(T0, "orch", 1, 2)]
+    for i in range(BARS_PER_LANE_UP_TO + 1):
+        key = f"@counter/operation/{i:04x}#0"
+        many.append(history.EntitySignaled(T0 + i, key, "@counter@c1", "add", "operation", "1"))
+    many.append(history.TaskScheduled(T0, KC, "@counter", "'c1', 'get', None"))
+    many.append(history.TaskCompleted(T0 + 1, KC, "@counter", 3, 1, T0))
+    chart = build("orch-1", many)
+    (lane,) = chart.lanes
+    assert chart.aggregated and lane.label == f"@counter ({BARS_PER_LANE_UP_TO + 2} calls)"
+    assert lane.note.startswith("1 ran, 0 failed") and lane.note.endswith(
+        f"; {BARS_PER_LANE_UP_TO + 1} sent"
+    )
+    assert max(n for _, n in lane.busy or []) == 1
+
+
+def test_a_run_with_entities_shows_its_signals_calls_and_locks(rt: Runtime, tmp_path: Path) -> None:
+    applied: list[str] = []
+
+    @dn.entity(name="counter")
+    def counter(ctx: dn.EntityContext) -> None:
+        applied.append(ctx.operation_name)
+        value = ctx.get_state(lambda: 0)
+        if ctx.operation_name == "add":
+            ctx.set_state(value + ctx.get_input())
+        else:
+            ctx.set_result(value)
+
+    c1, c2 = dn.EntityId("counter", "c1"), dn.EntityId("counter", "c2")
+
+    @dn.orchestrator
+    def tally(ctx, n):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            ctx.signal_entity(c1, "add", i)
+        with (yield ctx.lock_entities(c1, c2)):
+            total = yield ctx.call_entity(c1, "get")
+            ctx.signal_entity(c2, "add", total)
+        return total
+
+    assert tally.run(4) == 6
+    assert applied == ["add"] * 4 + ["get", "add"]
+    [record] = rt.store.list_instances()
+    rows = call_rows(rt.store.read_history(record.instance_id))
+    summary = [(r.activity, r.arguments, r.status, r.attempts) for r in rows]
+    assert summary == [
+        *[("@counter", f"'c1', 'add', {i}", "sent", 0) for i in range(4)],
+        ("@@lock", "'@counter@c1', '@counter@c2'", "completed", 1),
+        ("@counter", "'c1', 'get', None", "completed", 1),
+        ("@counter", "'c2', 'add', 6", "sent", 0),
+        ("@counter", "'c1', (unlock)", "sent", 0),
+        ("@counter", "'c2', (unlock)", "sent", 0),
+    ]
+    out = io.StringIO()
+    assert (
+        main(
+            [
+                "show",
+                record.instance_id,
+                "--calls",
+                "--status",
+                "sent",
+                "--store",
+                str(rt.store.location),
+            ],
+            out=out,
+        )
+        == 0
+    )
+    sent_lines = out.getvalue().splitlines()[2:]
+    assert len(sent_lines) == 7 and all(
+        " sent " in ln and ln.split()[0] == "@counter" for ln in sent_lines
+    )
+    chart = chart_of(rt.store, record.instance_id)
+    assert sum(b.kind == "sent" for b in chart.chart.bars) == 7
+    png = chart.image("png")  # the ticks are drawn (matplotlib accepts them)
+    assert png.startswith(b"\x89PNG")
