@@ -416,11 +416,6 @@ def test_a_run_with_entities_shows_a_row_per_entity_with_its_signals_and_calls(
     assert dn.read_entity_state("@counter@w1").entity_state == 6  # 0 + 2 + 4, applied once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a signal replayed from an earlier run is not counted as cached "
-    "(engine/entities.py EntityCalls._send returns without self._step.replayed.append)",
-)
 def test_a_rerun_counts_the_replayed_signals_as_cached(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
