@@ -14,12 +14,13 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
 from durable_nb import management, notebook_runs
+from durable_nb.engine.entity_ids import EntityId
+from durable_nb.entity_worker import client_message
 from durable_nb.errors import (
     ConfigurationError,
     InstanceError,
@@ -28,23 +29,16 @@ from durable_nb.errors import (
     StoreError,
 )
 from durable_nb.history import Status
+from durable_nb.http_shapes import (
+    RUNTIME_STATUS,
+    entity_status,
+    history_events,
+    instance_status,
+    jsonable,
+)
 from durable_nb.server_urls import instance_urls
 from durable_nb.store import DiskCacheStore, InstanceRecord
 
-# durable_nb's statuses as Durable Functions' runtimeStatus. ``interrupted`` (the run
-# stopped before it ended: Ctrl-C, a kernel restart, a kill) has no equivalent: it is
-# not finished and nothing runs it until its cell runs again, which is what DF's
-# Pending says of an instance; ``durableNbStatus`` keeps the exact value.
-RUNTIME_STATUS = {
-    Status.PENDING.value: "Pending",
-    Status.RUNNING.value: "Running",
-    Status.SUSPENDED.value: "Suspended",
-    Status.COMPLETED.value: "Completed",
-    Status.FAILED.value: "Failed",
-    Status.INTERRUPTED.value: "Pending",
-    Status.TERMINATED.value: "Terminated",
-    Status.CONTINUED_AS_NEW.value: "ContinuedAsNew",
-}
 _ENDED = {Status.COMPLETED.value, Status.FAILED.value, Status.TERMINATED.value}
 _REWINDABLE = {Status.FAILED.value, Status.TERMINATED.value, Status.INTERRUPTED.value}
 ACTIONS = (*management.ACTIONS, "rewind")
@@ -140,46 +134,6 @@ def store_folder(root: Path, store: str) -> Path | Reply:
     return folder
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` if JSON can carry it as it is, else its repr: outputs may be any
-    Python object (a DataFrame, an array), and a status must still be readable."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
-def _time(timestamp: float | None) -> str | None:
-    if not timestamp:
-        return None
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def instance_status(record: InstanceRecord, show_input: bool = True) -> dict[str, Any]:
-    """An instance as Durable Functions' get-status answers it, plus ``durableNbStatus``
-    (our own status, exact where runtimeStatus is not)."""
-    status = str(record.status)
-    # As in DF, a failed or terminated instance's output says why.
-    output = record.error if status in (Status.FAILED, Status.TERMINATED) else record.output
-    body: dict[str, Any] = {
-        "name": record.orchestrator,
-        "instanceId": record.instance_id,
-        "runtimeStatus": RUNTIME_STATUS.get(status, status),
-        "durableNbStatus": status,
-    }
-    if show_input:
-        body["input"] = jsonable(record.input)
-    body.update(
-        customStatus=jsonable(record.custom_status),
-        output=jsonable(output),
-        createdTime=_time(record.created_at),
-        lastUpdatedTime=_time(record.updated_at or record.created_at),
-    )
-    return body
-
-
 def _with_store(root: Path, store: str, work: Callable[[DiskCacheStore], Reply]) -> Reply:
     """Open the store ``store`` names, do ``work`` and close it; durable_nb's errors
     become their HTTP replies."""
@@ -270,17 +224,29 @@ def list_instances(root: Path, store: str, query: dict[str, str]) -> Reply:
 
 def get_instance(root: Path, store: str, instance_id: str, query: dict[str, str]) -> Reply:
     """200 for an instance that ended (completed, failed, terminated), 202 for one that
-    did not, as DF answers; 404 for none."""
+    did not, as DF answers; 404 for none. DF's ``showInput`` (default true),
+    ``showHistory`` and ``showHistoryOutput`` (default false)."""
 
-    show_input = _flag(query, "showInput", True)
-    if isinstance(show_input, Reply):
-        return show_input
+    flags = {
+        name: _flag(query, name, default)
+        for name, default in (
+            ("showInput", True),
+            ("showHistory", False),
+            ("showHistoryOutput", False),
+        )
+    }
+    for flag in flags.values():
+        if isinstance(flag, Reply):
+            return flag
 
     def work(opened: DiskCacheStore) -> Reply:
         record = opened.get_instance(instance_id)
         if record is None:
             return _error(404, f"no instance {instance_id!r} in {store!r}")
-        body = instance_status(record, show_input)
+        body = instance_status(record, bool(flags["showInput"]))
+        if flags["showHistory"]:
+            events = opened.read_history(instance_id)
+            body["historyEvents"] = history_events(events, bool(flags["showHistoryOutput"]))
         return Reply(200 if str(record.status) in _ENDED else 202, body)
 
     return _with_store(root, store, work)
@@ -288,12 +254,9 @@ def get_instance(root: Path, store: str, instance_id: str, query: dict[str, str]
 
 def raise_event(root: Path, store: str, instance_id: str, name: str, content: bytes) -> Reply:
     """The body is the event's value, as JSON (empty: null). 202, or 410 once ended."""
-    try:
-        value = json.loads(content) if content.strip() else None
-    except ValueError as exc:
-        return _error(400, f"the event's value must be JSON: {exc}")
-    except RecursionError:  # json's decoder recurses once per level of nesting
-        return _error(400, "the event's value is nested too deeply to decode; send a flatter value")
+    value = _json_body(content, "the event's value")
+    if isinstance(value, Reply):
+        return value
 
     def work(opened: DiskCacheStore) -> Reply:
         refused = _not_for_runs(opened.get_instance(instance_id), "raiseEvent")
@@ -301,6 +264,61 @@ def raise_event(root: Path, store: str, instance_id: str, name: str, content: by
             return refused
         management.raise_event(opened, instance_id, name, value)
         return Reply(202, {"message": f"raised {name!r} to {instance_id}"})
+
+    return _with_store(root, store, work)
+
+
+def _json_body(content: bytes, what: str) -> Any:
+    """A request body as JSON (empty: null), or the 400 reply refusing it."""
+    try:
+        return json.loads(content) if content.strip() else None
+    except ValueError as exc:
+        return _error(400, f"{what} must be JSON: {exc}")
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return _error(400, f"{what} is nested too deeply to decode; send a flatter value")
+
+
+# ------------------------------------------------------------------ entities
+# As Durable Functions' entity routes: list, read a state, signal an operation. The
+# server defines no entity, so a signal waits in the entity's queue for a kernel that
+# defines it (it applies the queue the next time it touches the entity).
+
+
+def list_entities(root: Path, store: str, query: dict[str, str]) -> Reply:
+    """Every entity of the store (``?name=`` those of one definition)."""
+
+    def work(opened: DiskCacheStore) -> Reply:
+        return Reply(200, [entity_status(s) for s in opened.entities.entities(query.get("name"))])
+
+    return _with_store(root, store, work)
+
+
+def get_entity(root: Path, store: str, name: str, key: str) -> Reply:
+    """The entity's state as the body (as DF answers), 404 while it has none."""
+
+    def work(opened: DiskCacheStore) -> Reply:
+        found = opened.entities.read(EntityId(name, key))
+        if found is None or not found.exists:
+            return _error(404, f"entity @{name}@{key} has no state in {store!r}")
+        return Reply(200, jsonable(found.state))
+
+    return _with_store(root, store, work)
+
+
+def signal_entity(
+    root: Path, store: str, name: str, key: str, operation: str, content: bytes
+) -> Reply:
+    """``?op=`` the operation, the body its input (JSON; empty: null): queued, 202."""
+    value = _json_body(content, "the operation's input")
+    if isinstance(value, Reply):
+        return value
+    if not operation:
+        return _error(400, "give the operation to signal as ?op=NAME")
+
+    def work(opened: DiskCacheStore) -> Reply:
+        entity = EntityId(name, key)
+        opened.entities.enqueue(client_message(entity, operation, value))
+        return Reply(202, {"message": f"queued {operation!r} for {entity}"})
 
     return _with_store(root, store, work)
 

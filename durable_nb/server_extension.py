@@ -104,6 +104,27 @@ class RaiseEventHandler(_Handler):
         await self.send(http_api.raise_event, self.root, store, instance_id, name, body)
 
 
+class EntitiesHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, store: str) -> None:
+        await self.send(http_api.list_entities, self.root, store, self.query())
+
+
+class EntityHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, store: str, name: str, key: str) -> None:
+        await self.send(http_api.get_entity, self.root, store, name, key)
+
+    @web.authenticated
+    @authorized
+    async def post(self, store: str, name: str, key: str) -> None:
+        operation = self.get_query_argument("op", "")
+        body = self.request.body
+        await self.send(http_api.signal_entity, self.root, store, name, key, operation, body)
+
+
 class ActionHandler(_Handler):
     @web.authenticated
     @authorized
@@ -140,6 +161,8 @@ def handlers(base_url: str, root: Path) -> list[tuple[str, type[_Handler], dict[
         (instance, InstanceHandler),
         (f"{instance}/raiseEvent/{_SEGMENT}", RaiseEventHandler),
         (f"{instance}/({actions})", ActionHandler),
+        (f"stores/{_SEGMENT}/entities", EntitiesHandler),
+        (f"stores/{_SEGMENT}/entities/{_SEGMENT}/{_SEGMENT}", EntityHandler),
         ("openapi.json", OpenApiHandler),
     ]
     options = {"root": root}

@@ -431,3 +431,65 @@ def test_a_kernel_the_server_started_finds_it_as_its_parent(server: Server) -> N
     )
     code, status = server.call("GET", seen["urls"]["statusQueryGetUri"])
     assert code == 200 and status["output"] == "hi"
+
+
+@dn.entity(name="tally")
+def tally(ctx: dn.EntityContext) -> None:
+    ctx.set_state(ctx.get_state(lambda: 0) + (ctx.get_input() or 0))
+    ctx.set_result(ctx.get_state())
+
+
+@dn.orchestrator
+def tallies(ctx, n):  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        ctx.signal_entity(dn.EntityId("tally", "t/1"), "add", 1)
+    return (yield ctx.call_entity(dn.EntityId("tally", "t/1"), "add", 0))
+
+
+def test_history_in_durable_functions_shape_on_request(server: Server, store_in: str) -> None:
+    assert tallies.run(2, instance_id="tallied") == 2
+    path = f"stores/{store_in}/instances/tallied"
+    code, status = server.api("GET", path)
+    assert code == 200 and "historyEvents" not in status
+    code, status = server.api("GET", f"{path}?showHistory=true")
+    kinds = [e["EventType"] for e in status["historyEvents"]]
+    assert kinds == [
+        "ExecutionStarted",
+        "EventSent",
+        "EventSent",
+        "TaskScheduled",
+        "TaskCompleted",
+        "ExecutionCompleted",
+    ], kinds
+    completed = status["historyEvents"][4]
+    assert completed["Name"] == "@tally" and "Result" not in completed  # no output asked
+    assert status["historyEvents"][1]["InstanceId"] == "@tally@t/1"
+    assert status["historyEvents"][-1]["OrchestrationStatus"] == "Completed"
+    assert all(e["Timestamp"].endswith("Z") for e in status["historyEvents"])
+    code, status = server.api("GET", f"{path}?showHistory=true&showHistoryOutput=true")
+    assert status["historyEvents"][4]["Result"] == 2
+    assert server.api("GET", f"{path}?showHistory=maybe")[0] == 400
+
+
+def test_entities_listed_read_and_signalled_over_http(server: Server, store_in: str) -> None:
+    assert tallies.run(3, instance_id="feeds") == 3
+    entities = f"stores/{store_in}/entities"
+    code, listed = server.api("GET", entities)
+    assert code == 200
+    assert [(e["entityId"], e["state"], e["waiting"]) for e in listed] == [
+        ({"name": "tally", "key": "t/1"}, 3, 0)
+    ]
+    assert server.api("GET", f"{entities}?name=other")[1] == []
+    one = f"{entities}/tally/{urllib.parse.quote('t/1', safe='')}"
+    assert server.api("GET", one) == (200, 3)  # the state itself, as DF answers
+    assert server.api("GET", f"{entities}/tally/none")[0] == 404
+    # A signal is queued: the server defines no entity; a kernel that does applies it.
+    code, reply = server.api("POST", f"{one}?op=add", b"4")
+    assert code == 202 and "queued" in reply["message"]
+    assert server.api("GET", f"{entities}")[1][0]["waiting"] == 1
+    assert dn.read_entity_state(dn.EntityId("tally", "t/1")).entity_state == 7  # applied here
+    assert server.api("GET", one) == (200, 7)
+    assert server.api("POST", one, b"1")[0] == 400  # no op
+    assert server.api("POST", f"{one}?op=add", b"{not json")[0] == 400
+    assert server.api("POST", f"{entities}/a@b/k?op=add", b"1")[0] == 400  # no such name
+    assert server.api("GET", "stores/nowhere/entities")[0] == 404
