@@ -71,13 +71,18 @@ class EntityWorker:
         """Queue ``message`` (or find it queued: a call made again after a kill) and wait
         for its outcome, applying the queue meanwhile: the operation's result, or its
         exception raised here."""
-        self.entities.enqueue(message)
+        # A message just queued has no outcome yet: the first look is skipped.
+        queued_now = self.entities.enqueue(message)
         wait = _FIRST_WAIT
         while True:
-            outcome = self.entities.outcome(message.message_id)
+            outcome = None if queued_now else self.entities.outcome(message.message_id)
+            queued_now = False
             if outcome is None:
-                self.apply_waiting(message.entity)
-                outcome = self.entities.outcome(message.message_id)
+                applied: dict[str, MessageOutcome] = {}
+                self.apply_waiting(message.entity, applied)
+                outcome = applied.get(message.message_id) or self.entities.outcome(
+                    message.message_id
+                )
             if outcome is not None:
                 return _unwrapped(outcome, message, where)
             if self._find(message.entity.name) is None and message.kind not in (LOCK, UNLOCK):
@@ -117,9 +122,12 @@ class EntityWorker:
 
     # ------------------------------------------------------------ applying
 
-    def apply_waiting(self, entity: EntityId) -> int:
+    def apply_waiting(
+        self, entity: EntityId, outcomes: dict[str, MessageOutcome] | None = None
+    ) -> int:
         """Apply the entity's waiting messages that can be applied here, in order;
-        returns how many this call applied.
+        returns how many this call applied (and their outcomes in ``outcomes``, by
+        message id, when given).
 
         A batch read from the store is applied one message after another on the state
         the last commit kept (a copy of it: an operation that changes it in place and
@@ -144,6 +152,8 @@ class EntityWorker:
                     snapshot, messages = self._read(entity)
                     continue
                 applied += 1
+                if outcomes is not None:
+                    outcomes[message.message_id] = outcome.outcome
                 messages.remove(message)
                 snapshot = EntitySnapshot(
                     entity,

@@ -222,11 +222,16 @@ def test_a_json_store_gives_failures_by_name(tmp_path: Path) -> None:
         def fails_json(ctx):  # type: ignore[no-untyped-def]
             return (yield ctx.call_entity(C1, "fail", "k"))
 
-        # A JSON store keeps an operation's failure by type and message only.
+        # The call that applied the operation raises its exception, as a live activity's
+        # failure is raised; the failure kept nothing.
+        with pytest.raises(KeyError):
+            fails_json.run()
+        assert dn.read_entity_state(C1).entity_exists is False
+        # Run again, the call finds its message applied: a JSON store kept the failure by
+        # type and message only (as a failure another process recorded is known).
         with pytest.raises(dn.ActivityFailedError, match="KeyError: 'k'") as caught:
             fails_json.run()
         assert caught.value.error_type == "KeyError"
-        assert dn.read_entity_state(C1).entity_exists is False  # the failure kept nothing
     finally:
         runtime.close()
         runtime_module._reset_for_tests()
