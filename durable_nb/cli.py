@@ -30,13 +30,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _subcommands(parser: argparse.ArgumentParser, dest: str) -> Any:
+    """A required choice of sub-commands (in ``dest``), each one reporting a mistake as
+    :class:`_Parser` does."""
+    choices = parser.add_subparsers(dest=dest, metavar=dest.upper(), parser_class=_Parser)
+    choices.required = True
+    return choices
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="durable-nb",
         description="Run notebooks headless and manage durable_nb instances.",
     )
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    verbs.required = True
+    verbs = _subcommands(parser, "verb")
 
     run = verbs.add_parser(
         "run",
@@ -238,8 +245,7 @@ def _add_schedule_verb(verbs: Any) -> None:
         "extension while a server runs, or by `durable-nb schedule run` in a terminal. "
         "Times are UTC.",
     )
-    actions = schedule.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    actions.required = True
+    actions = _subcommands(schedule, "action")
     add = actions.add_parser(
         "add",
         help="run NOTEBOOK every DURATION or at the times of a cron expression",

@@ -191,18 +191,23 @@ def start_run(
     return run_id
 
 
+def _taken(run_id: str, owner: str, store: object) -> InstanceConflictError:
+    """The error for a run id that an instance of another orchestrator has in ``store``."""
+    return InstanceConflictError(
+        f"instance id {run_id!r} belongs to orchestrator {owner!r} in {store}; choose "
+        "another id for the notebook run",
+        instance_id=run_id,
+        orchestrator=NOTEBOOK_RUN,
+        owner=owner,
+    )
+
+
 def _make_room(store: CheckpointStore, run_id: str) -> None:
     existing = store.get_instance(run_id)
     if existing is None:
         return
     if existing.orchestrator != NOTEBOOK_RUN:
-        raise InstanceConflictError(
-            f"instance id {run_id!r} belongs to orchestrator {existing.orchestrator!r} in "
-            f"{store.location}; choose another id for the notebook run",
-            instance_id=run_id,
-            orchestrator=NOTEBOOK_RUN,
-            owner=existing.orchestrator,
-        )
+        raise _taken(run_id, existing.orchestrator, store.location)
     if not is_finished(store, run_id):
         raise InstanceBusyError(
             f"notebook run {run_id!r} is still {existing.status} in {store.location}; wait "
@@ -300,13 +305,7 @@ def run_recorded(
                 instance_id, NOTEBOOK_RUN, created_at=time.time(), input={**given, "origin": "cli"}
             )
         elif record.orchestrator != NOTEBOOK_RUN:
-            raise InstanceConflictError(
-                f"instance id {instance_id!r} belongs to orchestrator "
-                f"{record.orchestrator!r} in {store}; choose another id for the run",
-                instance_id=instance_id,
-                orchestrator=NOTEBOOK_RUN,
-                owner=record.orchestrator,
-            )
+            raise _taken(instance_id, record.orchestrator, store)
         elif launched and str(record.status) == Status.TERMINATED.value:
             return None  # terminated while the launch lease looked silent
         elif not launched:  # a run by hand of an existing run: given what it is given now

@@ -5,19 +5,18 @@ counted in the entity's state, so an operation applied twice, or not at all, sho
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_magics
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
+from test_cli import cli
 
 import durable_nb as dn
 from durable_nb import entities
-from durable_nb.cli import main
 from durable_nb.report import STATE_LIMIT
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
@@ -44,21 +43,7 @@ def no_entities() -> Iterator[None]:
     entities._ENTITIES.update(saved)
 
 
-@pytest.fixture
-def ip(rt: Runtime) -> Iterator[Any]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "durable_nb")
-    yield shell
-    shell.run_line_magic("unload_ext", "durable_nb")
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    try:
-        code = main(list(argv), out=out)
-    except SystemExit as exc:  # argparse: --help and usage errors
-        code = int(exc.code or 0)
-    return code, out.getvalue()
+ip = test_magics.ip  # a real IPython shell with the extension loaded
 
 
 # ------------------------------------------------------------------ %%entity

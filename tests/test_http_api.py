@@ -7,13 +7,6 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jupyter_server_harness import Server, jupyter_server
 
 import durable_nb as dn
 from durable_nb import runtime as runtime_module
@@ -29,112 +23,13 @@ from durable_nb import server_urls
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
 
-ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("jupyter_server")
-
-
-class Server:
-    def __init__(self, url: str, token: str, root: Path, runtime_dir: Path, pid: int) -> None:
-        self.url, self.token, self.root = url, token, root
-        self.runtime_dir, self.pid = runtime_dir, pid
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        token: str | None = "",
-        headers: dict[str, str] | None = None,
-        opener: urllib.request.OpenerDirector | None = None,
-    ) -> tuple[int, Any]:
-        """The status and the JSON body of a request; ``token=""`` is the server's."""
-        url = path if path.startswith("http") else self.url + path
-        request = urllib.request.Request(url, data=body, method=method)
-        if token is not None:
-            request.add_header("Authorization", f"token {token or self.token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with (opener or urllib.request.build_opener()).open(request, timeout=30) as reply:
-                return reply.status, _parsed(reply.read())
-        except urllib.error.HTTPError as error:
-            return error.code, _parsed(error.read())
-
-    def api(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        return self.call(method, "/durable-nb/api/" + path, body)
-
-
-def _parsed(content: bytes) -> Any:
-    """JSON, or the text of a page (the login form)."""
-    try:
-        return json.loads(content or b"null")
-    except ValueError:
-        return content
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("jupyter")
-    root = base / "root"
-    root.mkdir()
-    dirs = {name: base / name for name in ("config", "data", "runtime")}
-    for folder in dirs.values():
-        folder.mkdir()
-    # The config file the wheel installs, in this server's own config folder: the test
-    # enables the extension the way an installed package does.
-    shipped = ROOT / "jupyter-config" / "jupyter_server_config.d" / "durable_nb.json"
-    (dirs["config"] / "jupyter_server_config.d").mkdir()
-    shutil.copy(shipped, dirs["config"] / "jupyter_server_config.d")
-    token, port = secrets.token_hex(16), _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_DATA_DIR": str(dirs["data"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--no-browser",
-        "--allow-root",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.token={token}",
-        f"--ServerApp.root_dir={root}",
-    ]
-    log = base / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        served = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], process.pid)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if served.call("GET", "/api/status")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"jupyter server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+    with jupyter_server(tmp_path_factory.mktemp("jupyter")) as served:
         yield served
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ source, /proc, /dev), and nothing under the decoy.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import subprocess
 import sys
-import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +25,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
+from jupyter_server_harness import ROOT, Server, jupyter_server  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -38,7 +34,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
-from test_http_api import ROOT, Server, _free_port, _waiting, broken, double  # noqa: E402
+from test_http_api import _waiting, broken, double  # noqa: E402
 from test_http_spec import SPEC_PATH  # noqa: E402
 
 from durable_nb import runtime as runtime_module  # noqa: E402
@@ -163,22 +159,6 @@ def _runs() -> None:
     _waiting("batch/2")
 
 
-def _start(command: list[str], env: dict[str, str], log: Path, served: Server) -> Any:
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if served.call("GET", "/api/status")[0] == 200:
-                return process
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"jupyter server did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     base = tmp_path_factory.mktemp("fuzz")
@@ -198,41 +178,14 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     (root / "ping").symlink_to(root / "pong")
     (root / "pong").symlink_to(root / "ping")
 
-    dirs = {name: base / name for name in ("config", "data", "runtime")}
-    for folder in dirs.values():
-        folder.mkdir()
-    shipped = ROOT / "jupyter-config" / "jupyter_server_config.d" / "durable_nb.json"
-    (dirs["config"] / "jupyter_server_config.d").mkdir()
-    shutil.copy(shipped, dirs["config"] / "jupyter_server_config.d")
-    token, port = secrets.token_hex(16), _free_port()
     audit_log = base / "audit.jsonl"
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_DATA_DIR": str(dirs["data"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
         "DURABLE_NB_AUDIT_LOG": str(audit_log),
         # No periodic pass over the root's stores (the schedules, where the extension
         # runs them): what the log shows is then only what the requests did.
         "DURABLE_NB_SCHEDULE_INTERVAL": "off",
     }
-    command = [
-        sys.executable,
-        "-c",
-        _AUDITED,
-        "--no-browser",
-        "--allow-root",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.token={token}",
-        f"--ServerApp.root_dir={root}",
-    ]
-    served = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], 0)
-    process = _start(command, env, base / "server.log", served)
-    served.pid = process.pid
-    try:
+    with jupyter_server(base, root, env=env, program=("-c", _AUDITED)) as served:
         # One request of each kind first, so that what the first request imports lazily
         # is loaded before the mark (it would be allowed anyway: the interpreter's own).
         served.call("GET", f"{API}/stores")
@@ -240,17 +193,10 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
             served,
             root.resolve(),
             decoy.resolve(),
-            _allowlist(dirs),
+            _allowlist(served.folders),
             audit_log,
             audit_log.stat().st_size,
         )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _records(store: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import test_http_api
-from test_http_api import Server
+from jupyter_server_harness import Server
 from test_notebook_runs import write_notebook
 
 from durable_nb import cli

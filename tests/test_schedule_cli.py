@@ -5,7 +5,6 @@ server with the extension enabled."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -17,21 +16,19 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_server_harness import jupyter_server
 from nbformat.v4 import new_code_cell, new_notebook
+from test_cli import cli
 
-from durable_nb.cli import main
 from durable_nb.schedules import ScheduleBook
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    try:
-        code = main(list(argv), out=out)
-    except SystemExit as exc:  # argparse: usage errors
-        code = int(exc.code or 0)
-    return code, out.getvalue()
+def add_every(notebook: Path, every: str, name: str, store: str | Path, *more: str) -> int:
+    """The exit code of ``schedule add NOTEBOOK --every EVERY --name NAME MORE --store``."""
+    argv = [str(notebook), "--every", every, "--name", name, *more, "--store", str(store)]
+    return cli("schedule", "add", *argv)[0]
 
 
 def effect_notebook(path: Path) -> Path:
@@ -176,17 +173,7 @@ def test_run_once_with_nothing_due_says_so(project: Path) -> None:
 
 def test_a_run_that_cannot_start_is_told_and_listed(project: Path) -> None:
     store = str(project / ".durable_nb")
-    cli(
-        "schedule",
-        "add",
-        str(project / "report.ipynb"),
-        "--every",
-        "1s",
-        "--name",
-        "gone",
-        "--store",
-        store,
-    )
+    add_every(project / "report.ipynb", "1s", "gone", store)
     (project / "report.ipynb").rename(project / "renamed.ipynb")
     time.sleep(1.1)
     code, out = cli("schedule", "run", "--once", "--store", store)
@@ -236,24 +223,10 @@ def last_status(store: str, name: str) -> str:
 def test_run_once_runs_a_due_notebook_and_skips_a_tick_while_it_runs(project: Path) -> None:
     store = str(project / ".durable_nb")
     effects = str(project / "effects")
-    added = cli(
-        "schedule",
-        "add",
-        str(project / "report.ipynb"),
-        "--every",
-        "1s",
-        "--name",
-        "often",
-        "-p",
-        "out",
-        effects,
-        "-p",
-        "pause",
-        "3",
-        "--store",
-        store,
+    added = add_every(
+        project / "report.ipynb", "1s", "often", store, "-p", "out", effects, "-p", "pause", "3"
     )
-    assert added[0] == 0
+    assert added == 0
     time.sleep(1.1)
     code, out = cli("schedule", "run", "--once", "--store", store)
     assert code == 0 and re.search(r"often: started report-\S+", out), out
@@ -276,8 +249,6 @@ def test_run_once_runs_a_due_notebook_and_skips_a_tick_while_it_runs(project: Pa
 
 @pytest.mark.kernel
 def test_a_jupyter_server_runs_a_due_schedule(tmp_path: Path) -> None:
-    from test_http_api import Server, _free_port
-
     root = tmp_path / "root"
     project = root / "team" / "daily"
     project.mkdir(parents=True)
@@ -285,81 +256,17 @@ def test_a_jupyter_server_runs_a_due_schedule(tmp_path: Path) -> None:
     effects = tmp_path / "effects"
     effects.mkdir()
     store = project / ".durable_nb"
-    code, _ = cli(
-        "schedule",
-        "add",
-        str(project / "report.ipynb"),
-        "--every",
-        "2s",
-        "--name",
-        "daily",
-        "-p",
-        "out",
-        str(effects),
-        "--store",
-        str(store),
-    )
+    code = add_every(project / "report.ipynb", "2s", "daily", store, "-p", "out", str(effects))
     assert code == 0
-    token, port = "schedules-test-token", _free_port()
-    dirs = {name: tmp_path / name for name in ("config", "data", "runtime")}
-    for folder in dirs.values():
-        folder.mkdir()
-    (dirs["config"] / "jupyter_server_config.d").mkdir()
-    shipped = ROOT / "jupyter-config" / "jupyter_server_config.d" / "durable_nb.json"
-    (dirs["config"] / "jupyter_server_config.d" / "durable_nb.json").write_bytes(
-        shipped.read_bytes()
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_DATA_DIR": str(dirs["data"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
-        "DURABLE_NB_SCHEDULE_INTERVAL": "0.5",
-    }
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter_server",
-                "--no-browser",
-                "--allow-root",
-                "--ip=127.0.0.1",
-                f"--port={port}",
-                "--ServerApp.port_retries=0",
-                f"--ServerApp.token={token}",
-                f"--ServerApp.root_dir={root}",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        server = Server(f"http://127.0.0.1:{port}", token, root, dirs["runtime"], process.pid)
-
-        def answering() -> bool:
-            try:
-                return server.call("GET", "/api/status")[0] == 200
-            except OSError:
-                return process.poll() is not None
-
-        wait_for(answering, 60, "jupyter server to start")
-        assert process.poll() is None, log.read_text()
+    with jupyter_server(tmp_path, root, env={"DURABLE_NB_SCHEDULE_INTERVAL": "0.5"}) as server:
+        log = server.log
         started = time.monotonic()
         wait_for(lambda: files(effects) >= 1, 90, f"a scheduled run:\n{log.read_text()}")
         print(f"first scheduled run's file after {time.monotonic() - started:.1f} s")
         schedule = ScheduleBook(store).get("daily")
         assert schedule is not None and schedule.state["instance"].startswith("report-")
         assert "durable_nb: running schedules every 0.5 s" in log.read_text()
-    finally:
-        process.terminate()  # SIGTERM: Jupyter's own clean shutdown
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # The server stopped by SIGTERM, Jupyter's own clean shutdown, which stops the schedules.
     assert "durable_nb: stopped running schedules" in log.read_text()
     # Nothing runs the schedule once the server is gone: its record stops moving.
     done = ScheduleBook(store).get("daily")
