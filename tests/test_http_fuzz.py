@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from test_http_api import _waiting, broken, double  # noqa: E402
 from test_http_spec import SPEC_PATH  # noqa: E402
 
+import durable_nb as dn  # noqa: E402
 from durable_nb import runtime as runtime_module  # noqa: E402
 from durable_nb.runtime import Runtime  # noqa: E402
 from durable_nb.store import DiskCacheStore  # noqa: E402
@@ -150,7 +151,13 @@ def _fill(store: Path, work: Any) -> None:
         runtime_module._reset_for_tests()
 
 
+@dn.entity(name="counter")
+def counter(ctx: dn.EntityContext) -> None:
+    ctx.set_state(ctx.get_state(lambda: 0) + (ctx.get_input() or 0))
+
+
 def _runs() -> None:
+    dn.signal_entity(dn.EntityId("counter", "c1"), "add", 1)  # the document's example entity
     assert double.run(21, instance_id="done") == 42
     assert double.run(1, instance_id="old-run-1") == 2  # the document's purge example
     with pytest.raises(KeyError):
@@ -322,6 +329,9 @@ def test_crafted_paths_out_of_the_root_are_refused_and_nothing_outside_is_opened
             ("POST", f"{instance}/approval-1/suspend", b""),
             ("POST", f"{instance}/bad/rewind", b""),
             ("DELETE", f"{instance}/ghost", None),
+            ("GET", f"{API}/stores/{store}/entities", None),
+            ("GET", f"{API}/stores/{store}/entities/counter/c1", None),
+            ("POST", f"{API}/stores/{store}/entities/counter/c1?op=add", b"1"),
         ):
             code, reply = server.call(method, path, body)
             if expected == 200:  # a real store: each request gets its own answer
