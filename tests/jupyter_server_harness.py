@@ -97,7 +97,8 @@ def jupyter_server(
     start_timeout: float = 60,
 ) -> Iterator[Server]:
     """A server serving ``root`` (``base / "root"`` unless given; made if missing), its
-    folders and log under ``base``, ``env`` added to this process's environment, run as
+    folders and log under ``base``, ``env`` added to this process's environment (less
+    ``DURABLE_NB_STORE``), run as
     ``python <program> <server options>`` (``program`` is ``-c <source>`` for a wrapper
     that must run before Jupyter, as the fuzz's audited server)."""
     root = base / "root" if root is None else root
@@ -108,8 +109,11 @@ def jupyter_server(
     (folders["config"] / "jupyter_server_config.d").mkdir()
     shutil.copy(SHIPPED_CONFIG, folders["config"] / "jupyter_server_config.d")
     token, port = secrets.token_hex(16), free_port()
+    # Not this process's store setting: notebooks/conftest.py points DURABLE_NB_STORE at
+    # a folder of its own for the nbval session, outside any server's root.
+    inherited = {k: v for k, v in os.environ.items() if k != "DURABLE_NB_STORE"}
     full_env = {
-        **os.environ,
+        **inherited,
         # The work tree's package, whichever checkout is installed.
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "JUPYTER_CONFIG_DIR": str(folders["config"]),
