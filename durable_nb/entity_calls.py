@@ -14,6 +14,7 @@ runtime queues them before the step's history is written (:func:`send_signals`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -23,8 +24,10 @@ from durable_nb.engine.entities import EntityTarget
 from durable_nb.engine.entity_ids import ENTITY_PREFIX, LOCK, OPERATION, EntityId, EntitySignal
 from durable_nb.entity_store import EntityMessage, message_id
 from durable_nb.entity_worker import EntityWorker, worker_for
+from durable_nb.leases import holder_alive
 from durable_nb.options import ActivityOptions
 from durable_nb.resources import DEFAULT
+from durable_nb.store import CheckpointStore
 
 # Entity calls are keyed by this in place of a code digest: a recorded call is replayed
 # whatever the entity's code or this library's became, since applying it again would
@@ -51,27 +54,44 @@ class EntityCallActivity(Activity):
 
 
 def _call_operation(
-    worker: EntityWorker, name: str, message: str, key: str, operation: str, value: Any
+    store: CheckpointStore,
+    worker: EntityWorker,
+    name: str,
+    message: str,
+    key: str,
+    operation: str,
+    value: Any,
 ) -> Any:
     instance = message.split("|", 1)[0]
     entity = EntityId(name, key)
     sent = EntityMessage(message, entity, OPERATION, operation, value, instance)
-    return worker.call(sent, f"ctx.call_entity({entity}, {operation!r}) of instance {instance}")
+    where = f"ctx.call_entity({entity}, {operation!r}) of instance {instance}"
+    return worker.call(sent, where, partial(_not_running, store))
 
 
-def _take_locks(worker: EntityWorker, message: str, *entities: str) -> list[str]:
+def _take_locks(
+    store: CheckpointStore, worker: EntityWorker, message: str, *entities: str
+) -> list[str]:
     instance = message.split("|", 1)[0]
     for number, text in enumerate(entities):  # in the engine's order: never a deadlock
         entity = EntityId.parse(text)
         lock = EntityMessage(f"{message}/{number}", entity, LOCK, None, None, instance)
-        worker.call(lock, f"ctx.lock_entities of instance {instance}")
+        where = f"ctx.lock_entities of instance {instance}"
+        worker.call(lock, where, partial(_not_running, store))
     return list(entities)
+
+
+def _not_running(store: CheckpointStore, instance_id: str) -> bool:
+    """No run holds the instance's lease: a section it holds will not end by itself."""
+    lease = store.get_lease(instance_id)
+    return lease is None or not holder_alive(lease, time.time())
 
 
 class EntityActivities:
     """Resolves what an orchestrator calls, entity calls included, for runs on a store."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
         self.worker = worker_for(store)
         self._made: dict[EntityTarget, EntityCallActivity] = {}
 
@@ -82,9 +102,9 @@ class EntityActivities:
         if found is None:
             # One object per target: the engine keys calls by definition object.
             if ref.kind == LOCK:
-                fn: Callable[..., Any] = partial(_take_locks, self.worker)
+                fn: Callable[..., Any] = partial(_take_locks, self.store, self.worker)
             else:
-                fn = partial(_call_operation, self.worker, ref.name)
+                fn = partial(_call_operation, self.store, self.worker, ref.name)
             found = self._made[ref] = EntityCallActivity(fn, ENTITY_PREFIX + ref.name)
         return found
 

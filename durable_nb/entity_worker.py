@@ -33,7 +33,12 @@ from durable_nb.entity_store import (
     EntityStore,
     MessageOutcome,
 )
-from durable_nb.errors import ActivityFailedError, EntityNotFoundError, ResultNotStorableError
+from durable_nb.errors import (
+    ActivityFailedError,
+    EntityLockedError,
+    EntityNotFoundError,
+    ResultNotStorableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +72,20 @@ class EntityWorker:
             self.kick(message.entity)
         return queued
 
-    def call(self, message: EntityMessage, where: str) -> Any:
+    def call(
+        self,
+        message: EntityMessage,
+        where: str,
+        holder_gone: Callable[[str], bool] | None = None,
+    ) -> Any:
         """Queue ``message`` (or find it queued: a call made again after a kill) and wait
         for its outcome, applying the queue meanwhile: the operation's result, or its
-        exception raised here."""
+        exception raised here.
+
+        While a critical section of another instance holds the entity, the call waits;
+        ``holder_gone(instance)`` tells whether that instance no longer runs (interrupted
+        inside its section), and then the call raises EntityLockedError rather than
+        wait for a release no run will make (its message stays queued)."""
         # A message just queued has no outcome yet: the first look is skipped.
         queued_now = self.entities.enqueue(message)
         wait = _FIRST_WAIT
@@ -93,8 +108,27 @@ class EntityWorker:
                     "again (the queued operation is applied once, not sent again)",
                     entity=str(message.entity),
                 )
+            if holder_gone is not None:
+                self._check_holder(message, where, holder_gone)
             time.sleep(wait)  # a critical section of another instance holds the entity
             wait = min(wait * 2, _LONGEST_WAIT)
+
+    def _check_holder(
+        self, message: EntityMessage, where: str, holder_gone: Callable[[str], bool]
+    ) -> None:
+        found = self.entities.read(message.entity)
+        holder = found.locked_by if found is not None else None
+        if holder is None or holder == message.source or not holder_gone(holder):
+            return
+        raise EntityLockedError(
+            f"{where}: entity {message.entity} is held by the critical section of instance "
+            f"{holder}, which is not running (it stopped inside the section). Run that "
+            f"instance again to finish its section, or terminate it (durable-nb terminate "
+            f"{holder}) to release the lock; this call's message stays queued and is applied "
+            "once, when the lock is released",
+            entity=str(message.entity),
+            instance_id=holder,
+        )
 
     def kick(self, entity: EntityId) -> None:
         """Apply the entity's queue soon, on this worker's thread (a daemon: an

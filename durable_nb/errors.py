@@ -29,6 +29,7 @@ The tree (builtin bases in parentheses)::
     ├── InstanceError                           the instance cannot take the request now
     │   ├── InstanceNotFoundError (LookupError) the store does not have it
     │   ├── InstanceBusyError                   it is being run already (this or another kernel)
+    │   ├── EntityLockedError                   a lock its critical section holds, not running
     │   ├── InstanceConflictError               its id belongs to another orchestrator
     │   ├── InstanceNotFinishedError            its result was asked for before the run ended
     │   ├── InstanceFinishedError               it has ended, so it cannot take an event
@@ -369,6 +370,18 @@ class InstanceNotFoundError(InstanceError, LookupError):
 
 class InstanceBusyError(InstanceError):
     """The instance is already being run by this or another kernel."""
+
+
+class EntityLockedError(InstanceError):
+    """An entity call waits on a lock that a critical section of an instance that no
+    longer runs holds (it was interrupted inside the section); ``instance_id`` is that
+    instance, ``entity`` the entity."""
+
+    def __init__(
+        self, *args: object, entity: str | None = None, instance_id: str | None = None
+    ) -> None:
+        super().__init__(*args, instance_id=instance_id)
+        self.entity = entity
 
 
 class InstanceConflictError(InstanceError):

@@ -356,3 +356,30 @@ def test_terminating_or_purging_an_instance_that_is_not_running_releases_its_loc
         state = dn.read_entity_state(C1)
         assert state.locked_by is None and state.waiting == 0
     assert dn.read_entity_state(C1).entity_state == 2
+
+
+def test_a_call_waiting_on_a_section_no_run_will_end_says_so_instead_of_hanging(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from durable_nb import management
+    from durable_nb.entity_store import Applied, EntityMessage, MessageOutcome
+
+    define_counter(tmp_path / "applied")
+    # A holder interrupted inside its critical section: the lock held, no run, no lease.
+    rt.store.entities.enqueue(EntityMessage("lock-x", C1, "lock", None, None, "stopped-x"))
+    snapshot, [lock] = rt.store.entities.waiting(C1, 1)
+    held = Applied(snapshot.exists, snapshot.state, "stopped-x", MessageOutcome())
+    rt.store.entities.commit(lock, snapshot.version, held)
+    rt.store.put_instance(dn.InstanceRecord("stopped-x", "orch", status="interrupted"))
+
+    @dn.orchestrator
+    def adds_one(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_entity(C1, "add", 1))
+
+    with pytest.raises(dn.EntityLockedError, match="stopped-x, which is not running") as caught:
+        adds_one.run()
+    assert caught.value.instance_id == "stopped-x" and caught.value.entity == "@counter@c1"
+    assert dn.read_entity_state(C1).waiting == 1  # its message stays queued
+    management.request(rt.store, "stopped-x", "terminate")  # releases the lock
+    adds_one.run()  # finds its queued message and has it applied, once
+    assert dn.read_entity_state(C1).entity_state == 1
