@@ -96,6 +96,8 @@ class EntityActivities:
         self._made: dict[EntityTarget, EntityCallActivity] = {}
 
     def resolve(self, ref: Any) -> Activity:
+        if isinstance(ref, Activity):
+            return ref  # the commonest, first: the replay of every call asks
         if not isinstance(ref, EntityTarget):
             return resolve_activity(ref)
         found = self._made.get(ref)
