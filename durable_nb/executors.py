@@ -200,9 +200,11 @@ class DaskExecutor:
         try:
             register = getattr(self.client, "register_plugin", None)
             if register is not None:
-                register(_IgnoreSigint(), name="durable_nb-ignore-sigint")
+                register(_ignore_sigint_plugin()(), name="durable_nb-ignore-sigint")
             else:  # distributed before 2023.9
-                self.client.register_worker_plugin(_IgnoreSigint(), name="durable_nb-ignore-sigint")
+                self.client.register_worker_plugin(
+                    _ignore_sigint_plugin()(), name="durable_nb-ignore-sigint"
+                )
         except Exception as exc:
             raise ConfigurationError(
                 f"could not make the Dask workers ignore the kernel's interrupt ({exc}); "
@@ -278,23 +280,47 @@ def _unsendable_on_dask(fn: Any, error: BaseException) -> ResultNotStorableError
     return unsendable_result(fn, found.group(1), cause)
 
 
-def _worker_plugin_base() -> type:
-    try:
-        from distributed.diagnostics.plugin import WorkerPlugin
-
-        return WorkerPlugin  # type: ignore[no-any-return, unused-ignore]
-    except ImportError:  # no distributed: the plugin is never used
-        return object
-
-
-class _IgnoreSigint(_worker_plugin_base()):  # type: ignore[misc]
-    """Runs in every Dask worker process when it starts."""
-
-    def setup(self, worker: Any) -> None:
+def _ignore_sigint_plugin() -> type:
+    """``_IgnoreSigint``: a Dask worker plugin, so its base class is distributed's. Made
+    when first asked for (a Dask executor registers it, a worker unpickles it by name):
+    importing distributed costs about half a second, which a kernel that never uses
+    Dask should not pay at every start."""
+    global _PLUGIN
+    if _PLUGIN is None:
         try:
-            ignore_sigint()
-        except ValueError:  # not the main thread: a worker inside the kernel (processes=False)
-            pass
+            from distributed.diagnostics.plugin import WorkerPlugin
+
+            base: type = WorkerPlugin
+        except ImportError:  # no distributed: the plugin is never used
+            base = object
+
+        def setup(self: Any, worker: Any) -> None:
+            try:
+                ignore_sigint()
+            except ValueError:  # not the main thread: a worker inside the kernel
+                pass
+
+        _PLUGIN = type(
+            "_IgnoreSigint",
+            (base,),
+            {
+                "__module__": __name__,
+                "__qualname__": "_IgnoreSigint",
+                "__doc__": "Runs in every Dask worker process when it starts.",
+                "setup": setup,
+            },
+        )
+    return _PLUGIN
+
+
+_PLUGIN: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # Pickle finds the plugin's class by its module and name (in the worker too).
+    if name == "_IgnoreSigint":
+        return _ignore_sigint_plugin()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def local_cluster(**kwargs: Any) -> Any:

@@ -51,6 +51,20 @@ def test_the_engine_and_history_load_no_runtime_store_or_diskcache(module: str) 
     assert not unwanted & set(loaded), sorted(unwanted & set(loaded))
 
 
+def test_a_run_on_threads_loads_no_dask() -> None:
+    """distributed costs about half a second to import: a kernel that never uses Dask
+    does not pay it (the worker plugin's class is made when a Dask executor asks)."""
+    loaded = _loaded_after(
+        "import tempfile, durable_nb as dn\n"
+        "dn.configure(store=tempfile.mkdtemp(), progress='none')\n"
+        "@dn.activity\ndef one(x): return x\n"
+        "@dn.orchestrator\ndef orch(ctx): return (yield ctx.call_activity(one, 1))\n"
+        "assert orch.run() == 1"
+    )
+    assert "durable_nb.runtime" in loaded
+    assert not {"distributed", "dask"} & set(loaded)
+
+
 def test_the_engine_loads_only_history_errors_and_the_fingerprint() -> None:
     loaded = _loaded_after("import durable_nb.engine")
     ours = {
