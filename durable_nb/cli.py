@@ -69,21 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", type=Path, help=f"checkpoint folder (default ${STORE_ENV})")
     run.add_argument("--timeout", type=float, default=None, help="seconds a cell may take")
     run.add_argument("--quiet", action="store_true", help="print only failures and the end")
-    run.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="set NAME in a cell injected after the cell tagged 'parameters' (papermill's "
+    _parameter_options(
+        run,
+        "set NAME in a cell injected after the cell tagged 'parameters' (papermill's "
         "convention); VALUE is JSON if it parses (3, true, [1, 2]), else text",
-    )
-    run.add_argument(
-        "--parameters",
-        default=None,
-        metavar="JSON",
-        help='several at once, as a JSON object: --parameters \'{"n": 3, "city": "Oslo"}\'',
+        'several at once, as a JSON object: --parameters \'{"n": 3, "city": "Oslo"}\'',
     )
     run.add_argument(
         "--as-instance",
@@ -202,6 +192,20 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _parameter_options(parser: argparse.ArgumentParser, one: str, several: str) -> None:
+    """``-p NAME VALUE`` (repeatable) and ``--parameters JSON``, read by :func:`_parameters`."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help=one,
+    )
+    parser.add_argument("--parameters", default=None, metavar="JSON", help=several)
+
+
 def _parameters(whole: str | None, pairs: list[list[str]]) -> dict[str, Any]:
     """--parameters JSON, then each -p NAME VALUE (which win); names must be identifiers."""
     from durable_nb.notebook_runner import check_parameters
@@ -258,16 +262,9 @@ def _add_schedule_verb(verbs: Any) -> None:
     timing.add_argument("--every", metavar="DURATION", help="30s, 15m, 1h, 1d, 1h30m ...")
     timing.add_argument("--cron", metavar="EXPRESSION", help='e.g. "0 * * * *" (UTC)')
     add.add_argument("--name", default=None, help="the schedule's id (default: NOTEBOOK-xxxxxx)")
-    add.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter of every run, as for `durable-nb run -p`",
+    _parameter_options(
+        add, "a parameter of every run, as for `durable-nb run -p`", "several, as JSON"
     )
-    add.add_argument("--parameters", default=None, metavar="JSON", help="several, as JSON")
     _store_option(add)
     listing = actions.add_parser("list", help="the schedules of a store, with their runs")
     _store_option(listing)
