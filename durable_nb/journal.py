@@ -59,7 +59,8 @@ class Journal:
         self._share: set[str] = set()  # call keys whose completions are to be shared
 
     def load(self) -> list[history.Event]:
-        """The history so far. A long one of small chunks (a chain's) is compacted by a
+        """The history so far, as replay reads it: without its ``TaskScheduled`` events.
+        A long one of small chunks (a chain's) is compacted by a
         load that reads it anyway, not at the end of every run (most ended runs are never
         loaded again), and only from its second replay on: a run cut short is usually
         replayed once and then completes, and a completed instance is final, so
@@ -71,6 +72,7 @@ class Journal:
         events, count = self.store.load_history(
             self.instance_id,
             compact_after=COMPACT_AFTER_CHUNKS if replays >= COMPACT_FROM_REPLAY else None,
+            scheduled=False,
         )
         self._next = count
         return events

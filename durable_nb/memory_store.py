@@ -112,14 +112,16 @@ class MemoryStore:
         return self.load_history(instance_id)[0]
 
     def load_history(
-        self, instance_id: str, compact_after: int | None = None
+        self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True
     ) -> tuple[list[history.Event], int]:
         with self._lock:
             chunks = list(self._chunks.get(instance_id, ()))
             if compact_after is not None and len(chunks) > compact_after:
                 chunks = [[row for chunk in chunks for row in chunk]]
                 self._chunks[instance_id] = list(chunks)
-        return [history.decode(row) for chunk in chunks for row in chunk], len(chunks)
+        skip = None if scheduled else history.TaskScheduled.TAG
+        rows = [row for chunk in chunks for row in chunk if row[0] != skip]
+        return [history.decode(row) for row in rows], len(chunks)
 
     def history_chunks(self, instance_id: str) -> int:
         with self._lock:

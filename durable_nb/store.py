@@ -176,13 +176,15 @@ class CheckpointStore(Protocol):
         """Every event of the instance, oldest first."""
 
     def load_history(
-        self, instance_id: str, compact_after: int | None = None
+        self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True
     ) -> tuple[list[history.Event], int]:
         """Every event of the instance, oldest first, and how many chunks held them.
 
         ``compact_after``: a history of more chunks is rewritten as one in the same pass,
         atomically (as :meth:`compact` does; an append meanwhile is never lost, and may
-        leave it uncompacted), and the count is the one after."""
+        leave it uncompacted), and the count is the one after. ``scheduled=False``
+        leaves out the ``TaskScheduled`` events, which replay does not read (the
+        orchestrator makes each call's key again): half a chain's events, not decoded."""
 
     def history_chunks(self, instance_id: str) -> int:
         """How many chunks the history is made of (compaction merges them)."""
@@ -393,9 +395,10 @@ class DiskCacheStore:
         return self.load_history(instance_id)[0]
 
     def load_history(
-        self, instance_id: str, compact_after: int | None = None
+        self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True
     ) -> tuple[list[history.Event], int]:
         stream = self._stream_of(instance_id)
+        skip = None if scheduled else history.TaskScheduled.TAG
         if compact_after is None:
             chunks, count = self._tables.read_all(stream)
         else:
@@ -407,9 +410,10 @@ class DiskCacheStore:
 
             chunks, count = self._tables.read_compacting(stream, compact_after, merge)
             if loaded:  # decoded from the rows the merge read, compacted or not
-                return self._decode_rows(loaded), count
+                return self._decode_rows([row for row in loaded if row[0] != skip]), count
         loads = self._loads  # a chain's history is a chunk per step: one pass, one decode
-        return self._decode_rows([row for data in chunks for row in loads(data)]), count
+        rows = [row for data in chunks for row in loads(data) if row[0] != skip]
+        return self._decode_rows(rows), count
 
     def history_chunks(self, instance_id: str) -> int:
         return self._tables.count(self._stream_of(instance_id))
