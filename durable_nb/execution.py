@@ -307,8 +307,8 @@ class Execution:
             for signal in step.signals:
                 progress.sent(f"@{signal.entity.name}")
         self.journal.buffer_all(step.events)
-        for name in step.replayed:
-            progress.cached(name)
+        if step.replayed:
+            progress.cached_calls(step.replayed)
         suspension = self._suspension
         for call in step.scheduled:
             progress.scheduled(call.activity.name)

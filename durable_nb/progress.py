@@ -20,6 +20,7 @@ Three rules keep a view honest (issue 13):
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -116,10 +117,13 @@ class Progress:
             found = self.rows[name] = ActivityRow(name)
         return found
 
-    def cached(self, name: str) -> None:
-        row = self.row(name)
-        row.total += 1
-        row.cached += 1
+    def cached_calls(self, names: list[str]) -> None:
+        """Calls answered from history, counted by name at once (a replayed chain's
+        thousands come in one step)."""
+        for name, count in Counter(names).items():
+            row = self.row(name)
+            row.total += count
+            row.cached += count
         self._dirty = True
 
     def reused(self, name: str) -> None:

@@ -249,8 +249,7 @@ class Runtime:
                     instance_id,
                     ", ".join(changed),
                 )
-        while True:
-            record = self.store.get_instance(instance_id)
+        while True:  # ``record``: as read above, or after the continue-as-new below
             if record is not None and record.generation > 0 and record.input is not None:
                 arguments = record.input  # an eternal instance resumes with its latest input
             execution = Execution(

@@ -194,7 +194,7 @@ def interpreter(ctx, program, seed):  # type: ignore[no-untyped-def]
         elif kind == "race":
             tasks = [ctx.call_activity(mul, acc, r + 2) for r in range(step[1])]
             winner = yield ctx.task_any(tasks)
-            trace.append(("race", [t.call.key for t in tasks], winner.call.key))
+            trace.append(("race", [t.key for t in tasks], winner.key))
             acc = winner.result
         elif kind == "timer":
             yield ctx.create_timer(step[1])

@@ -40,7 +40,7 @@ def test_text_view_prints_a_summary_per_activity() -> None:
     for _ in range(3):
         progress.scheduled("fetch")
         progress.ran("fetch")
-    progress.cached("save")
+    progress.cached_calls(["save"])
     progress.retried("fetch")
     progress.finish("completed")
     text = out.getvalue()

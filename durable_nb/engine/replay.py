@@ -259,9 +259,9 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         if (runaway := self._runaway.called(name, self._resumes)) is not None:
             self._step.runaway = runaway
         key, occurrence, position = self._next_call(triple(KEY_SCHEME), name)
-        call = ActivityCall(key, act, args, kwargs, position, retry)
-        task = ActivityTask(call)
+        task = ActivityTask(key)
         if self._answer(task, key, name, triple, occurrence):
+            call = ActivityCall(key, act, args, kwargs, position, retry)
             if self._retries.by_key:
                 call.resume = self._retries.by_key.get(key)
             self._step.scheduled.append(call)

@@ -128,16 +128,16 @@ class ActivityCall(Generic[A]):
 class ActivityTask(Task):
     """The pending result of one ``ctx.call_activity``."""
 
-    __slots__ = ("call",)
+    __slots__ = ("key",)
 
-    def __init__(self, call: ActivityCall[Any]) -> None:
+    def __init__(self, key: str) -> None:
         # Task.__init__'s fields set here: one of these per call, a million in a fan-out.
         self._state, self._value, self._error, self._listeners = _PENDING, None, None, None
         self.replayed, self.finished_at, self.order = False, 0.0, 0
-        self.call = call
+        self.key = key  # the call's; its ActivityCall is made only if it is scheduled
 
     def __repr__(self) -> str:
-        return f"<ActivityTask {self.call.key}>"
+        return f"<ActivityTask {self.key}>"
 
 
 @dataclass(slots=True, unsafe_hash=True)
