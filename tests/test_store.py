@@ -247,6 +247,28 @@ def test_a_long_history_is_compacted_by_the_load_that_reads_it(store: Checkpoint
     assert store.load_history("i", compact_after=32) == ([*before, completed("a/x/y#40", 40)], 2)
 
 
+@pytest.mark.parametrize("compact_after", [None, 8])
+def test_a_load_for_replay_leaves_out_scheduled_events_only(
+    store: CheckpointStore, compact_after: int | None
+) -> None:
+    """Replay never reads TaskScheduled (the orchestrator makes each call's key again):
+    they are not decoded, and every other event comes back in its order, compacted or
+    not; the stored history keeps them all."""
+    for n in range(12):
+        store.append(
+            "i",
+            [
+                history.TaskScheduled(float(n), f"a/x/y#{n}", "a", str(n)),
+                completed(f"a/x/y#{n}", n),
+            ],
+        )
+    everything, _ = store.load_history("i")
+    events, count = store.load_history("i", compact_after, scheduled=False)
+    assert events == [e for e in everything if not isinstance(e, history.TaskScheduled)]
+    assert len(events) == 12 and count == (12 if compact_after is None else 1)
+    assert store.load_history("i")[0] == everything  # nothing was dropped from the store
+
+
 def test_a_history_of_big_chunks_is_not_rewritten_by_a_load(tmp_path: Path) -> None:
     """A fan-out's chunks hold hundreds of completions each: merging them would rewrite
     the whole history (seconds at a million calls) to save reading a few rows."""
