@@ -54,7 +54,7 @@ from durable_nb.errors import (
     EventTimeoutError,
     OrchestratorError,
 )
-from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
+from durable_nb.fingerprint import arguments_digest
 from durable_nb.history import Status
 
 
@@ -249,16 +249,15 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         def owner() -> str:  # for an error message only
             return f"activity {name!r} (instance {self.instance_id})"
 
-        def triple(scheme: int) -> str:
+        def triple(scheme: int) -> str:  # under an older scheme, for its results only
             digest = arguments_digest(owner, args, kwargs, scheme=scheme)
-            if scheme == KEY_SCHEME:
-                return self._keys.prefix(act) + digest
             return f"{name}/{act.code_digest(scheme)[:16]}/{digest}"
 
         self.code_used[name] = act
         if (runaway := self._runaway.called(name, self._resumes)) is not None:
             self._step.runaway = runaway
-        key, occurrence, position = self._next_call(triple(KEY_SCHEME), name)
+        current = self._keys.prefix(act) + arguments_digest(owner, args, kwargs)
+        key, occurrence, position = self._next_call(current, name)
         task = ActivityTask(key)
         if self._answer(task, key, name, triple, occurrence):
             call = ActivityCall(key, act, args, kwargs, position, retry)
@@ -285,7 +284,10 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
     ) -> bool:
         """Complete ``task`` from history if it can be; True when it must be scheduled.
         ``triple(scheme)`` is the call's key under another scheme, without occurrence."""
-        hit = self._results.find(key, triple, occurrence)
+        book = self._results
+        hit = book.results.get(key)  # find(), inlined: every call of a replay asks
+        if hit is None and book.older_schemes:
+            hit = book.find_older(triple, occurrence)
         if hit is not None:
             value = hit[0]
             if isinstance(value, history.LargeValue):

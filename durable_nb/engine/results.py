@@ -28,13 +28,13 @@ Hit = tuple[Any, float, int]  # value, completion time, position in history
 class ResultBook:
     """Successful results of earlier runs, keyed by call key."""
 
-    __slots__ = ("_older_schemes", "results")
+    __slots__ = ("older_schemes", "results")
 
     def __init__(self) -> None:
         self.results: dict[str, Hit] = {}
         # Schemes of earlier runs other than this release's, newest first; a scheme this
         # release cannot compute (a newer one) is never looked up.
-        self._older_schemes: list[int] = []
+        self.older_schemes: list[int] = []
 
     def __bool__(self) -> bool:
         return bool(self.results)
@@ -44,19 +44,26 @@ class ResultBook:
 
     def run_keyed_by(self, scheme: int) -> None:
         """An earlier run in the history keyed its calls under ``scheme``."""
-        if scheme != KEY_SCHEME and scheme in SCHEMES and scheme not in self._older_schemes:
-            self._older_schemes.append(scheme)
-            self._older_schemes.sort(reverse=True)
+        if scheme != KEY_SCHEME and scheme in SCHEMES and scheme not in self.older_schemes:
+            self.older_schemes.append(scheme)
+            self.older_schemes.sort(reverse=True)
 
     def find(self, key: str, triple: Callable[[int], str], occurrence: int) -> Hit | None:
         """The result of the call with current ``key``, or recorded under an older
         scheme where ``triple(scheme)`` is its name/code/arguments part."""
         hit = self.results.get(key)
-        for scheme in self._older_schemes if hit is None else ():
+        if hit is None and self.older_schemes:
+            hit = self.find_older(triple, occurrence)
+        return hit
+
+    def find_older(self, triple: Callable[[int], str], occurrence: int) -> Hit | None:
+        """The result recorded under an older scheme, newest first (:meth:`find`
+        without the current key's lookup, for callers that made it)."""
+        for scheme in self.older_schemes:
             hit = self.results.get(f"{triple(scheme)}#{occurrence}")
             if hit is not None:
-                break
-        return hit
+                return hit
+        return None
 
 
 def failure_known_by_name(event: history.TaskFailed, instance_id: str) -> ActivityFailedError:
