@@ -60,14 +60,14 @@ class Journal:
 
     def load(self) -> list[history.Event]:
         """The history so far, as replay reads it: without its ``TaskScheduled`` events.
-        A long one of small chunks (a chain's) is compacted by a
-        load that reads it anyway, not at the end of every run (most ended runs are never
-        loaded again), and only from its second replay on: a run cut short is usually
-        replayed once and then completes, and a completed instance is final, so
-        compacting at the first replay would mostly cost (about 1.5 µs a chunk) without
-        ever paying back (about 1 µs a chunk on each later load). A history replayed
-        again is one that is likely to be replayed more (a kernel that keeps dying, a
-        long monitor)."""
+
+        A long one of small chunks (a chain's) is compacted by a load that reads it
+        anyway, not at the end of every run (most ended runs are never loaded again),
+        and only from its second replay on: a run cut short is usually replayed once and
+        then completes, and a completed instance is final, so compacting at the first
+        replay would mostly cost (about 1.5 µs a chunk) without ever paying back (about
+        1 µs a chunk on each later load). A history replayed again is one that is likely
+        to be replayed more (a kernel that keeps dying, a long monitor)."""
         replays = self.record.runs - 1 if self.record is not None else 0
         events, count = self.store.load_history(
             self.instance_id,
