@@ -182,9 +182,8 @@ class CheckpointStore(Protocol):
 
         ``compact_after``: a history of more chunks is rewritten as one in the same pass,
         atomically (as :meth:`compact` does; an append meanwhile is never lost, and may
-        leave it uncompacted), and the count is the one after. ``scheduled=False``
-        leaves out the ``TaskScheduled`` events, which replay does not read (the
-        orchestrator makes each call's key again): half a chain's events, not decoded."""
+        leave it uncompacted), and the count is the one after. ``scheduled=False``:
+        without the ``TaskScheduled`` events, which replay never reads."""
 
     def history_chunks(self, instance_id: str) -> int:
         """How many chunks the history is made of (compaction merges them)."""
