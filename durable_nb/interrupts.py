@@ -17,6 +17,7 @@ A kernel handles its own signals (its interrupt already cancels the cell), and
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal.getsignal, unconverted
 import asyncio
 import contextlib
 import os
@@ -119,13 +120,21 @@ def _on_sigint(signum: int, frame: types.FrameType | None) -> None:
         task.get_loop().call_soon_threadsafe(task.cancel)
 
 
+def _sigint_handler() -> object:
+    """The SIGINT handler as installed. ``signal.getsignal`` tries to turn it into a
+    ``Handlers`` member first, and that failure formats the handler's repr: under
+    ``asyncio.run`` (3.11+) a partial holding the main task, whose repr costs 50-100 µs,
+    paid on every ``orch.run()``. The identity checks here need no conversion."""
+    return _signal.getsignal(signal.SIGINT)
+
+
 @contextlib.contextmanager
 def cancel_on_sigint(task: asyncio.Task[Any]) -> Iterator[Callable[[], bool]]:
     """While the caller awaits ``task``, Ctrl-C cancels it (where Python's default
     handler is in place, outside a kernel). Yields whether Ctrl-C cancelled it."""
     armed = False
     if _main_thread() and not _in_kernel():
-        current = signal.getsignal(signal.SIGINT)
+        current = _sigint_handler()
         if current is signal.default_int_handler or current is _on_sigint:
             armed = True
             if not _CtrlC.tasks:
@@ -137,5 +146,5 @@ def cancel_on_sigint(task: asyncio.Task[Any]) -> Iterator[Callable[[], bool]]:
         if armed:
             _CtrlC.tasks.discard(task)
             _CtrlC.cancelled.discard(task)
-            if not _CtrlC.tasks and signal.getsignal(signal.SIGINT) is _on_sigint:
+            if not _CtrlC.tasks and _sigint_handler() is _on_sigint:
                 signal.signal(signal.SIGINT, signal.default_int_handler)

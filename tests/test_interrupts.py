@@ -186,3 +186,33 @@ def test_ctrl_c_in_terminal_ipython_stops_the_run_with_no_ghost(tmp_path: Path) 
         assert (tmp_path / "marks").read_text().split() == ["1", "2"]  # each ran once
     finally:
         term.close()
+
+
+def test_ctrl_c_is_taken_over_only_from_pythons_default_handler() -> None:
+    """Under the default handler a run's Ctrl-C is ours while it is awaited, and the
+    default comes back after; under asyncio.run's own handler (3.11+), nothing is
+    touched: Ctrl-C stays asyncio's, which cancels the main task."""
+    import asyncio
+
+    from durable_nb import interrupts
+
+    async def awaited_under_ours() -> tuple[object, object]:
+        task = asyncio.ensure_future(asyncio.sleep(0))
+        with interrupts.cancel_on_sigint(task):
+            during = signal.getsignal(signal.SIGINT)
+            await task
+        return during, signal.getsignal(signal.SIGINT)
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    loop = asyncio.new_event_loop()
+    try:  # a loop driven by run_until_complete, as terminal IPython drives an await cell
+        during, after = loop.run_until_complete(awaited_under_ours())
+    finally:
+        loop.close()
+    assert during is interrupts._on_sigint and after is signal.default_int_handler
+
+    runner_during, _ = asyncio.run(awaited_under_ours())
+    if sys.version_info >= (3, 11):  # asyncio.Runner installs a handler of its own
+        assert runner_during not in (interrupts._on_sigint, signal.default_int_handler)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not interrupts._CtrlC.tasks
