@@ -48,6 +48,18 @@ RECORD_FIELDS = ("input", "output", "custom_status")
 _RECORD_KEY = ":v:record:"
 
 
+def field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, found once: ``dataclasses.fields`` builds them on every
+    call, and a run reads and writes its instance record several times."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def record_tag(stream: str) -> str:
     """The tag of an instance's record value files (its history's are ``stream:v``)."""
     return stream + ":r"
@@ -85,7 +97,7 @@ class RecordValues:
         if self._json:
             return self._dumps(record.to_dict())
         data: dict[str, Any] = {}
-        for name in (f.name for f in dataclasses.fields(record)):
+        for name in field_names(type(record)):
             value = raw_field(record, name) if name in RECORD_FIELDS else getattr(record, name)
             if name == "status":
                 value = str(value)  # the plain value, even if given a Status

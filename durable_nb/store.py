@@ -19,11 +19,10 @@ Layout of a :class:`DiskCacheStore` (one ``diskcache.Cache`` folder):
   ``"h:<digest>:v:<call key>:<random>"`` (a large result, in a file of its own; a large
   custom status of the history is ``"h:<digest>:v:custom_status:<random>"``),
   ``"h:<digest>:v:record:<random>"`` (a large value of the instance record, tagged
-  ``"h:<digest>:r"``: :mod:`durable_nb.record_values`) and
-  ``"w"`` (large writes in progress, so a kill mid-write leaves nothing stray).
+  ``"h:<digest>:r"``: :mod:`durable_nb.record_values`) and ``"w"`` (large writes in
+  progress, so a kill mid-write leaves nothing stray).
 
-Format 1 kept records, leases and chunks as diskcache keys; opening such a store
-moves them into the tables (:mod:`durable_nb.store_versions`).
+Format 1 kept records, leases and chunks as diskcache keys (now moved: store_versions).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from durable_nb.entity_tables import SqliteEntities
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
 from durable_nb.history import Status
-from durable_nb.record_values import RecordValues, record_tag
+from durable_nb.record_values import RecordValues, field_names, record_tag
 from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
@@ -125,8 +124,10 @@ class InstanceRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**data)
+        except TypeError:  # a field of a later release: left out
+            return cls(**{k: v for k, v in data.items() if k in field_names(cls)})
 
 
 class CheckpointStore(Protocol):

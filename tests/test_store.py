@@ -313,3 +313,17 @@ def test_chunks_are_numbered_densely_per_stream(tmp_path: Path) -> None:
     ]
     assert tables.read("a") == [(0, b"x"), (1, b"z")]
     tables.close()
+
+
+def test_a_record_with_a_field_of_a_later_release_reads_without_it(tmp_path: Path) -> None:
+    """A later release may add fields to the record: this one reads what it knows."""
+    import pickle
+
+    store = DiskCacheStore(tmp_path / "store")
+    record = InstanceRecord("i-1", "orch", status="completed", runs=2)
+    data = {**record.to_dict(), "added_later": {"x": 1}}
+    store._tables.put_instance("i-1", pickle.dumps(data), record.history_id)
+    loaded = store.get_instance("i-1")
+    assert loaded == record and not hasattr(loaded, "added_later")
+    assert [r.instance_id for r in store.list_instances()] == ["i-1"]
+    store.close()
