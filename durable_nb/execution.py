@@ -150,6 +150,11 @@ class Execution:
         with collector_paused():
             events = journal.load()
             self.engine.load(events)
+            suspended = suspended_in(events)
+            # The engine keeps what it needs of them: the events go now, not at the end
+            # of the run (a long history's are most of its memory), and the collector
+            # does not scan them when it runs again.
+            del events
         started = history.ExecutionStarted(
             time.time(), self.orchestrator.name, record.runs, KEY_SCHEME
         )
@@ -170,7 +175,7 @@ class Execution:
         self._children: Part[ChildCall] = ChildRuns(self._run_child, self._post, self.instance_id)
         assert self._loop is not None
         self.progress.begin(self._loop.call_later)  # a change held back is told on time
-        self._suspension = Suspension(suspended_in(events), self._set_status, self._resumed)
+        self._suspension = Suspension(suspended, self._set_status, self._resumed)
         ticker = asyncio.ensure_future(self._tick())
         try:
             if self._suspension.suspended:
