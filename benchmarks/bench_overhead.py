@@ -8,7 +8,8 @@ the least durable step on a thread and with ``async def``; diskcache set/get, wh
 format 1 paid), 1,000 trivial activities run in sequence (fresh, and replayed as a run
 cut short is), fan-outs of 1,000 and 10,000 (fresh and replayed, and a rerun of the
 completed 10,000: final, it returns its recorded outcome), the replay cost per activity
-at both sizes (it must not grow), and joblib.Memory on the same machine as a peer.
+at both sizes (it must not grow), one ``orch.run()`` of a single step (what a run
+costs beyond its steps), and joblib.Memory on the same machine as a peer.
 
 A fresh sequential step cannot cost less than a commit plus a round trip, so
 durable_nb's own work per step is the step minus both floors (minus the least durable
@@ -294,6 +295,29 @@ def fresh_and_replay(orch: dn.Orchestrator, n: int) -> tuple[float, float, float
     return fresh, final, replay, fresh_cpu
 
 
+def one_step_runs(k: int = 200) -> tuple[float, float]:
+    """µs per ``orch.run()`` of a one-step chain, fresh and replayed, over ``k``
+    instances: what a run costs beyond its steps (its event loop, lease, record and
+    history read back), which many small runs (sub-orchestrations, a loop over inputs
+    in a script) pay each time."""
+    folder = tempfile.mkdtemp()
+    runtime = _reset_for_tests(lambda: Runtime(store=DiskCacheStore(folder), progress="none"))
+    ids = [f"one-step-{i}" for i in range(k)]
+    started = time.perf_counter()
+    for instance_id in ids:
+        chain.run(1, instance_id=instance_id)
+    fresh = (time.perf_counter() - started) / k * 1e6
+    for instance_id in ids:
+        unfinish(runtime, instance_id)
+    started = time.perf_counter()
+    for instance_id in ids:
+        chain.run(1, instance_id=instance_id)
+    replay = (time.perf_counter() - started) / k * 1e6
+    runtime.close()
+    shutil.rmtree(folder)
+    return fresh, replay
+
+
 def joblib_memory(n: int) -> tuple[float, float]:
     """µs per call of joblib.Memory: cache misses, then hits."""
     import joblib
@@ -364,6 +388,8 @@ def main() -> None:
     fresh_and_replay(chain, 100)  # warm-up: imports, the pool's first thread
     rounds = [one_round(1000) for _ in range(args.rounds)]
     set_us, get_us = min(floor_set_get() for _ in range(repeat))
+    one_runs = [one_step_runs() for _ in range(repeat)]
+    one_fresh, one_replay = min(r[0] for r in one_runs), min(r[1] for r in one_runs)
     fan_1k = [fresh_and_replay(fan_out, 1000) for _ in range(repeat)]
     fan_10k = [fresh_and_replay(fan_out, 10_000) for _ in range(repeat)]
     f1k_fresh, f1k_replay = min(r[0] for r in fan_1k), min(r[2] for r in fan_1k)
@@ -446,6 +472,20 @@ def main() -> None:
             "",
             f"{(f10k_replay / 10_000) / (f1k_replay / 1000):.2f}x",
             "linear if ~1x",
+        ),
+        (
+            "one orch.run() of 1 step, fresh",
+            f"{one_fresh:.0f} µs/run",
+            "",
+            f"{one_fresh / best('commit'):.1f}x commit",
+            "cost per run, no target",
+        ),
+        (
+            "one orch.run() of 1 step, replayed",
+            f"{one_replay:.0f} µs/run",
+            "",
+            f"{one_replay / best('commit'):.1f}x commit",
+            "cost per run, no target",
         ),
         ("peer: joblib.Memory miss", f"{miss:.1f} µs/call", "", f"{miss / set_us:.1f}x set", ""),
         ("peer: joblib.Memory hit", f"{hit:.1f} µs/call", "", f"{hit / get_us:.1f}x get", ""),
