@@ -7,10 +7,11 @@ counts every call (strict mode checks names by position).
 
 from __future__ import annotations
 
-from typing import Generic
+from collections.abc import Callable
+from typing import Any, Generic
 
 from durable_nb.engine.protocols import A
-from durable_nb.fingerprint import KEY_SCHEME
+from durable_nb.fingerprint import KEY_SCHEME, arguments_digest
 
 
 class CallKeys(Generic[A]):
@@ -39,3 +40,16 @@ class CallKeys(Generic[A]):
         position = self.position
         self.position += 1
         return f"{triple}#{occurrence}", occurrence, position
+
+
+def older_triple(
+    owner: str, definition: A, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[int], str]:
+    """A call's ``name/code digest/arguments digest`` under an older key scheme, for the
+    results an older release recorded (made only for a history that has some)."""
+
+    def triple(scheme: int) -> str:
+        digest = arguments_digest(owner, args, kwargs, scheme=scheme)
+        return f"{definition.name}/{definition.code_digest(scheme)[:16]}/{digest}"
+
+    return triple

@@ -28,7 +28,7 @@ from durable_nb.engine.awaited import not_a_task
 from durable_nb.engine.children import ChildCalls
 from durable_nb.engine.context import OrchestrationContext, parameters
 from durable_nb.engine.entities import EntityCalls
-from durable_nb.engine.keys import CallKeys
+from durable_nb.engine.keys import CallKeys, older_triple
 from durable_nb.engine.preview import arguments_preview
 from durable_nb.engine.protocols import A, BindInput, O
 from durable_nb.engine.results import ResultBook, failure_known_by_name
@@ -115,6 +115,7 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         # What this run called, by name (sub-orchestrators as "sub:<name>"): a completed
         # instance stays final while the code of none of them changed.
         self.code_used: dict[str, A | O] = {}
+        self._owners: dict[str, str] = {}  # activity name -> how errors name it
         self._loading = False
         self._waiting_on: Task | None = None
         self._coroutine: Generator[Any, Any, Any] | Coroutine[Any, Any, Any] | None = None
@@ -245,21 +246,17 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
     ) -> Task:
         act = self._resolve(ref)
         name = act.name
-
-        def owner() -> str:  # for an error message only
-            return f"activity {name!r} (instance {self.instance_id})"
-
-        def triple(scheme: int) -> str:  # under an older scheme, for its results only
-            digest = arguments_digest(owner, args, kwargs, scheme=scheme)
-            return f"{name}/{act.code_digest(scheme)[:16]}/{digest}"
-
+        owner = self._owners.get(name)
+        if owner is None:  # how its errors name the calls of an activity: made once
+            owner = self._owners[name] = f"activity {name!r} (instance {self.instance_id})"
         self.code_used[name] = act
         if (runaway := self._runaway.called(name, self._resumes)) is not None:
             self._step.runaway = runaway
         current = self._keys.prefix(act) + arguments_digest(owner, args, kwargs)
         key, occurrence, position = self._next_call(current, name)
         task = ActivityTask(key)
-        if self._answer(task, key, name, triple, occurrence):
+        older = older_triple(owner, act, args, kwargs) if self._results.older_schemes else None
+        if self._answer(task, key, name, older, occurrence):
             call = ActivityCall(key, act, args, kwargs, position, retry)
             if self._retries.by_key:
                 call.resume = self._retries.by_key.get(key)
@@ -279,14 +276,15 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         task: ActivityTask | SubOrchestrationTask,
         key: str,
         name: str,
-        triple: Callable[[int], str],
+        triple: Callable[[int], str] | None,
         occurrence: int,
     ) -> bool:
         """Complete ``task`` from history if it can be; True when it must be scheduled.
-        ``triple(scheme)`` is the call's key under another scheme, without occurrence."""
+        ``triple(scheme)`` is the call's key under an older scheme, without occurrence
+        (None: the history has no older scheme)."""
         book = self._results
         hit = book.results.get(key)  # find(), inlined: every call of a replay asks
-        if hit is None and book.older_schemes:
+        if hit is None and triple is not None and book.older_schemes:
             hit = book.find_older(triple, occurrence)
         if hit is not None:
             value = hit[0]
