@@ -431,6 +431,8 @@ class Dispatcher:
 
     def written(self) -> None:
         """The outcomes posted so far are on disk: their concurrency slots are free."""
+        if not self._slots_to_free:
+            return  # after most writes: no limit, or no outcome held a slot
         slots, self._slots_to_free = self._slots_to_free, []
         for slot in slots:
             slot.release()

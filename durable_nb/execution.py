@@ -40,7 +40,7 @@ from durable_nb.fingerprint import KEY_SCHEME
 from durable_nb.history import Status
 from durable_nb.journal import Journal
 from durable_nb.leases import LeaseKeeper
-from durable_nb.orchestrator_warnings import warn_if_slow, warn_runaway
+from durable_nb.orchestrator_warnings import SLOW_STEP_SECONDS, warn_if_slow, warn_runaway
 from durable_nb.parts import ChildRuns, DurableTimers, Part
 from durable_nb.progress import Progress
 from durable_nb.resources import Resources
@@ -299,6 +299,8 @@ class Execution:
             self._carry_out(step)
 
     def _warn_if_slow(self, what: str, began: float, step: EngineStep) -> None:
+        if time.monotonic() - began <= SLOW_STEP_SECONDS:
+            return  # a step that blocked nothing: its calls need no counting
         calls = len(step.scheduled) + len(step.replayed) + len(step.subs) + len(step.timers)
         warn_if_slow(self.orchestrator.name, self.instance_id, what, began, calls)
 
