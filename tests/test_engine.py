@@ -114,6 +114,25 @@ def test_full_history_replays_without_scheduling_anything() -> None:
     assert eng.status == "completed" and eng.output == 20
 
 
+def test_a_replay_hands_out_each_recorded_result_once_and_keeps_none() -> None:
+    """Identical calls get their own results, in order (the occurrence in the key);
+    the engine lets go of a result once it answered its call (a long replay's results
+    are not kept for the rest of the run)."""
+
+    def thrice(ctx):  # type: ignore[no-untyped-def]
+        values = []
+        for _ in range(3):
+            values.append((yield ctx.call_activity(double, 1)))
+        return values
+
+    _, history = run_to_end(thrice, lambda call: f"run1-{call.key[-2:]}")
+    eng = engine(thrice)
+    eng.load(history)
+    step = eng.start(started(run=2))
+    assert step.scheduled == [] and eng.output == ["run1-#0", "run1-#1", "run1-#2"]
+    assert len(eng._results.results) == 0
+
+
 def test_partial_history_runs_only_what_is_missing() -> None:
     _, history = run_to_end(fan, answer, n=5)
     # a kill after the first three completions were written

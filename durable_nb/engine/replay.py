@@ -283,7 +283,9 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         ``triple(scheme)`` is the call's key under an older scheme, without occurrence
         (None: the history has no older scheme)."""
         book = self._results
-        hit = book.results.get(key)  # find(), inlined: every call of a replay asks
+        # find(), inlined (every call of a replay asks), and the result taken out: a key
+        # is answered once, and what a replay answered is neither kept nor scanned again
+        hit = book.results.pop(key, None)
         if hit is None and triple is not None and book.older_schemes:
             hit = book.find_older(triple, occurrence)
         if hit is not None:
