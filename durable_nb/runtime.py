@@ -164,16 +164,17 @@ class Runtime:
                     "cannot start it over while it runs",
                     instance_id=instance_id,
                 )
-        if self.store.get_instance(instance_id) is None:
+        record = self.store.get_instance(instance_id)
+        if record is None:
             # The record exists from the start, so status() and raise_event() work in
             # the same cell that started the run.
             now = time.time()
-            pending = InstanceRecord(
+            record = InstanceRecord(
                 instance_id, orch.name, created_at=now, updated_at=now, input=arguments
             )
             if not self.store.storable(arguments):
-                pending.input = None
-            self.store.put_instance(pending)
+                record.input = None
+            self.store.put_instance(record)
         progress = Progress(orch.name, instance_id)
         progress.summary_deferred = background
         progress.on_approval = lambda name, value: self.raise_event(instance_id, name, value)
@@ -181,7 +182,7 @@ class Runtime:
 
         attach_view(progress, self.progress_mode)
         task = asyncio.ensure_future(
-            self._run_generations(orch, arguments, instance_id, progress, None)
+            self._run_generations(orch, arguments, instance_id, progress, None, record)
         )
         self.progress_of[task] = progress
         self._active[instance_id] = task
@@ -229,13 +230,16 @@ class Runtime:
         instance_id: str,
         progress: Progress,
         parent: str | None,
+        record: InstanceRecord | None = None,
     ) -> Outcome:
-        """Run an instance, again and again while it continues as new."""
+        """Run an instance, again and again while it continues as new. ``record``: the
+        instance's as the caller just read or made it (else read here)."""
         try:
             caller_input: str | None = input_digest(orch, arguments)
         except FingerprintError:  # an explicit instance id spared digesting the input
             caller_input = None
-        record = self.store.get_instance(instance_id)
+        if record is None:
+            record = self.store.get_instance(instance_id)
         if record is not None and record.status == Status.COMPLETED:
             changed = changes_since_completed(
                 record, orch, arguments, caller_input, self.store.read_history
