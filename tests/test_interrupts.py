@@ -211,8 +211,11 @@ def test_ctrl_c_is_taken_over_only_from_pythons_default_handler() -> None:
         loop.close()
     assert during is interrupts._on_sigint and after is signal.default_int_handler
 
-    runner_during, _ = asyncio.run(awaited_under_ours())
     if sys.version_info >= (3, 11):  # asyncio.Runner installs a handler of its own
+        # The Runner itself, not asyncio.run: another test may have let nest_asyncio2
+        # replace asyncio.run with a function that installs no handler.
+        with asyncio.Runner() as runner:
+            runner_during, _ = runner.run(awaited_under_ours())
         assert runner_during not in (interrupts._on_sigint, signal.default_int_handler)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert not interrupts._CtrlC.tasks
