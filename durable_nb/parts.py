@@ -46,18 +46,18 @@ class DurableTimers:
         loop = asyncio.get_running_loop()
         delay = max(0.0, call.fire_at - time.time())
         self._handles[call.key] = loop.call_later(delay, self._fire, call.key)
-        self._progress.timers[call.key] = call.fire_at
+        self._progress.timer_armed(call.key, call.fire_at)
 
     def _fire(self, key: str) -> None:
         self._handles.pop(key, None)
-        self._progress.timers.pop(key, None)
+        self._progress.timer_ended(key)
         self._post(history.TimerFired(time.time(), key))
 
     def stop(self) -> None:
         for handle in self._handles.values():
             handle.cancel()
         self._handles.clear()
-        self._progress.timers.clear()
+        self._progress.timers_stopped()
 
 
 RunChild = Callable[[SubOrchestrationCall[Any]], Awaitable[Outcome]]

@@ -86,9 +86,12 @@ class Progress:
         self.rows: dict[str, ActivityRow] = {}
         self._waiting_events: list[str] = []
         self.timers: dict[str, float] = {}  # timer key -> fire time (epoch seconds)
-        self._timers_told: tuple[float, ...] = ()  # parts.py edits timers in place
         self._custom_status: object = None
         self.children: list[Progress] = []  # sub-orchestrations, each with its own rows
+        self._child_of_id: dict[str, Progress] = {}
+        # Children with changes not told yet: a fan-out of thousands of children must not
+        # ask each of them at every change (each child's change is told by the root).
+        self._stale_children: set[Progress] = set()
         self._parent: Progress | None = None
         self.on_approval: Callable[[str, object], None] | None = None  # set by the runtime
         self._clock = clock
@@ -124,40 +127,40 @@ class Progress:
             row = self.row(name)
             row.total += count
             row.cached += count
-        self._dirty = True
+        self._touch()
 
     def reused(self, name: str) -> None:
         """A scheduled call was answered by a shared result of another instance."""
         self.row(name).cached += 1
-        self._dirty = True
+        self._touch()
 
     def scheduled(self, name: str) -> None:
         self.row(name).total += 1
-        self._dirty = True
+        self._touch()
 
     def sent(self, name: str) -> None:
         """A one-way message to an entity was sent: done as it is sent."""
         row = self.row(name)
         row.total += 1
         row.ran += 1
-        self._dirty = True
+        self._touch()
 
     def attempt_started(self, name: str) -> None:
         self.row(name).running += 1
-        self._dirty = True
+        self._touch()
 
     def attempt_ended(self, name: str) -> None:
         self.row(name).running -= 1
-        self._dirty = True
+        self._touch()
         self._root()._tell_final_if_settled()
 
     def ran(self, name: str) -> None:
         self.row(name).ran += 1
-        self._dirty = True
+        self._touch()
 
     def failed(self, name: str) -> None:
         self.row(name).failed += 1
-        self._dirty = True
+        self._touch()
 
     def settled(self, event: history.Event) -> None:
         """Count an outcome once it is final: written to history (journal.py)."""
@@ -177,7 +180,7 @@ class Progress:
         row = self.row(name)
         row.retried += 1
         row.backing_off += 1
-        self._dirty = True
+        self._touch()
 
     def child_retried(self, name: str, counted: bool) -> None:
         """The next attempt of a sub-orchestration under a retry policy: the failure
@@ -189,11 +192,27 @@ class Progress:
         else:
             row.total += 1
         row.retried += 1
-        self._dirty = True
+        self._touch()
 
     def retry_started(self, name: str) -> None:
         self.row(name).backing_off -= 1
-        self._dirty = True
+        self._touch()
+
+    def timer_armed(self, key: str, fire_at: float) -> None:
+        """A durable timer waits, to fire at ``fire_at`` (epoch seconds)."""
+        self.timers[key] = fire_at
+        self._touch()
+
+    def timer_ended(self, key: str) -> None:
+        """A timer fired."""
+        if self.timers.pop(key, None) is not None:
+            self._touch()
+
+    def timers_stopped(self) -> None:
+        """The run's timers were stopped with it."""
+        if self.timers:
+            self.timers.clear()
+            self._touch()
 
     @property
     def waiting_events(self) -> list[str]:
@@ -203,7 +222,7 @@ class Progress:
     def waiting_events(self, names: list[str]) -> None:
         if names != self._waiting_events:  # set after every step, mostly unchanged
             self._waiting_events = names
-            self._dirty = True
+            self._touch()
 
     @property
     def custom_status(self) -> object:
@@ -212,7 +231,7 @@ class Progress:
     @custom_status.setter
     def custom_status(self, value: object) -> None:
         self._custom_status = value
-        self._dirty = True
+        self._touch()
 
     # ----------------------------------------------------------- totals
 
@@ -222,11 +241,15 @@ class Progress:
         return end - self.started
 
     def child(self, orchestrator: str, instance_id: str) -> Progress:
-        """The progress of a sub-orchestration; its changes show in this one's views."""
-        child = Progress(orchestrator, instance_id, clock=self._clock)
-        child._parent = self  # only the root notifies views; a child's changes go there
-        self.children.append(child)
-        return child
+        """The progress of a sub-orchestration; its changes show in this one's views. A
+        child run again (a retry) keeps its one row group."""
+        found = self._child_of_id.get(instance_id)
+        if found is None:
+            found = Progress(orchestrator, instance_id, clock=self._clock)
+            found._parent = self  # only the root notifies views; a child's changes go there
+            self.children.append(found)
+            self._child_of_id[instance_id] = found
+        return found
 
     def all_rows(self) -> list[ActivityRow]:
         """This run's rows and its sub-orchestrations' rows, recursively."""
@@ -289,15 +312,11 @@ class Progress:
         self.status, self.message, self.finished = "running", "", None
         self._final_waits = False
         self._call_later = call_later
-        self._dirty = True
+        self._touch()
 
     @property
     def dirty(self) -> bool:
-        return (
-            self._dirty
-            or tuple(self.timers.values()) != self._timers_told
-            or any(child.dirty for child in self.children)
-        )
+        return self._dirty or bool(self._stale_children)
 
     def changed(self) -> None:
         """Tell listeners now if something changed and the last notice is one interval
@@ -361,9 +380,21 @@ class Progress:
 
     def _clear_dirty(self) -> None:
         self._dirty = False
-        self._timers_told = tuple(self.timers.values())
-        for child in self.children:
+        stale, self._stale_children = self._stale_children, set()
+        for child in stale:
             child._clear_dirty()
+
+    def _touch(self) -> None:
+        """Something a view shows changed (told by the root at its next notice)."""
+        self._dirty = True
+        if self._parent is not None:
+            self._parent._child_changed(self)
+
+    def _child_changed(self, child: Progress) -> None:
+        if child not in self._stale_children:
+            self._stale_children.add(child)
+            if self._parent is not None:
+                self._parent._child_changed(self)
 
 
 def _call_name(key: str) -> str:

@@ -299,9 +299,7 @@ class Runtime:
                 instance_id=instance_id,
             )
         # A retried child (ctx.call_sub_orchestrator_with_retry) keeps its one row group.
-        progress = next(
-            (p for p in parent.progress.children if p.instance_id == instance_id), None
-        ) or parent.progress.child(call.orchestrator.name, instance_id)
+        progress = parent.progress.child(call.orchestrator.name, instance_id)
         task = asyncio.ensure_future(
             self._run_generations(
                 call.orchestrator, call.arguments, instance_id, progress, parent.instance_id

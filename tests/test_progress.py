@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from durable_nb.progress import Progress
 from durable_nb.widgets import TextView, make_widget
 
@@ -81,7 +83,7 @@ def test_waiting_events_get_approve_and_reject_buttons_that_raise_the_event() ->
     widget = make_widget(progress)
     progress.begin()
     progress.waiting_events = ["approval"]
-    progress.timers["timer#0"] = 4_000_000_000.0
+    progress.timer_armed("timer#0", 4_000_000_000.0)
     progress.scheduled("a")
     clock.now += 1
     progress.changed()
@@ -113,3 +115,67 @@ def test_sub_orchestration_rows_are_grouped_under_their_orchestrator() -> None:
     (work,) = groups[1][1]
     assert (work.name, work.total, work.ran) == ("work", 3, 3)
     assert progress.totals().total == 4
+
+
+def test_a_change_deep_in_the_children_is_told_by_the_root_and_then_clean() -> None:
+    clock = FakeClock()
+    root = Progress("parent", "p-1", clock=clock)
+    told: list[int] = []
+    root.subscribe(lambda p: told.append(p.totals().ran))
+    root.begin()
+    root.changed()
+    child = root.child("child", "p-1:c")
+    grandchild = child.child("leaf", "p-1:c:l")
+    assert root.child("child", "p-1:c") is child  # a child run again keeps its rows
+    assert root.children == [child]
+    clock.now += 1
+    root.changed()
+    assert not root.dirty and not child.dirty and not grandchild.dirty
+    grandchild.scheduled("work")
+    grandchild.ran("work")
+    assert root.dirty and child.dirty
+    clock.now += 1
+    grandchild.changed()  # a child's change is told by the root
+    assert told[-1] == 1 and not root.dirty and not grandchild.dirty
+    grandchild.timer_armed("timer#0", 4_000_000_000.0)
+    assert root.dirty  # a timer's countdown shows: arming it is a change
+    clock.now += 1
+    root.changed()
+    grandchild.timer_ended("timer#0")
+    assert root.dirty and grandchild.timers == {}
+    clock.now += 1
+    root.changed()
+    grandchild.timer_ended("timer#0")  # fired already: nothing changed
+    grandchild.timers_stopped()
+    assert not root.dirty
+
+
+def test_a_change_of_one_child_among_thousands_is_told_without_visiting_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fan-out of sub-orchestrations tells each child's change through the root: it
+    must not ask, or clear, every child each time (that made a fan-out of 3,000 children
+    take 2.5 ms a child instead of 1.1)."""
+    clock = FakeClock()
+    root = Progress("parent", "p-1", clock=clock)
+    root.subscribe(lambda p: None)
+    root.begin()
+    children = [root.child("child", f"p-1:{i}") for i in range(2000)]
+    for child in children:
+        child.scheduled("work")
+    clock.now += 1
+    root.changed()
+    visited: list[Progress] = []
+    clear = Progress._clear_dirty
+
+    def counted(progress: Progress) -> None:
+        visited.append(progress)
+        clear(progress)
+
+    monkeypatch.setattr(Progress, "_clear_dirty", counted)
+    for step in range(1, 51):
+        clock.now += 1
+        children[step].ran("work")
+        children[step].changed()
+    assert len(visited) == 2 * 50  # the root and the one child that changed, each time
+    assert root.totals().ran == 50

@@ -178,8 +178,8 @@ def test_waits_and_custom_status_are_changes() -> None:
     progress.changed()
     for change in (
         lambda: setattr(progress, "waiting_events", ["approval"]),
-        lambda: progress.timers.__setitem__("t#0", 100.0),  # parts.py edits it in place
-        lambda: progress.timers.clear(),
+        lambda: progress.timer_armed("t#0", 100.0),
+        lambda: progress.timer_ended("t#0"),
         lambda: setattr(progress, "custom_status", {"stage": 2}),
     ):
         clock.now += 1.0
@@ -260,7 +260,7 @@ def test_a_clock_tick_changes_only_the_widgets_clock() -> None:
     for name, view in (("header", header), ("clock", clock_view), ("table", table)):
         view.observe(lambda _c, name=name: sent.append(name), "value")
     progress.begin(loop.call_later)
-    progress.timers["t#0"] = time.time() + 60
+    progress.timer_armed("t#0", time.time() + 60)
     progress.scheduled("a")
     progress.changed()
     assert set(sent) == {"header", "clock", "table"}
