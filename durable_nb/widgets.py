@@ -53,6 +53,10 @@ def attach_view(progress: Progress, mode: str) -> None:
 
 def _in_kernel() -> bool:
     """True inside a Jupyter kernel, where widgets can be shown."""
+    if "IPython" not in sys.modules:
+        # A kernel imports IPython before it runs any cell. Importing it only to ask
+        # would cost a script's first run a third of a second.
+        return False
     try:
         from IPython.core.getipython import get_ipython
     except ImportError:
