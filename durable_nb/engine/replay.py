@@ -120,22 +120,6 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         self._waiting_on: Task | None = None
         self._coroutine: Generator[Any, Any, Any] | Coroutine[Any, Any, Any] | None = None
         self._step: Step[A, O] = Step()
-        self._handlers: dict[type[history.Event], Callable[[Any], None]] = {
-            history.ExecutionStarted: self._on_started,
-            history.TaskScheduled: self._on_ignored,
-            history.TaskCompleted: self._on_completed,
-            history.TaskFailed: self._on_failed,
-            history.TaskRetried: self._on_retried,
-            history.CustomStatusSet: self._on_ignored,
-            history.ExecutionFinished: self._on_finished,
-            history.TimerCreated: self._on_timer_created,
-            history.TimerFired: self._on_timer_fired,
-            history.EventRaised: self._on_event_raised,
-            history.SubOrchestrationCompleted: self._on_completed,
-            history.SubOrchestrationFailed: self._on_sub_failed,
-            history.ControlRequested: self._on_control,
-            history.EntitySignaled: self._on_entity_signaled,
-        }
 
     # ------------------------------------------------------------ public API
 
@@ -156,14 +140,14 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
     def load(self, events: Iterable[history.Event]) -> None:
         """Take in the history of earlier runs (before :meth:`start`)."""
         self._loading = True
-        handlers, results = self._handlers, self._results.results
+        handlers, results = _HANDLERS, self._results.results
         try:
             for event in events:
                 self._position_in_history += 1
                 if type(event) is history.TaskCompleted:  # most of a history: inline
                     results[event.key] = (event.result, event.timestamp, self._position_in_history)
                 elif type(event) is not history.TaskScheduled:
-                    handlers[type(event)](event)
+                    handlers[type(event)](self, event)
         finally:
             self._loading = False
 
@@ -192,7 +176,7 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
         for event in events:
             self._position_in_history += 1
             self._clock = event.timestamp
-            self._handlers[type(event)](event)
+            _HANDLERS[type(event)](self, event)
         if now is not None:
             self._clock = now
         waiting = self._waiting_on
@@ -495,3 +479,23 @@ class OrchestrationEngine(ChildCalls[A, O], EntityCalls[A, O], Generic[A, O]):
 
     def _not_a_task(self, yielded: Any) -> OrchestratorError:
         return not_a_task(self.name, self.instance_id, self._coroutine, yielded)
+
+
+# One handler per event type: the class's functions, not 14 bound methods per engine for
+# the collector to scan in every live run (a fan-out of children keeps thousands alive).
+_HANDLERS: dict[type[history.Event], Callable[[Any, Any], None]] = {
+    history.ExecutionStarted: OrchestrationEngine._on_started,
+    history.TaskScheduled: OrchestrationEngine._on_ignored,
+    history.TaskCompleted: OrchestrationEngine._on_completed,
+    history.TaskFailed: OrchestrationEngine._on_failed,
+    history.TaskRetried: OrchestrationEngine._on_retried,
+    history.CustomStatusSet: OrchestrationEngine._on_ignored,
+    history.ExecutionFinished: OrchestrationEngine._on_finished,
+    history.TimerCreated: OrchestrationEngine._on_timer_created,
+    history.TimerFired: OrchestrationEngine._on_timer_fired,
+    history.EventRaised: OrchestrationEngine._on_event_raised,
+    history.SubOrchestrationCompleted: OrchestrationEngine._on_completed,
+    history.SubOrchestrationFailed: OrchestrationEngine._on_sub_failed,
+    history.ControlRequested: OrchestrationEngine._on_control,
+    history.EntitySignaled: OrchestrationEngine._on_entity_signaled,
+}
