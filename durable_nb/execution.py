@@ -125,6 +125,7 @@ class Execution:
         self._ended: asyncio.Future[None] | None = None  # set when the run is over
         self._context: contextvars.Context | None = None  # the run's, for _drain
         self._last_poll = 0.0
+        self._polled_mark: int | None = None  # the store's write mark at the last poll
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set while the orchestrator waits for a resume to start (suspended at the start).
         self._deferred: history.ExecutionStarted | None = None
@@ -200,21 +201,35 @@ class Execution:
         return outcome
 
     async def _tick(self) -> None:
+        # A sub-orchestration ticks only as often as it polls: the loop's wake-ups for
+        # the kernel's interrupt and the views' clock are its root run's to make (a
+        # fan-out of thousands of waiting children would spend a core on ticks).
+        seconds = TICK_SECONDS if self.parent is None else POLL_SECONDS
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(seconds)
             if not self._lease.renew_if_due():
                 self._post(
                     history.ControlRequested(time.time(), "terminate", "lease lost")
                 )  # another kernel took the instance over: stop here
-            now = time.monotonic()
-            if now - self._last_poll >= POLL_SECONDS:
-                self.poll()
-            self.progress.changed()  # also moves the views' clock while nothing happens
+            if self.parent is not None or time.monotonic() - self._last_poll >= POLL_SECONDS:
+                self._poll_if_written()
+            if self.parent is None:
+                self.progress.changed()  # also moves the views' clock while nothing happens
 
     def nudge(self) -> None:
         """Look for new events at once (thread-safe); used after a raise in this process."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.poll)
+
+    def _poll_if_written(self) -> None:
+        """Poll, unless no other writer wrote since the last poll: a fan-out of thousands
+        of waiting children would otherwise read the store twice a second each."""
+        mark = self.store.write_mark()  # before the poll: a write during it moves it
+        if mark == self._polled_mark:
+            self._last_poll = time.monotonic()
+            return
+        self._polled_mark = mark
+        self.poll()
 
     def poll(self) -> None:
         """Look for events and requests other writers appended (also: a nudge)."""

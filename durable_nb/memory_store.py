@@ -26,6 +26,7 @@ class MemoryStore:
         self._shared: dict[tuple[str, str], tuple[float, str, Any]] = {}
         self._shared_by: dict[str, set[tuple[str, str]]] = {}
         self.entities = MemoryEntities()
+        self._appends = 0  # every writer's: it cannot tell one from another
 
     def append(
         self, instance_id: str, events: Sequence[history.Event], share: Collection[str] = ()
@@ -34,6 +35,7 @@ class MemoryStore:
         with self._lock:
             chunks = self._chunks.setdefault(instance_id, [])
             chunks.append(chunk)
+            self._appends += 1
             if share and instance_id in self._records:
                 share = set(share)
                 for event in events:
@@ -73,6 +75,7 @@ class MemoryStore:
             if data is None or InstanceRecord.from_dict(dict(data)).history_id != history_id:
                 return False
             self._chunks.setdefault(instance_id, []).append(chunk)
+            self._appends += 1
         return True
 
     def read_chunks(self, instance_id: str, start: int) -> list[tuple[int, list[history.Event]]]:
@@ -110,6 +113,9 @@ class MemoryStore:
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
+
+    def write_mark(self) -> int:
+        return self._appends
 
     def load_history(
         self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True

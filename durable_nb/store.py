@@ -176,6 +176,11 @@ class CheckpointStore(Protocol):
     def read_history(self, instance_id: str) -> list[history.Event]:
         """Every event of the instance, oldest first."""
 
+    def write_mark(self) -> int:
+        """A number that stays the same while no other writer (process, connection) wrote:
+        while it stays, :meth:`read_chunks` finds nothing others appended. It may move
+        for writes of no interest (a store that cannot tell writers apart moves on all)."""
+
     def load_history(
         self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True
     ) -> tuple[list[history.Event], int]:
@@ -393,6 +398,9 @@ class DiskCacheStore:
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
+
+    def write_mark(self) -> int:
+        return self._tables.data_version()
 
     def load_history(
         self, instance_id: str, compact_after: int | None = None, *, scheduled: bool = True

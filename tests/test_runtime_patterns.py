@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import durable_nb as dn
-from durable_nb import history
+from durable_nb import history, management
 from durable_nb.runtime import Runtime
 from durable_nb.store import DiskCacheStore
 
@@ -119,6 +119,47 @@ def test_event_from_another_process_reaches_a_running_instance(
     value, raised_at = asyncio.run(main())
     assert value == {"n": 7}
     assert seen[0] - raised_at < 1.5  # polled within about half a second
+
+
+def test_waiting_runs_read_their_history_again_only_after_another_writer_wrote(
+    rt: Runtime, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that waits looks for what other processes appended twice a second; it asks
+    the store first whether anyone else wrote at all (a fan-out of thousands of waiting
+    children each read their history twice a second). A child waits here, and the event
+    comes through another connection to the store, as from another process."""
+    reads: list[str] = []
+    read_chunks = rt.store.read_chunks
+
+    def counted(instance_id: str, start: int) -> Any:
+        reads.append(instance_id)
+        return read_chunks(instance_id, start)
+
+    monkeypatch.setattr(rt.store, "read_chunks", counted)
+
+    @dn.orchestrator
+    def waiter(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.wait_for_external_event("go"))
+
+    @dn.orchestrator
+    def parent(ctx):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_sub_orchestrator(waiter, instance_id="the-child"))
+
+    async def main() -> tuple[int, Any]:
+        handle = parent.start()
+        await asyncio.sleep(2.2)  # four polls of each run would be due
+        quiet = len(reads)
+        other = DiskCacheStore(store_dir)
+        try:
+            management.raise_event(other, "the-child", "go", 7)
+        finally:
+            other.close()
+        return quiet, await asyncio.wait_for(handle, 10)
+
+    quiet, value = asyncio.run(main())
+    assert value == 7
+    assert quiet <= 2, reads  # each run's first look, and no more while nobody wrote
+    assert "the-child" in reads[quiet:]  # the write was seen, and then read
 
 
 def test_event_raised_while_nothing_runs_waits_in_the_store(rt: Runtime, store_dir: Path) -> None:

@@ -40,6 +40,26 @@ def test_appended_chunks_read_back_in_order(store: CheckpointStore) -> None:
     assert store.history_chunks("i") == 2
 
 
+def test_the_write_mark_moves_when_another_writer_appends(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    """What lets a waiting run skip reading its history: the mark stays while nobody
+    else writes, and moves once another writer (here another connection to the same
+    folder, as another process has; the memory store cannot tell writers apart) appends."""
+    store.append("i", [started()])
+    mark = store.write_mark()
+    assert store.write_mark() == mark
+    if isinstance(store, DiskCacheStore):  # its own appends do not move it
+        store.append("i", [completed("a/0/2#0", 0)])
+        assert store.write_mark() == mark
+    other = DiskCacheStore(tmp_path / "s") if isinstance(store, DiskCacheStore) else store
+    other.append("i", [completed("a/1/2#0", 1)])
+    assert store.write_mark() != mark
+    assert [n for n, _ in store.read_chunks("i", 1)][-1] >= 1
+    if other is not store:
+        other.close()
+
+
 def test_live_exception_objects_are_not_stored(store: CheckpointStore) -> None:
     store.append(
         "i", [history.TaskFailed(1.0, "k", "a", "ValueError", "bad", 2, error=ValueError("bad"))]
