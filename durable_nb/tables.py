@@ -165,6 +165,15 @@ class StoreTables:
             location=location,
         )
 
+    def data_version(self) -> int:
+        """SQLite's ``data_version`` of this thread's connection: it moves when another
+        connection (another process, another thread of this one) committed a change."""
+        try:
+            (version,) = self._connection().execute("PRAGMA data_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._explained(exc) from exc
+        return int(version)
+
     # ------------------------------------------------------------ history
 
     def append(
@@ -193,7 +202,10 @@ class StoreTables:
         try:
             connection = self._connection()
             number = -1
-            if expected is not None:
+            if expected == 0:  # a new history (its load found it empty): only if still so
+                if connection.execute(_INSERT_FIRST_CHUNK, (stream, data)).rowcount == 1:
+                    number = 0
+            elif expected is not None:
                 try:
                     connection.execute(_INSERT_NEXT_CHUNK, (stream, expected - 1, data))
                     number = expected
@@ -274,7 +286,9 @@ class StoreTables:
         rows = self._query(
             "SELECT n, data FROM durable_history WHERE stream = ? ORDER BY n", stream
         )
-        return [row[1] for row in rows], (rows[-1][0] + 1 if rows else 0)
+        following = rows[-1][0] + 1 if rows else 0
+        self._expect(stream, following - 1)
+        return [row[1] for row in rows], following
 
     def read_compacting(
         self, stream: str, more_than: int, merge: Callable[[list[bytes]], bytes]
@@ -298,6 +312,7 @@ class StoreTables:
                 following = int(rows[-1][0]) + 1 if rows else 0
                 if len(rows) <= more_than or sum(map(len, chunks)) > len(rows) * _BIG_CHUNK:
                     connection.execute("COMMIT")  # few chunks, or big ones: kept as they are
+                    self._expect(stream, following - 1)
                     return chunks, following
                 merged = merge(chunks)
                 try:
@@ -469,6 +484,10 @@ _INSERT_CHUNK = "INSERT INTO durable_history (stream, n, data) VALUES (?, ?, ?)"
 _INSERT_NEXT_CHUNK = (
     "INSERT INTO durable_history (stream, n, data) VALUES "
     "(?1, (SELECT n + 1 FROM durable_history WHERE stream = ?1 AND n = ?2), ?3)"
+)
+_INSERT_FIRST_CHUNK = (
+    "INSERT INTO durable_history (stream, n, data) SELECT ?1, 0, ?2 "
+    "WHERE NOT EXISTS (SELECT 1 FROM durable_history WHERE stream = ?1)"
 )
 _EXPECTED_STREAMS = 10_000
 

@@ -51,6 +51,35 @@ def test_an_append_after_one_of_its_own_is_a_single_statement(
     assert tables.read("s") == [(n, b"%d" % n) for n in range(5)]
 
 
+def test_a_loaded_history_gets_its_next_chunk_in_one_statement(
+    two: tuple[StoreTables, StoreTables],
+) -> None:
+    """A run loads its history before it appends: the load tells the number that comes
+    next, a new (empty) history's first chunk included, which is taken only while the
+    stream is still empty."""
+    tables, other = two
+    assert tables.read_all("new") == ([], 0)
+    seen = statements_of(tables, lambda: tables.append("new", b"first"))
+    assert len(seen) == 1 and seen[0].startswith("INSERT"), seen
+    for n in range(3):
+        other.append("old", b"%d" % n)
+    assert tables.read_all("old") == ([b"0", b"1", b"2"], 3)
+    seen = statements_of(tables, lambda: tables.append("old", b"3"))
+    assert len(seen) == 1 and seen[0].startswith("INSERT"), seen
+    assert [n for n, _ in tables.read("new")] == [0] and len(tables.read("old")) == 4
+
+
+def test_a_first_chunk_another_writer_wrote_after_the_load_comes_first(
+    two: tuple[StoreTables, StoreTables],
+) -> None:
+    mine, other = two
+    assert mine.read_all("s") == ([], 0)
+    assert other.append("s", b"theirs") == 0  # an event raised before the run's first chunk
+    assert mine.append("s", b"mine") == 1
+    assert mine.append("s", b"next") == 2
+    assert [data for _, data in mine.read("s")] == [b"theirs", b"mine", b"next"]
+
+
 def test_a_number_another_writer_took_sends_the_chunk_after_the_last(
     two: tuple[StoreTables, StoreTables],
 ) -> None:
