@@ -92,6 +92,11 @@ class Progress:
         # Children with changes not told yet: a fan-out of thousands of children must not
         # ask each of them at every change (each child's change is told by the root).
         self._stale_children: set[Progress] = set()
+        # The children's rows merged by orchestrator (grouped_rows), kept up to date from
+        # the children that changed since, each one's share kept to take it out again.
+        self._groups: dict[str, dict[str, ActivityRow]] = {}
+        self._shares: dict[Progress, list[tuple[ActivityRow, tuple[int, ...]]]] = {}
+        self._regroup: set[Progress] = set()
         self._parent: Progress | None = None
         self.on_approval: Callable[[str, object], None] | None = None  # set by the runtime
         self._clock = clock
@@ -249,6 +254,8 @@ class Progress:
             found._parent = self  # only the root notifies views; a child's changes go there
             self.children.append(found)
             self._child_of_id[instance_id] = found
+            self._groups.setdefault(orchestrator, {})  # groups in the order children came
+            self._regroup.add(found)
         return found
 
     def all_rows(self) -> list[ActivityRow]:
@@ -259,38 +266,40 @@ class Progress:
         return rows
 
     def grouped_rows(self) -> list[tuple[str, list[ActivityRow]]]:
-        """Rows grouped: this orchestrator's first, then one group per child orchestrator."""
-        groups: dict[str, dict[str, ActivityRow]] = {}
-        for child in self.children:
-            merged = groups.setdefault(child.orchestrator, {})
-            for row in child.all_rows():
-                into = merged.setdefault(row.name, ActivityRow(row.name))
-                for column in (
-                    "total",
-                    "cached",
-                    "ran",
-                    "running",
-                    "failed",
-                    "retried",
-                    "backing_off",
-                ):
-                    setattr(into, column, getattr(into, column) + getattr(row, column))
+        """Rows grouped: this orchestrator's first, then one group per child orchestrator
+        (each child's rows, its own children's included, merged by activity). The merged
+        rows are the views' to read, not to change."""
+        self._merge_changed_children()
         result = [(self.orchestrator, list(self.rows.values()))]
-        result += [(name, list(rows.values())) for name, rows in groups.items()]
+        result += [(name, list(rows.values())) for name, rows in self._groups.items()]
         return result
 
     def totals(self) -> ActivityRow:
         """The sum of every row, sub-orchestrations included."""
+        self._merge_changed_children()
         total = ActivityRow("all")
-        for row in self.all_rows():
-            total.total += row.total
-            total.cached += row.cached
-            total.ran += row.ran
-            total.running += row.running
-            total.failed += row.failed
-            total.retried += row.retried
-            total.backing_off += row.backing_off
+        for rows in (self.rows, *self._groups.values()):
+            for row in rows.values():
+                _add(total, _counts(row), 1)
         return total
+
+    def _merge_changed_children(self) -> None:
+        """Merge again only the children that changed since the last time: a view is told
+        of a fan-out of thousands of children ten times a second."""
+        regroup, self._regroup = self._regroup, set()
+        for child in regroup:
+            for taken, counts in self._shares.get(child, ()):
+                _add(taken, counts, -1)
+            merged = self._groups[child.orchestrator]
+            share = []
+            for row in child.all_rows():
+                into = merged.get(row.name)
+                if into is None:
+                    into = merged[row.name] = ActivityRow(row.name)
+                counts = _counts(row)
+                _add(into, counts, 1)
+                share.append((into, counts))
+            self._shares[child] = share
 
     # ----------------------------------------------------------- notification
 
@@ -350,6 +359,7 @@ class Progress:
         self.finished = self._clock()
         for row in self.rows.values():
             row.backing_off = 0  # its retries were cancelled with the run's work
+        self._touch()  # also counts set on its rows directly (a recorded outcome's)
         if self._held is not None:
             self._held.cancel()
             self._held = None
@@ -359,7 +369,8 @@ class Progress:
 
     def in_flight(self) -> int:
         """Calls of this run and its sub-orchestrations running or waiting to retry."""
-        return sum(row.running + row.backing_off for row in self.all_rows())
+        totals = self.totals()
+        return totals.running + totals.backing_off
 
     def _tell_final_if_settled(self) -> None:
         if self._final_waits and self.in_flight() == 0:
@@ -391,10 +402,35 @@ class Progress:
             self._parent._child_changed(self)
 
     def _child_changed(self, child: Progress) -> None:
-        if child not in self._stale_children:
-            self._stale_children.add(child)
-            if self._parent is not None:
-                self._parent._child_changed(self)
+        # Told up to the root every time: the stale sets are emptied by a notice, the
+        # sets to merge again by whoever asks for the rows, each in its own time.
+        self._stale_children.add(child)
+        self._regroup.add(child)
+        if self._parent is not None:
+            self._parent._child_changed(self)
+
+
+def _counts(row: ActivityRow) -> tuple[int, ...]:
+    return (
+        row.total,
+        row.cached,
+        row.ran,
+        row.running,
+        row.failed,
+        row.retried,
+        row.backing_off,
+    )
+
+
+def _add(into: ActivityRow, counts: tuple[int, ...], sign: int) -> None:
+    total, cached, ran, running, failed, retried, backing_off = counts
+    into.total += sign * total
+    into.cached += sign * cached
+    into.ran += sign * ran
+    into.running += sign * running
+    into.failed += sign * failed
+    into.retried += sign * retried
+    into.backing_off += sign * backing_off
 
 
 def _call_name(key: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 
-from durable_nb.progress import Progress
+from durable_nb.progress import ActivityRow, Progress
 from durable_nb.widgets import TextView, make_widget
 
 
@@ -179,3 +180,90 @@ def test_a_change_of_one_child_among_thousands_is_told_without_visiting_the_othe
         children[step].changed()
     assert len(visited) == 2 * 50  # the root and the one child that changed, each time
     assert root.totals().ran == 50
+
+
+def _merged_from_scratch(progress: Progress) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
+    """grouped_rows as a full pass over every child computes it: the reference."""
+    groups: dict[str, dict[str, list[int]]] = {}
+    for child in progress.children:
+        merged = groups.setdefault(child.orchestrator, {})
+        for row in child.all_rows():
+            counts = merged.setdefault(row.name, [0] * 7)
+            for i, value in enumerate(
+                (
+                    row.total,
+                    row.cached,
+                    row.ran,
+                    row.running,
+                    row.failed,
+                    row.retried,
+                    row.backing_off,
+                )
+            ):
+                counts[i] += value
+    own = {
+        r.name: (r.total, r.cached, r.ran, r.running, r.failed, r.retried, r.backing_off)
+        for r in progress.rows.values()
+    }
+    return [(progress.orchestrator, own)] + [
+        (name, {k: tuple(v) for k, v in rows.items()}) for name, rows in groups.items()
+    ]
+
+
+def _as_counts(
+    groups: list[tuple[str, list[ActivityRow]]],
+) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
+    return [
+        (
+            name,
+            {
+                r.name: (r.total, r.cached, r.ran, r.running, r.failed, r.retried, r.backing_off)
+                for r in rows
+            },
+        )
+        for name, rows in groups
+    ]
+
+
+CHANGES = ("scheduled", "attempt_started", "attempt_ended", "ran", "failed", "retried")
+CHANGES += ("retry_started",)
+
+
+def test_grouped_rows_merge_again_only_the_children_that_changed_and_stay_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A view is told ten times a second; with thousands of children, merging every
+    child's rows each time took 31 ms a notice at 10,000 children. Random changes in
+    nested children, some read between notices, must give what a full pass gives."""
+    rng = random.Random(7)
+    root = Progress("parent", "p")
+    root.scheduled("own")
+    kids = [root.child(rng.choice(["a", "b"]), f"p:{i}") for i in range(300)]
+    nested = [kid.child("leaf", f"{kid.instance_id}:l") for kid in kids[:50]]
+    everyone = kids + nested
+    for step in range(2000):
+        who = rng.choice(everyone)
+        name = rng.choice(["fetch", "save"])
+        getattr(who, rng.choice(CHANGES))(name)
+        if step % 97 == 0:
+            who.finish("completed")
+        if step % 13 == 0:
+            assert _as_counts(root.grouped_rows()) == _merged_from_scratch(root)
+            total = root.totals()
+            assert total.total == sum(r.total for r in root.all_rows())
+            assert root.in_flight() == sum(r.running + r.backing_off for r in root.all_rows())
+    merged: list[Progress] = []
+    all_rows = Progress.all_rows
+
+    def counted(progress: Progress) -> list[ActivityRow]:
+        merged.append(progress)
+        return all_rows(progress)
+
+    monkeypatch.setattr(Progress, "all_rows", counted)
+    root.grouped_rows()
+    kids[5].ran("fetch")
+    nested[7].ran("save")  # in its parent's share: kids[7] is merged again
+    merged.clear()
+    after = root.grouped_rows()
+    assert {p.instance_id for p in merged if p._parent is root} == {"p:5", "p:7"}
+    assert _as_counts(after) == _merged_from_scratch(root)
