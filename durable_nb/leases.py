@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import itertools
 import logging
 import os
 import socket
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from durable_nb.errors import InstanceBusyError
@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT = 2.0
 TTL = 15.0
+
+# Each run's hold of a lease is named host:pid:serial. The serial starts at random, as a
+# pid can come back after a restart: one draw per process, not a uuid4 per run.
+_serials = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def holder_alive(lease: dict[str, Any], now: float, ttl: float = TTL) -> bool:
@@ -54,7 +58,8 @@ class LeaseKeeper:
         self.store = store
         self.instance_id = instance_id
         self.ttl = ttl
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        serial = next(_serials) & 0xFFFFFFFF
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{serial:08x}"
         self._since = 0.0
         self._last_renewal = 0.0
         self.held = False
