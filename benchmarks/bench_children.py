@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench_scale import print_table  # a sibling script: its folder is on sys.path
+
 import durable_nb as dn
 from durable_nb.runtime import Runtime, _reset_for_tests
 from durable_nb.store import DiskCacheStore
@@ -133,14 +135,6 @@ def idle_cpu(n: int, seconds: float) -> tuple[float, float]:
 
     result: tuple[float, float] = on_new_store(measure)
     return result
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def main() -> None:

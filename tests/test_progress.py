@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 
@@ -182,47 +183,26 @@ def test_a_change_of_one_child_among_thousands_is_told_without_visiting_the_othe
     assert root.totals().ran == 50
 
 
+def _counts_of(row: ActivityRow) -> tuple[int, ...]:
+    return dataclasses.astuple(row)[1:]  # every field but the name
+
+
 def _merged_from_scratch(progress: Progress) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
     """grouped_rows as a full pass over every child computes it: the reference."""
-    groups: dict[str, dict[str, list[int]]] = {}
+    groups: dict[str, dict[str, tuple[int, ...]]] = {}
     for child in progress.children:
         merged = groups.setdefault(child.orchestrator, {})
         for row in child.all_rows():
-            counts = merged.setdefault(row.name, [0] * 7)
-            for i, value in enumerate(
-                (
-                    row.total,
-                    row.cached,
-                    row.ran,
-                    row.running,
-                    row.failed,
-                    row.retried,
-                    row.backing_off,
-                )
-            ):
-                counts[i] += value
-    own = {
-        r.name: (r.total, r.cached, r.ran, r.running, r.failed, r.retried, r.backing_off)
-        for r in progress.rows.values()
-    }
-    return [(progress.orchestrator, own)] + [
-        (name, {k: tuple(v) for k, v in rows.items()}) for name, rows in groups.items()
-    ]
+            before = merged.get(row.name, (0,) * 7)
+            merged[row.name] = tuple(a + b for a, b in zip(before, _counts_of(row), strict=True))
+    own = {r.name: _counts_of(r) for r in progress.rows.values()}
+    return [(progress.orchestrator, own), *groups.items()]
 
 
 def _as_counts(
     groups: list[tuple[str, list[ActivityRow]]],
 ) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
-    return [
-        (
-            name,
-            {
-                r.name: (r.total, r.cached, r.ran, r.running, r.failed, r.retried, r.backing_off)
-                for r in rows
-            },
-        )
-        for name, rows in groups
-    ]
+    return [(name, {r.name: _counts_of(r) for r in rows}) for name, rows in groups]
 
 
 CHANGES = ("scheduled", "attempt_started", "attempt_ended", "ran", "failed", "retried")
