@@ -328,7 +328,7 @@ class StoreTables:
                 raise
         except sqlite3.DatabaseError as exc:
             raise self._explained(exc) from exc
-        self._expected.pop(stream, None)
+        self._expect(stream, 0)  # the merged chunk is number 0
         self._after_write(len(merged))
         return [merged], 1
 
