@@ -195,9 +195,11 @@ class StoreTables:
         # per chunk on SQLite 3.40). The number is taken only if its predecessor is
         # there (the subquery is NULL otherwise, which NOT NULL refuses) and it is free
         # (the primary key): numbers are dense, so that is the stream's last plus one,
-        # checked by SQLite in the statement itself. Refused (another writer appended,
-        # or emptied the stream), the chunk goes after the last in a transaction; a run
-        # then sees others' chunks as the numbers its own chunk skipped, as before.
+        # checked by SQLite in the statement itself. The number expected comes from this
+        # store's last append to the stream or its last full read of it (a run's load).
+        # Refused (another writer appended, or emptied the stream), the chunk goes after
+        # the last in a transaction; a run then sees others' chunks as the numbers its
+        # own chunk skipped, as before.
         expected = self._expected.get(stream)
         try:
             connection = self._connection()
