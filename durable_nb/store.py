@@ -27,7 +27,6 @@ Format 1 kept records, leases and chunks as diskcache keys (now moved: store_ver
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -35,7 +34,6 @@ import os
 import pickle
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +42,8 @@ from durable_nb.entity_store import EntityStore
 from durable_nb.entity_tables import SqliteEntities
 from durable_nb.errors import StoreError
 from durable_nb.fingerprint import digest_bytes
-from durable_nb.history import Status
-from durable_nb.record_values import RecordValues, field_names, record_tag
+from durable_nb.instance_record import InstanceRecord as InstanceRecord
+from durable_nb.record_values import RecordValues, record_tag
 from durable_nb.store_folder import STORE_ENV, check_private, default_location, open_cache
 from durable_nb.store_values import (
     LARGE_RESULT_BYTES,
@@ -53,7 +51,6 @@ from durable_nb.store_values import (
     JsonValueDisk,
     LargeRef,
     LargeValueFile,
-    LazyField,
     ValueDisk,
     json_dumps,
     pickle_dumps,
@@ -82,52 +79,6 @@ _LARGE_AT = {cls.TAG: at for cls, at in _LARGE_FIELDS.items()}  # the same, by r
 MAX_CHUNK_BYTES = 256 << 20
 # Results that are never large: no size estimate for them (str has none anyway).
 _SMALL_TYPES = frozenset({int, float, bool, type(None), str, complex})
-
-
-@dataclass
-class InstanceRecord:
-    """What a store knows about an instance without reading its history."""
-
-    instance_id: str
-    orchestrator: str
-    # pending | running | suspended | completed | failed | interrupted | terminated
-    status: str = Status.PENDING.value
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    started_at: float = 0.0
-    finished_at: float | None = None
-    runs: int = 0
-    # A large custom status, output or input is kept in a file of its own and loaded
-    # when the field is read: descriptor fields, whose default is None.
-    custom_status: LazyField[Any] = LazyField()  # noqa: RUF009
-    output: LazyField[Any] = LazyField()  # noqa: RUF009
-    error: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    # the orchestrator's arguments by name
-    input: LazyField[dict[str, Any] | None] = LazyField()  # noqa: RUF009
-    generation: int = 0  # how many times it continued as new
-    parent: str | None = None  # the parent instance of a sub-orchestration
-    # What a completed run was made of (input, code digests), so that running it again
-    # returns this record's outcome while none of it changed (durable_nb.finality).
-    completed_with: dict[str, Any] | None = None
-
-    @property
-    def history_id(self) -> str:
-        """Which history the instance is on: it changes when the history starts over
-        (continue_as_new, or a purge and a new instance under the same id)."""
-        return f"{self.created_at!r}/{self.generation}"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["status"] = str(self.status)  # the plain value, even if given a Status
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InstanceRecord:
-        try:
-            return cls(**data)
-        except TypeError:  # a field of a later release: left out
-            return cls(**{k: v for k, v in data.items() if k in field_names(cls)})
 
 
 class CheckpointStore(Protocol):
