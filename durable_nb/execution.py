@@ -137,16 +137,23 @@ class Execution:
         self._loop = asyncio.get_running_loop()
         self._ended = self._loop.create_future()
         self._context = contextvars.copy_context()
-        await self._lease.acquire_waiting(self.runtime.busy_timeout)
+        await self._lease.acquire_waiting(self.runtime.busy_timeout, take=self._open)
         try:
             return await self._run_leased()
         finally:
             self._lease.release()
 
+    def _open(self, expected: str | None, lease: dict[str, Any]) -> bool:
+        """The lease and the record marked running for this run: one write."""
+        return self.journal.open_with_lease(
+            self.orchestrator.name, self.parent, self.arguments, expected, lease
+        )
+
     async def _run_leased(self) -> Outcome:
         assert self._ended is not None
         journal = self.journal
-        record = journal.open_record(self.orchestrator.name, self.parent, self.arguments)
+        record = journal.record
+        assert record is not None  # opened with the lease
         self._history_id = record.history_id
         with collector_paused():
             events = journal.load()
@@ -419,13 +426,17 @@ class Execution:
     def _record_end(self, status: Status, message: str) -> None:
         # Outcomes that arrived after the engine's last step are kept too.
         inbox, self._inbox = self._inbox, []
-        self.journal.write(inbox)
+        if inbox:  # counted once written, before the record takes the counts
+            self.journal.write(inbox)
         made_of = None
         if status == Status.COMPLETED and self.caller_input is not None:
             made_of = completed_with(
                 self.orchestrator, self.caller_input, self.engine.code_used, self.progress.rows
             )
-        self.journal.close_record(status, message, time.time(), self.engine.output, made_of)
+        lease = self._lease
+        owner = lease.owner if lease.held else None
+        if self.journal.close(status, message, self.engine.output, made_of, owner):
+            lease.given_back()
         if self.engine.holds_locks and status != Status.INTERRUPTED:
             # Ended inside a critical section: its locks go back (a run cut short keeps
             # them; its next run goes on inside the section).

@@ -269,12 +269,47 @@ class Journal:
 
     # ------------------------------------------------------------------ the record
 
-    def open_record(
-        self, orchestrator: str, parent: str | None, arguments: dict[str, Any]
-    ) -> InstanceRecord:
-        """The instance's record, marked running for this run (created if new)."""
+    def open_with_lease(
+        self,
+        orchestrator: str,
+        parent: str | None,
+        arguments: dict[str, Any],
+        expected: str | None,
+        lease: dict[str, Any],
+    ) -> bool:
+        """Take the lease from ``expected`` and mark the instance's record running for
+        this run (created if new), in one write; False, and nothing written, when the
+        lease did not go (``LeaseKeeper.acquire`` looks again)."""
         now = time.time()
-        record = self.store.get_instance(self.instance_id)
+
+        def opened(record: InstanceRecord | None) -> InstanceRecord:
+            return self._opened(record, orchestrator, parent, arguments, now)
+
+        try:
+            record = self.store.open_run(self.instance_id, expected, lease, opened)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            # An input that cannot be pickled still works live; the record keeps the rest.
+            record = self.store.open_run(
+                self.instance_id,
+                expected,
+                lease,
+                lambda current: self._storable_part(opened(current)),
+            )
+        if record is None:
+            return False
+        self.record = record
+        self.history_id = record.history_id
+        return True
+
+    def _opened(
+        self,
+        record: InstanceRecord | None,
+        orchestrator: str,
+        parent: str | None,
+        arguments: dict[str, Any],
+        now: float,
+    ) -> InstanceRecord:
+        """``record`` (None: a new one), marked running for this run."""
         if record is None:
             record = InstanceRecord(self.instance_id, orchestrator, created_at=now)
         elif record.orchestrator != orchestrator:
@@ -291,9 +326,6 @@ class Journal:
         record.finished_at, record.error, record.parent = None, None, parent
         record.completed_with = None  # set again only if this run completes
         record.input = arguments
-        self._put_record(record)
-        self.record = record
-        self.history_id = record.history_id
         return record
 
     def set_status(self, status: Status) -> None:
@@ -315,37 +347,68 @@ class Journal:
             self.store.put_instance(self.record)
             self._record_dirty = False
 
-    def close_record(
+    def close(
         self,
         status: Status,
         message: str,
-        now: float,
+        output: Any,
+        completed_with: dict[str, Any] | None,
+        lease_owner: str | None,
+    ) -> bool:
+        """Record how the run ended: the buffered bookkeeping (``ExecutionFinished``) as
+        the last chunk, the record, and the lease ``lease_owner`` holds given back, in
+        one write (``CheckpointStore.close_run``). Returns whether the lease went back
+        with them: results to share, or a value that cannot be stored, take the long
+        way (the chunk, then the record; the lease stays with its keeper)."""
+        record = self.record
+        if record is None:
+            self.write(())
+            return False
+        self._ending(record, status, message, output, completed_with)
+        if not self._share:
+            try:
+                self.store.close_run(record, self._unwritten, lease_owner)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                pass  # nothing was written: the long way finds what cannot be stored
+            else:
+                self._unwritten, self._urgent, self._record_dirty = [], False, False
+                return True
+        self.write(())
+        self._put_record(record)
+        self._record_dirty = False
+        return False
+
+    def _ending(
+        self,
+        record: InstanceRecord,
+        status: Status,
+        message: str,
         output: Any,
         completed_with: dict[str, Any] | None,
     ) -> None:
-        """Record how the run ended."""
-        record = self.record
-        if record is not None:
-            record.status, record.finished_at, record.updated_at = status.value, now, now
-            record.error = message or None
-            record.counts = self.progress.totals().counts(live=False)
-            record.output = output if status == Status.COMPLETED else None
-            record.completed_with = completed_with if status == Status.COMPLETED else None
-            self._put_record(record)
-            self._record_dirty = False
+        now = time.time()
+        record.status, record.finished_at, record.updated_at = status.value, now, now
+        record.error = message or None
+        record.counts = self.progress.totals().counts(live=False)
+        record.output = output if status == Status.COMPLETED else None
+        record.completed_with = completed_with if status == Status.COMPLETED else None
 
     def _put_record(self, record: InstanceRecord) -> None:
         try:
             self.store.put_instance(record)
         except (pickle.PicklingError, TypeError, AttributeError):
-            # An input or output that cannot be pickled still works live; the record
-            # keeps the rest (rewind then needs the input passed again).
-            if not self.store.storable(record.output):
-                record.output = None
-                record.completed_with = None  # no recorded outcome: it cannot be final
-            if not self.store.storable(record.input):
-                record.input = None
-            self.store.put_instance(record)
+            self.store.put_instance(self._storable_part(record))
+
+    def _storable_part(self, record: InstanceRecord) -> InstanceRecord:
+        """``record`` without the input or output the store cannot serialise: they still
+        work live, and the record keeps the rest (rewind then needs the input passed
+        again)."""
+        if not self.store.storable(record.output):
+            record.output = None
+            record.completed_with = None  # no recorded outcome: it cannot be final
+        if not self.store.storable(record.input):
+            record.input = None
+        return record
 
 
 def _why_unstorable(value: Any, store: CheckpointStore) -> str | None:

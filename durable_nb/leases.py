@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from durable_nb.errors import InstanceBusyError
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT = 2.0
 TTL = 15.0
+
+# Takes the lease from its expected owner (None: nobody) with what goes with it; True
+# when taken (LeaseKeeper.acquire).
+Taker = Callable[[str | None, dict[str, Any]], bool]
 
 # Each run's hold of a lease is named host:pid:serial. The serial starts at random, as a
 # pid can come back after a restart: one draw per process, not a uuid4 per run.
@@ -72,20 +77,24 @@ class LeaseKeeper:
             "heartbeat": now,
         }
 
-    async def acquire_waiting(self, patience: float) -> None:
-        """Take the lease, waiting up to ``patience`` seconds for a live holder to finish."""
+    async def acquire_waiting(self, patience: float, take: Taker | None = None) -> None:
+        """Take the lease, waiting up to ``patience`` seconds for a live holder to finish
+        (``take``: as :meth:`acquire`)."""
         deadline = time.monotonic() + patience
         while True:
             try:
-                self.acquire()
+                self.acquire(take)
                 return
             except InstanceBusyError:
                 if time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
-    def acquire(self) -> None:
-        """Take the lease, or raise InstanceBusyError naming the live holder."""
+    def acquire(self, take: Taker | None = None) -> None:
+        """Take the lease, or raise InstanceBusyError naming the live holder.
+
+        ``take(expected, lease)`` takes it instead of a plain swap from ``expected``, so
+        that what must be written with it is (a run's record): True when it did."""
         for _ in range(5):  # lost races with another taker are retried
             now = time.time()
             current = self.store.get_lease(self.instance_id)
@@ -100,7 +109,12 @@ class LeaseKeeper:
                 logger.info("taking over the lease of %s from %s", self.instance_id, current)
             self._since = now
             expected = current["owner"] if current is not None else None
-            if self.store.swap_lease(self.instance_id, expected, self._lease(now)):
+            lease = self._lease(now)
+            if (
+                take(expected, lease)
+                if take is not None
+                else self.store.swap_lease(self.instance_id, expected, lease)
+            ):
                 self.held, self._last_renewal = True, now
                 return
         raise InstanceBusyError(
@@ -118,6 +132,10 @@ class LeaseKeeper:
             return True
         self.held = False
         return False
+
+    def given_back(self) -> None:
+        """The lease went back with the run's last write (``CheckpointStore.close_run``)."""
+        self.held = False
 
     def release(self) -> None:
         if self.held:

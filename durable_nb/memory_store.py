@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from durable_nb import history
@@ -110,6 +110,36 @@ class MemoryStore:
             else:
                 self._leases[instance_id] = dict(lease)
         return True
+
+    def open_run(
+        self,
+        instance_id: str,
+        expected: str | None,
+        lease: dict[str, Any],
+        opened: Callable[[InstanceRecord | None], InstanceRecord],
+    ) -> InstanceRecord | None:
+        with self._lock:
+            current = self._leases.get(instance_id)
+            if (current["owner"] if current else None) != expected:
+                return None
+            data = self._records.get(instance_id)
+            record = opened(InstanceRecord.from_dict(dict(data)) if data is not None else None)
+            self._leases[instance_id] = dict(lease)
+            self._records[instance_id] = record.to_dict()
+        return record
+
+    def close_run(
+        self, record: InstanceRecord, events: Sequence[history.Event], lease_owner: str | None
+    ) -> None:
+        chunk = [history.encode(event) for event in events]
+        with self._lock:
+            if chunk:
+                self._chunks.setdefault(record.instance_id, []).append(chunk)
+                self._appends += 1
+            self._records[record.instance_id] = record.to_dict()
+            current = self._leases.get(record.instance_id)
+            if lease_owner is not None and current is not None and current["owner"] == lease_owner:
+                del self._leases[record.instance_id]
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]

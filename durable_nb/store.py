@@ -172,6 +172,25 @@ class CheckpointStore(Protocol):
         """Atomically replace the lease if its current owner is ``expected`` (None: no
         lease); ``lease=None`` releases it. False when someone else holds it."""
 
+    def open_run(
+        self,
+        instance_id: str,
+        expected: str | None,
+        lease: dict[str, Any],
+        opened: Callable[[InstanceRecord | None], InstanceRecord],
+    ) -> InstanceRecord | None:
+        """A run's start, atomically: the lease taken from ``expected`` (as
+        :meth:`swap_lease`) and the record that ``opened`` makes of the current one
+        (None: there is none) written. None, and nothing written, when the lease is no
+        longer ``expected``'s or another writer wrote the record meanwhile: look again."""
+
+    def close_run(
+        self, record: InstanceRecord, events: Sequence[history.Event], lease_owner: str | None
+    ) -> None:
+        """A run's end, atomically: ``events`` appended as one chunk (none: no chunk),
+        ``record`` written, and the lease given back if ``lease_owner`` still holds it
+        (None: the lease is left as it is)."""
+
     def close(self) -> None: ...
 
 
@@ -426,6 +445,46 @@ class DiskCacheStore:
         owner = lease["owner"] if lease is not None else None
         data = json.dumps(lease) if lease is not None else None
         return self._tables.swap_lease(instance_id, expected, owner, data)
+
+    def open_run(
+        self,
+        instance_id: str,
+        expected: str | None,
+        lease: dict[str, Any],
+        opened: Callable[[InstanceRecord | None], InstanceRecord],
+    ) -> InstanceRecord | None:
+        # Read and made outside the transaction: a large value of the record goes to a
+        # file first, through diskcache's own connection, which a transaction held here
+        # would lock out. The transaction writes only if the record is still as read.
+        seen = self._tables.get_instance(instance_id)
+        record = opened(
+            InstanceRecord.from_dict(self._records.loads(seen)) if seen is not None else None
+        )
+        data = self._records.dumps(record, self._stream_of(instance_id))
+        owner = lease["owner"]
+        if not self._tables.open_run(
+            instance_id, expected, owner, json.dumps(lease), seen, data, record.history_id
+        ):
+            return None
+        self._records.drop_replaced(seen, data)
+        return record
+
+    def close_run(
+        self, record: InstanceRecord, events: Sequence[history.Event], lease_owner: str | None
+    ) -> None:
+        stream = self._stream_of(record.instance_id)
+        data = self._records.dumps(record, stream)  # first: a record that cannot be written
+        chunk = None  # fails before any of the chunk's large results goes to a file
+        if events:
+            rows = self._encode_all(stream, events)
+            chunk = self._dumps(rows)
+            if len(chunk) > MAX_CHUNK_BYTES:  # written as chunks of their own, in order
+                chunk = None
+                self._append_rows(stream, rows)
+        old = self._tables.close_run(
+            stream, chunk, record.instance_id, data, record.history_id, lease_owner
+        )
+        self._records.drop_replaced(old, data)
 
     def orphans(self) -> tuple[list[str], list[str]]:
         """Histories and large results of no instance: left by a result that arrived

@@ -336,22 +336,67 @@ class StoreTables(SqliteDatabase):
     ) -> bool:
         """Compare-and-swap on the lease's owner; ``owner=None`` releases it."""
         with self._transaction() as connection:
-            rows = connection.execute(
-                "SELECT owner FROM durable_leases WHERE instance_id = ?", (instance_id,)
-            ).fetchall()
-            if (rows[0][0] if rows else None) != expected:
+            if _lease_owner_in(connection, instance_id) != expected:
                 return False
             if owner is None:
                 connection.execute(
                     "DELETE FROM durable_leases WHERE instance_id = ?", (instance_id,)
                 )
             else:
-                connection.execute(
-                    "INSERT OR REPLACE INTO durable_leases (instance_id, owner, data) "
-                    "VALUES (?, ?, ?)",
-                    (instance_id, owner, data),
-                )
+                connection.execute(_PUT_LEASE, (instance_id, owner, data))
         return True
+
+    # ------------------------------------------------------------ a run's two ends
+
+    def open_run(
+        self,
+        instance_id: str,
+        expected: str | None,
+        owner: str,
+        lease: str,
+        seen: bytes | None,
+        data: bytes,
+        history_id: str,
+    ) -> bool:
+        """A run's start, one transaction: the lease taken from ``expected`` (None: no
+        lease) and the record ``data`` written, made from ``seen`` (the record as it was
+        read, None if there was none). False, and nothing written, when the lease is no
+        longer ``expected``'s or the record no longer ``seen``."""
+        with self._transaction() as connection:
+            if _lease_owner_in(connection, instance_id) != expected:
+                return False
+            if _get_instance_in(connection, instance_id) != seen:
+                return False
+            connection.execute(_PUT_LEASE, (instance_id, owner, lease))
+            _put_instance_in(connection, instance_id, data, history_id)
+        self._after_write(len(data))
+        return True
+
+    def close_run(
+        self,
+        stream: str,
+        chunk: bytes | None,
+        instance_id: str,
+        data: bytes,
+        history_id: str,
+        owner: str | None,
+    ) -> bytes | None:
+        """A run's end, one transaction: ``chunk`` after the stream's last (None: none),
+        the record ``data``, and the lease given back if ``owner`` still holds it (None:
+        kept as it is). Returns the record it replaced."""
+        with self._transaction() as connection:
+            number = _append_in(connection, stream, chunk) if chunk is not None else None
+            old = _get_instance_in(connection, instance_id)
+            _put_instance_in(connection, instance_id, data, history_id)
+            if owner is not None:
+                connection.execute(
+                    "DELETE FROM durable_leases WHERE instance_id = ? AND owner = ?",
+                    (instance_id, owner),
+                )
+        if number is not None:
+            self._expect(stream, number)
+        self._after_write(len(data) + len(chunk or b""))
+        return old
 
 
 def _append_in(connection: sqlite3.Connection, stream: str, data: bytes) -> int:
@@ -396,3 +441,13 @@ def _put_instance_in(
         "INSERT OR REPLACE INTO durable_instances (instance_id, epoch, data) VALUES (?, ?, ?)",
         (instance_id, history_id, data),
     )
+
+
+def _lease_owner_in(connection: sqlite3.Connection, instance_id: str) -> str | None:
+    row = connection.execute(
+        "SELECT owner FROM durable_leases WHERE instance_id = ?", (instance_id,)
+    ).fetchone()
+    return str(row[0]) if row is not None else None
+
+
+_PUT_LEASE = "INSERT OR REPLACE INTO durable_leases (instance_id, owner, data) VALUES (?, ?, ?)"
