@@ -95,9 +95,12 @@ class LeaseKeeper:
 
         ``take(expected, lease)`` takes it instead of a plain swap from ``expected``, so
         that what must be written with it is (a run's record): True when it did."""
-        for _ in range(5):  # lost races with another taker are retried
+        for attempt in range(6):  # lost races with another taker are retried
             now = time.time()
-            current = self.store.get_lease(self.instance_id)
+            # Most instances have no lease when a run starts (the last run gave it back):
+            # the first attempt takes it as free, without reading it; a lease there makes
+            # the swap fail, and the next attempt reads whose it is.
+            current = self.store.get_lease(self.instance_id) if attempt else None
             if current is not None and holder_alive(current, now, self.ttl):
                 raise InstanceBusyError(
                     f"instance {self.instance_id!r} is being run by {describe(current, now)}; "

@@ -209,6 +209,8 @@ def test_a_one_step_run_commits_four_times_and_a_child_three(rt: Runtime) -> Non
     try:
         assert step.run(1, instance_id="one") == 1
         one_run = _writes(trace)
+        # A free lease is taken without reading it first (a lease there fails the swap).
+        assert not [s for s in trace if s.startswith("SELECT data FROM durable_leases")]
         trace.clear()
         assert parent.run(3, instance_id="three") == 3
         three_children = _writes(trace)
@@ -244,8 +246,18 @@ def test_a_run_whose_output_or_input_cannot_be_stored_still_gives_its_lease_back
 
 def test_a_run_refused_its_lease_writes_no_record(rt: Runtime) -> None:
     assert rt.store.swap_lease("busy", None, {**lease_of("x"), "heartbeat": 9e99})
-    with pytest.raises(InstanceBusyError):
-        rt.busy_timeout = 0.0
+    rt.busy_timeout = 0.0
+    with pytest.raises(InstanceBusyError, match="pid 1 on host elsewhere"):
         step.run(1, instance_id="busy")
     record = rt.status("busy")
     assert record is not None and (record.status, record.runs) == ("pending", 0)
+
+
+def test_a_dead_holders_lease_is_taken_over_with_the_record(rt: Runtime) -> None:
+    """The first attempt finds the lease there (the swap from nobody fails), the next
+    reads it: silent for longer than the TTL, it is taken over."""
+    assert rt.store.swap_lease("stale", None, lease_of("gone"))  # heartbeat at 1970
+    assert step.run(2, instance_id="stale") == 2
+    assert rt.store.get_lease("stale") is None
+    record = rt.status("stale")
+    assert record is not None and (record.status, record.runs) == ("completed", 1)
