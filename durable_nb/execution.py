@@ -26,7 +26,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,8 +71,8 @@ class Host(Protocol):
     @property
     def busy_timeout(self) -> float: ...
 
-    def run_child(self, parent: Execution, call: ChildCall) -> Awaitable[Outcome]:
-        """Run a sub-orchestration of ``parent`` as an instance of its own."""
+    def start_child(self, parent: Execution, call: ChildCall) -> asyncio.Future[Outcome]:
+        """Start a sub-orchestration of ``parent`` as an instance of its own."""
         ...
 
 
@@ -125,6 +125,7 @@ class Execution:
         self._ended: asyncio.Future[None] | None = None  # set when the run is over
         self._context: contextvars.Context | None = None  # the run's, for _drain
         self._last_poll = 0.0
+        self._ticker: asyncio.TimerHandle | None = None  # the next _tick
         self._polled_mark: int | None = None  # the store's write mark at the last poll
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set while the orchestrator waits for a resume to start (suspended at the start).
@@ -184,7 +185,7 @@ class Execution:
         assert self._loop is not None
         self.progress.begin(self._loop.call_later)  # a change held back is told on time
         self._suspension = Suspension(suspended, self._set_status, self._resumed)
-        ticker = asyncio.ensure_future(self._tick())
+        self._arm_tick()
         try:
             if self._suspension.suspended:
                 self._deferred = started  # the orchestrator starts when resumed
@@ -201,19 +202,28 @@ class Execution:
             raise
         finally:
             self._over = True  # a _drain still scheduled does nothing
-            ticker.cancel()
+            if self._ticker is not None:
+                self._ticker.cancel()
             self._stop_work()
         outcome = self.engine.outcome
         self._end(outcome.status, outcome.message)
         return outcome
 
-    async def _tick(self) -> None:
+    def _arm_tick(self) -> None:
         # A sub-orchestration ticks only as often as it polls: the loop's wake-ups for
         # the kernel's interrupt and the views' clock are its root run's to make (a
-        # fan-out of thousands of waiting children would spend a core on ticks).
+        # fan-out of thousands of waiting children would spend a core on ticks). A timer,
+        # not a task that sleeps: each child of such a fan-out keeps one handle alive,
+        # not a task, its coroutine, a sleep's future and their contexts, which the
+        # cyclic collector would go over again and again.
         seconds = TICK_SECONDS if self.parent is None else POLL_SECONDS
-        while True:
-            await asyncio.sleep(seconds)
+        assert self._loop is not None
+        self._ticker = self._loop.call_later(seconds, self._tick, context=self._context)
+
+    def _tick(self) -> None:
+        if self._over:
+            return
+        try:
             if not self._lease.renew_if_due():
                 self._post(
                     history.ControlRequested(time.time(), "terminate", "lease lost")
@@ -222,6 +232,10 @@ class Execution:
                 self._poll_if_written()
             if self.parent is None:
                 self.progress.changed()  # also moves the views' clock while nothing happens
+        except Exception:  # the store, for a moment (a full disk): the next tick tries again
+            logger.warning("tick of %s failed", self.instance_id, exc_info=True)
+        finally:
+            self._arm_tick()
 
     def nudge(self) -> None:
         """Look for new events at once (thread-safe); used after a raise in this process."""
@@ -395,8 +409,8 @@ class Execution:
         self.progress.changed()
         self.journal.set_status(status)
 
-    def _run_child(self, call: ChildCall) -> Awaitable[Outcome]:
-        return self.runtime.run_child(self, call)
+    def _run_child(self, call: ChildCall) -> asyncio.Future[Outcome]:
+        return self.runtime.start_child(self, call)
 
     # ------------------------------------------------------------------ ending
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from durable_nb import history
@@ -60,7 +60,8 @@ class DurableTimers:
         self._progress.timers_stopped()
 
 
-RunChild = Callable[[SubOrchestrationCall[Any]], Awaitable[Outcome]]
+# Starts a child's run; its future ends with the run (or with the reason it could not start).
+RunChild = Callable[[SubOrchestrationCall[Any]], "asyncio.Future[Outcome]"]
 
 
 class ChildRuns:
@@ -75,7 +76,7 @@ class ChildRuns:
         self._stopped = False
 
     def start(self, call: SubOrchestrationCall[Any]) -> None:
-        task = asyncio.ensure_future(self._run_child(call))
+        task = self._run_child(call)
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._ended(call, done))
 

@@ -289,15 +289,20 @@ class Runtime:
         progress.finish(Status.COMPLETED, "the recorded outcome: completed before, nothing changed")
         return Outcome(Status.COMPLETED, output=record.output)
 
-    async def run_child(self, parent: Execution, call: ChildCall) -> Outcome:
-        """Run a sub-orchestration as its own instance; its rows join the parent's view."""
+    def start_child(self, parent: Execution, call: ChildCall) -> asyncio.Future[Outcome]:
+        """Start a sub-orchestration as its own instance, its rows joining the parent's
+        view; the run's own task (a child of a fan-out of thousands costs no other)."""
         instance_id = call.instance_id
         running = self._active.get(instance_id)
         if running is not None and not running.done():
-            raise InstanceBusyError(
-                f"sub-orchestration {instance_id!r} is already running in this kernel",
-                instance_id=instance_id,
+            refused: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            refused.set_exception(
+                InstanceBusyError(
+                    f"sub-orchestration {instance_id!r} is already running in this kernel",
+                    instance_id=instance_id,
+                )
             )
+            return refused
         # A retried child (ctx.call_sub_orchestrator_with_retry) keeps its one row group.
         progress = parent.progress.child(call.orchestrator.name, instance_id)
         task = asyncio.ensure_future(
@@ -307,7 +312,7 @@ class Runtime:
         )
         self._active[instance_id] = task
         task.add_done_callback(lambda _t: self._forget(instance_id, task))
-        return await task
+        return task
 
     # ------------------------------------------------------------------ management
 
