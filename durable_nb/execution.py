@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import gc
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2  # wakes the loop so the kernel's interrupt is seen promptly
 POLL_SECONDS = 0.5  # how often a run looks for events raised by other processes
+TICK_GRID = 0.05  # a tick is due at a multiple of this (in the loop's clock)
 
 
 class Host(Protocol):
@@ -216,9 +218,13 @@ class Execution:
         # not a task that sleeps: each child of such a fan-out keeps one handle alive,
         # not a task, its coroutine, a sleep's future and their contexts, which the
         # cyclic collector would go over again and again.
+        # The ticks fall on a grid, so that those of many runs are due at the same moment
+        # and the loop wakes once for them all, not once for each.
         seconds = TICK_SECONDS if self.parent is None else POLL_SECONDS
-        assert self._loop is not None
-        self._ticker = self._loop.call_later(seconds, self._tick, context=self._context)
+        loop = self._loop
+        assert loop is not None
+        when = math.ceil((loop.time() + seconds) / TICK_GRID) * TICK_GRID
+        self._ticker = loop.call_at(when, self._tick, context=self._context)
 
     def _tick(self) -> None:
         if self._over:

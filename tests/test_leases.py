@@ -102,3 +102,34 @@ def test_a_heartbeat_that_fails_once_is_tried_again(tmp_path: Path) -> None:
         runtime.close()
     assert FailsOnce.failed == 1
     assert len(seen) >= 3, seen  # renewed after the failure too
+
+
+@dn.orchestrator
+def many_waiting(ctx, n, seconds):  # type: ignore[no-untyped-def]
+    calls = [ctx.call_sub_orchestrator(waits, seconds, instance_id=f"w{i}") for i in range(n)]
+    return len((yield ctx.task_all(calls)))
+
+
+def test_the_ticks_of_many_waiting_children_fall_due_together(rt: Runtime) -> None:
+    """Each child ticks twice a second; on a common grid of the loop's clock, so that a
+    fan-out of waiting children wakes the loop once per tick, not once per child."""
+    from durable_nb.execution import TICK_GRID
+
+    seen: dict[str, float] = {}
+
+    def sample() -> None:
+        while len(seen) < 40:
+            for instance_id, execution in list(rt._executions.items()):
+                ticker = execution._ticker
+                if instance_id.startswith("w") and ticker is not None:
+                    seen[instance_id] = ticker.when()
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    assert many_waiting.run(40, 1.5) == 40
+    sampler.join(timeout=5)
+    assert len(seen) == 40
+    for when in seen.values():
+        assert abs(when / TICK_GRID - round(when / TICK_GRID)) < 1e-6, when
+    assert len({round(when / TICK_GRID) for when in seen.values()}) < 10  # not 40
