@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from durable_nb import runtime as runtime_module
+from durable_nb.memory_store import MemoryStore
 from durable_nb.runtime import Runtime
-from durable_nb.store import DiskCacheStore
+from durable_nb.store import CheckpointStore, DiskCacheStore
 
 
 @pytest.fixture
@@ -25,6 +26,16 @@ def rt(store_dir: Path) -> Iterator[Runtime]:
     yield runtime
     runtime.close()
     runtime_module._reset_for_tests()
+
+
+@pytest.fixture(params=["disk", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    """Each store, for tests of the ``CheckpointStore`` contract both must keep."""
+    made: CheckpointStore = (
+        DiskCacheStore(tmp_path / "s") if request.param == "disk" else MemoryStore()
+    )
+    yield made
+    made.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,8 @@ import durable_nb as dn
 from durable_nb import history
 from durable_nb.errors import InstanceBusyError, StoreError
 from durable_nb.leases import LeaseKeeper
-from durable_nb.memory_store import MemoryStore
 from durable_nb.runtime import Runtime
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
-
-
-@pytest.fixture(params=["disk", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
-    made: CheckpointStore = (
-        DiskCacheStore(tmp_path / "s") if request.param == "disk" else MemoryStore()
-    )
-    yield made
-    made.close()
 
 
 def lease_of(owner: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,8 @@ from builders import completed, started
 
 from durable_nb import history
 from durable_nb.errors import StoreError
-from durable_nb.memory_store import MemoryStore
 from durable_nb.store import CheckpointStore, DiskCacheStore, InstanceRecord
 from durable_nb.store_versions import FORMAT_VERSION
-
-
-@pytest.fixture(params=["disk", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
-    made: CheckpointStore = (
-        DiskCacheStore(tmp_path / "s") if request.param == "disk" else MemoryStore()
-    )
-    yield made
-    made.close()
 
 
 def test_appended_chunks_read_back_in_order(store: CheckpointStore) -> None:
