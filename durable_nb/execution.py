@@ -214,12 +214,11 @@ class Execution:
     def _arm_tick(self) -> None:
         # A sub-orchestration ticks only as often as it polls: the loop's wake-ups for
         # the kernel's interrupt and the views' clock are its root run's to make (a
-        # fan-out of thousands of waiting children would spend a core on ticks). A timer,
-        # not a task that sleeps: each child of such a fan-out keeps one handle alive,
-        # not a task, its coroutine, a sleep's future and their contexts, which the
-        # cyclic collector would go over again and again.
-        # The ticks fall on a grid, so that those of many runs are due at the same moment
-        # and the loop wakes once for them all, not once for each.
+        # fan-out of thousands of waiting children would spend a core on ticks). A tick
+        # is a timer, not a task that sleeps: each child of such a fan-out keeps one
+        # handle alive, not a task, its coroutine, a sleep's future and their contexts,
+        # which the cyclic collector would go over again and again. Ticks fall on a grid,
+        # so that those of many runs are due at the same moment and wake the loop once.
         seconds = TICK_SECONDS if self.parent is None else POLL_SECONDS
         loop = self._loop
         assert loop is not None
@@ -453,13 +452,16 @@ class Execution:
             made_of = completed_with(
                 self.orchestrator, self.caller_input, self.engine.code_used, self.progress.rows
             )
+        # Ended inside a critical section: its locks go back (a run cut short keeps them;
+        # its next run goes on inside the section), before the lease does. A run that
+        # waits for them takes a holder without a lease for one that stopped inside its
+        # section, and fails instead of waiting.
+        releases_locks = self.engine.holds_locks and status != Status.INTERRUPTED
         lease = self._lease
-        owner = lease.owner if lease.held else None
+        owner = lease.owner if lease.held and not releases_locks else None
         if self.journal.close(status, message, self.engine.output, made_of, owner):
             lease.given_back()
-        if self.engine.holds_locks and status != Status.INTERRUPTED:
-            # Ended inside a critical section: its locks go back (a run cut short keeps
-            # them; its next run goes on inside the section).
+        if releases_locks:
             for entity in self.store.entities.release_locks(self.instance_id):
                 self._entities.worker.kick(entity)
 

@@ -357,9 +357,10 @@ class Journal:
     ) -> bool:
         """Record how the run ended: the buffered bookkeeping (``ExecutionFinished``) as
         the last chunk, the record, and the lease ``lease_owner`` holds given back, in
-        one write (``CheckpointStore.close_run``). Returns whether the lease went back
-        with them: results to share, or a value that cannot be stored, take the long
-        way (the chunk, then the record; the lease stays with its keeper)."""
+        one write (``CheckpointStore.close_run``; ``lease_owner`` None: the lease stays).
+        Returns whether the lease went back with them: results to share, or a value
+        that cannot be stored, take the long way (the chunk, then the record; the lease
+        stays with its keeper)."""
         record = self.record
         if record is None:
             self.write(())
@@ -372,7 +373,7 @@ class Journal:
                 pass  # nothing was written: the long way finds what cannot be stored
             else:
                 self._unwritten, self._urgent, self._record_dirty = [], False, False
-                return True
+                return lease_owner is not None
         self.write(())
         self._put_record(record)
         self._record_dirty = False

@@ -151,6 +151,35 @@ def test_a_section_left_open_is_released_when_the_run_ends(rt: Runtime, tmp_path
     assert dn.read_entity_state(C1) == dn.EntityStateResponse(True, 1, 0, None, 3)
 
 
+def test_a_run_ending_inside_a_section_holds_its_lease_until_its_locks_go_back(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waiting for the entity takes a holder without a lease for one that stopped
+    inside its section (and fails): the lease goes back after the locks, not with the
+    record. Seen as an EntityLockedError in notebook 05, where six transfers race."""
+    define_counter(tmp_path / "applied")
+    entities = type(rt.store.entities)
+    release_locks = entities.release_locks
+    leases_then: list[Any] = []
+
+    def watched(self: Any, instance_id: str) -> Any:
+        leases_then.append(rt.store.get_lease(instance_id))
+        return release_locks(self, instance_id)
+
+    monkeypatch.setattr(entities, "release_locks", watched)
+
+    @dn.orchestrator
+    def ends_inside(ctx):  # type: ignore[no-untyped-def]
+        yield ctx.lock_entities(C1)
+        yield ctx.call_entity(C1, "add", 1)
+        return "held"
+
+    assert ends_inside.run(instance_id="inside") == "held"
+    assert len(leases_then) == 1 and leases_then[0] is not None
+    assert rt.store.get_lease("inside") is None  # given back after them
+    assert dn.read_entity_state(C1).entity_state == 1
+
+
 def test_an_entity_not_defined_here_keeps_its_message_for_a_kernel_that_defines_it(
     rt: Runtime, tmp_path: Path
 ) -> None:
