@@ -120,6 +120,12 @@ class EntityWorker:
         holder = found.locked_by if found is not None else None
         if holder is None or holder == message.source or not holder_gone(holder):
             return
+        # A run that left its section queues the unlock before its lease goes back: one
+        # that has just ended has its unlock in the queue. Applied, it frees the entity.
+        self.apply_waiting(message.entity)
+        found = self.entities.read(message.entity)
+        if (found.locked_by if found is not None else None) != holder:
+            return
         raise EntityLockedError(
             f"{where}: entity {message.entity} is held by the critical section of instance "
             f"{holder}, which is not running (it stopped inside the section). Run that "

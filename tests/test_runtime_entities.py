@@ -180,6 +180,30 @@ def test_a_run_ending_inside_a_section_holds_its_lease_until_its_locks_go_back(
     assert dn.read_entity_state(C1).entity_state == 1
 
 
+def test_a_holder_that_just_ended_is_not_taken_for_one_that_stopped_inside(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A run that leaves its section queues the unlock, then gives its lease back. A
+    waiter that finds the lease gone after its last pass over the queue applies the
+    queue once more before it says the holder stopped inside its section (notebook 05's
+    six racing transfers failed so, about one run in ten)."""
+    from durable_nb.entity_store import Applied, EntityMessage, MessageOutcome
+    from durable_nb.entity_worker import worker_for
+
+    define_counter(tmp_path / "applied")
+    rt.store.entities.enqueue(EntityMessage("lock-e", C1, "lock", None, None, "ended-x"))
+    snapshot, [lock] = rt.store.entities.waiting(C1, 1)
+    held = Applied(snapshot.exists, snapshot.state, "ended-x", MessageOutcome())
+    rt.store.entities.commit(lock, snapshot.version, held)
+    waiter = EntityMessage("add-w", C1, "operation", "add", 1, "waiter")
+    rt.store.entities.enqueue(waiter)
+    # Now the holder's run ends: its unlock is queued, and it has no lease.
+    rt.store.entities.enqueue(EntityMessage("unlock-e", C1, "unlock", None, None, "ended-x"))
+    worker_for(rt.store)._check_holder(waiter, "a waiting call", lambda holder: True)
+    assert rt.store.entities.read(C1).locked_by is None  # type: ignore[union-attr]
+    assert dn.read_entity_state(C1).entity_state == 1  # and the waiter's add applied
+
+
 def test_an_entity_not_defined_here_keeps_its_message_for_a_kernel_that_defines_it(
     rt: Runtime, tmp_path: Path
 ) -> None:
