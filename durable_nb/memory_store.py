@@ -102,8 +102,7 @@ class MemoryStore:
         self, instance_id: str, expected: str | None, lease: dict[str, Any] | None
     ) -> bool:
         with self._lock:
-            current = self._leases.get(instance_id)
-            if (current["owner"] if current else None) != expected:
+            if self._lease_owner(instance_id) != expected:
                 return False
             if lease is None:
                 self._leases.pop(instance_id, None)
@@ -119,8 +118,7 @@ class MemoryStore:
         opened: Callable[[InstanceRecord | None], InstanceRecord],
     ) -> InstanceRecord | None:
         with self._lock:
-            current = self._leases.get(instance_id)
-            if (current["owner"] if current else None) != expected:
+            if self._lease_owner(instance_id) != expected:
                 return None
             data = self._records.get(instance_id)
             record = opened(InstanceRecord.from_dict(dict(data)) if data is not None else None)
@@ -137,9 +135,13 @@ class MemoryStore:
                 self._chunks.setdefault(record.instance_id, []).append(chunk)
                 self._appends += 1
             self._records[record.instance_id] = record.to_dict()
-            current = self._leases.get(record.instance_id)
-            if lease_owner is not None and current is not None and current["owner"] == lease_owner:
+            if lease_owner is not None and self._lease_owner(record.instance_id) == lease_owner:
                 del self._leases[record.instance_id]
+
+    def _lease_owner(self, instance_id: str) -> str | None:
+        """Who holds the instance's lease (None: nobody); the caller holds the lock."""
+        current = self._leases.get(instance_id)
+        return current["owner"] if current is not None else None
 
     def read_history(self, instance_id: str) -> list[history.Event]:
         return self.load_history(instance_id)[0]
